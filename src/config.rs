@@ -1,0 +1,199 @@
+//! Configuration: command-line flags, each with a `PATD_*` environment
+//! variable fallback. Everything is checked before anything starts, so a bad
+//! setting stops patd with a one-line reason instead of a half-working
+//! service.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use thiserror::Error;
+
+use crate::domain::LifetimePolicy;
+use crate::token::TokenFormat;
+
+/// Where tokens live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process; tokens are lost on restart. For development and a single
+    /// instance.
+    Memory,
+    /// A `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            Ok(Self::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(Self::Redis(s.to_owned()))
+        } else {
+            Err("expected `memory` or a redis:// or rediss:// URL".to_owned())
+        }
+    }
+}
+
+impl StoreKind {
+    /// A name safe to log (no URL, which may hold a password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis(_) => "redis",
+        }
+    }
+}
+
+/// patd: personal access tokens over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "patd", version, about)]
+pub struct Config {
+    /// Address of the gRPC listener (TokenService, health, reflection).
+    #[arg(long, env = "PATD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// `memory`, or a redis:// / rediss:// URL.
+    #[arg(long, env = "PATD_STORE", default_value = "memory")]
+    pub store: StoreKind,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "PATD_KEY_PREFIX", default_value = "patd")]
+    pub key_prefix: String,
+
+    /// Type marker at the start of every token (lowercase letters and
+    /// digits), so secret scanners can find leaked tokens.
+    #[arg(long, env = "PATD_TOKEN_PREFIX", default_value = "pat")]
+    pub token_prefix: String,
+
+    /// Most live tokens one account may hold.
+    #[arg(long, env = "PATD_MAX_TOKENS_PER_ACCOUNT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_tokens_per_account: u32,
+
+    /// Lifetime of a token issued without ttl or expires_at.
+    #[arg(long, env = "PATD_DEFAULT_TTL", default_value = "30d")]
+    pub default_ttl: humantime::Duration,
+
+    /// Longest lifetime a token may be issued with.
+    #[arg(long, env = "PATD_MAX_TTL", default_value = "365d")]
+    pub max_ttl: humantime::Duration,
+
+    /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
+    #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
+    pub redis_timeout: humantime::Duration,
+
+    /// Bound on every request, end to end.
+    #[arg(long, env = "PATD_REQUEST_TIMEOUT", default_value = "5s")]
+    pub request_timeout: humantime::Duration,
+
+    /// Largest gRPC request message accepted, in bytes.
+    #[arg(long, env = "PATD_MAX_REQUEST_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_request_bytes: u32,
+
+    /// On SIGTERM, how long health reports NOT_SERVING before the listeners
+    /// stop accepting (lets load balancers drain).
+    #[arg(long, env = "PATD_SHUTDOWN_GRACE", default_value = "0s")]
+    pub shutdown_grace: humantime::Duration,
+}
+
+/// A setting that parsed but makes no sense.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("PATD_TOKEN_PREFIX: {0}")]
+    TokenPrefix(#[from] crate::token::PrefixError),
+    #[error("PATD_KEY_PREFIX must be 1..=64 characters without spaces or braces")]
+    KeyPrefix,
+    #[error("PATD_DEFAULT_TTL must be positive and at most PATD_MAX_TTL")]
+    DefaultTtl,
+    #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
+    Timeout,
+}
+
+impl Config {
+    /// The token format this configuration asks for.
+    ///
+    /// # Errors
+    /// The token prefix is unusable.
+    pub fn token_format(&self) -> Result<TokenFormat, ConfigError> {
+        Ok(TokenFormat::new(&self.token_prefix)?)
+    }
+
+    pub fn lifetime(&self) -> LifetimePolicy {
+        LifetimePolicy {
+            default_ttl: *self.default_ttl,
+            max_ttl: *self.max_ttl,
+        }
+    }
+
+    /// Checks what the types alone cannot.
+    ///
+    /// # Errors
+    /// The first setting that makes no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.token_format()?;
+        let key_ok = !self.key_prefix.is_empty()
+            && self.key_prefix.len() <= 64
+            && !self
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}');
+        if !key_ok {
+            return Err(ConfigError::KeyPrefix);
+        }
+        if self.default_ttl.is_zero() || *self.default_ttl > *self.max_ttl {
+            return Err(ConfigError::DefaultTtl);
+        }
+        if self.redis_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(ConfigError::Timeout);
+        }
+        Ok(())
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        *self.redis_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("patd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_defaults_are_loopback_memory_and_fifty_tokens() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.store, StoreKind::Memory);
+        assert_eq!(c.max_tokens_per_account, 50);
+        assert_eq!(*c.default_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(*c.max_ttl, Duration::from_secs(365 * 86_400));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn stores_are_memory_or_redis_urls() {
+        assert!(parse(&["--store", "redis://127.0.0.1:6379/0"]).is_ok());
+        assert!(parse(&["--store", "rediss://h:6380"]).is_ok());
+        assert!(parse(&["--store", "postgres://x"]).is_err());
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused() {
+        let bad = |args: &[&str]| parse(args).map(|c| c.validate().is_err()).unwrap_or(true);
+        assert!(bad(&["--default-ttl", "400d"]));
+        assert!(bad(&["--default-ttl", "0s"]));
+        assert!(bad(&["--token-prefix", "Bad_"]));
+        assert!(bad(&["--key-prefix", "a b"]));
+        assert!(bad(&["--key-prefix", "{x}"]));
+        assert!(bad(&["--max-tokens-per-account", "0"]));
+        assert!(bad(&["--max-ttl", "soon"]));
+        assert!(!bad(&["--token-prefix", "acme"]));
+    }
+}

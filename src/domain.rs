@@ -1,0 +1,432 @@
+//! Validated domain types. Transport code parses raw input into these at the
+//! edge; past that point a bare `String` never stands for a domain value.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use crate::token::{TAG_LEN, TOKEN_ID_LEN, shard_tag};
+
+/// Most bytes in an account id.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 128;
+/// Most characters in a note.
+pub const MAX_NOTE_CHARS: usize = 256;
+/// Most scopes on one token.
+pub const MAX_SCOPES: usize = 32;
+/// Most bytes in one scope.
+pub const MAX_SCOPE_BYTES: usize = 64;
+
+/// A request field that failed validation. `field` is the public field name,
+/// so the caller knows exactly what to fix.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The owner of tokens: 1..=128 bytes of UTF-8 without control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// # Errors
+    /// Empty, longer than 128 bytes, or holding a control character.
+    pub fn parse(raw: String) -> Result<Self, FieldError> {
+        const FIELD: &str = "account_id";
+        if raw.is_empty() {
+            return Err(FieldError::new(FIELD, "must not be empty"));
+        }
+        if raw.len() > MAX_ACCOUNT_ID_BYTES {
+            return Err(FieldError::new(
+                FIELD,
+                format!("must be at most {MAX_ACCOUNT_ID_BYTES} bytes"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                FIELD,
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard tag shared by this account's keys and token ids.
+    pub fn shard_tag(&self) -> String {
+        shard_tag(&self.0)
+    }
+}
+
+/// The public id of a token: 16 base62 characters, the first three being
+/// the owning account's shard tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(String);
+
+impl TokenId {
+    /// # Errors
+    /// Anything but 16 base62 characters.
+    pub fn parse(raw: String) -> Result<Self, FieldError> {
+        if raw.len() != TOKEN_ID_LEN || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(FieldError::new(
+                "token_id",
+                format!("must be {TOKEN_ID_LEN} base62 characters"),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// For ids cut out of a token value that already passed its checks.
+    pub(crate) fn from_trusted(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard tag the id carries.
+    pub fn shard_tag(&self) -> &str {
+        &self.0[..TAG_LEN]
+    }
+}
+
+/// A free-text label: at most 256 characters, no control characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Note(String);
+
+impl Note {
+    /// # Errors
+    /// Longer than 256 characters, or holding a control character.
+    pub fn parse(raw: String) -> Result<Self, FieldError> {
+        if raw.chars().count() > MAX_NOTE_CHARS {
+            return Err(FieldError::new(
+                "note",
+                format!("must be at most {MAX_NOTE_CHARS} characters"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "note",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The scopes of a token: at most 32, each `[a-z0-9:._-]{1,64}`, kept sorted
+/// and without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes(Vec<String>);
+
+impl Scopes {
+    /// # Errors
+    /// Too many scopes, or one that is empty, too long or outside the
+    /// alphabet.
+    pub fn parse(raw: Vec<String>) -> Result<Self, FieldError> {
+        if raw.len() > MAX_SCOPES {
+            return Err(FieldError::new(
+                "scopes",
+                format!("at most {MAX_SCOPES} scopes"),
+            ));
+        }
+        for (i, scope) in raw.iter().enumerate() {
+            let ok = !scope.is_empty()
+                && scope.len() <= MAX_SCOPE_BYTES
+                && scope
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":._-".contains(&b));
+            if !ok {
+                return Err(FieldError::new(
+                    "scopes",
+                    format!("scopes[{i}] must match [a-z0-9:._-]{{1,{MAX_SCOPE_BYTES}}}"),
+                ));
+            }
+        }
+        let mut scopes = raw;
+        scopes.sort();
+        scopes.dedup();
+        Ok(Self(scopes))
+    }
+
+    /// Reads the space-separated stored form, which only ever held valid
+    /// scopes.
+    pub(crate) fn from_stored(joined: &str) -> Self {
+        Self(joined.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Space-separated, as stored and as sent to gateways.
+    pub fn joined(&self) -> String {
+        self.0.join(" ")
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether every one of `required` is held.
+    pub fn contains_all(&self, required: &Scopes) -> bool {
+        required.0.iter().all(|r| self.0.binary_search(r).is_ok())
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one time unit of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Self(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let add = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_add(add))
+    }
+}
+
+/// What the caller asked for as an expiry, before the lifetime policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryRequest {
+    /// Neither `ttl` nor `expires_at`: the server default applies.
+    Default,
+    /// A lifetime from now; may be zero or negative as sent.
+    Ttl { seconds: i64, nanos: i32 },
+    /// An absolute expiry.
+    At(UnixMillis),
+}
+
+/// Server-wide lifetime rules.
+#[derive(Debug, Clone, Copy)]
+pub struct LifetimePolicy {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl LifetimePolicy {
+    /// The absolute expiry for a request made at `now`.
+    ///
+    /// # Errors
+    /// A ttl that is not positive, an `expires_at` not in the future, or
+    /// either beyond the maximum lifetime.
+    pub fn resolve(&self, req: ExpiryRequest, now: UnixMillis) -> Result<UnixMillis, FieldError> {
+        let max = now.saturating_add(self.max_ttl);
+        let (field, at) = match req {
+            ExpiryRequest::Default => ("ttl", now.saturating_add(self.default_ttl)),
+            ExpiryRequest::Ttl { seconds, nanos } => {
+                if seconds < 0 || nanos < 0 || (seconds == 0 && nanos == 0) {
+                    return Err(FieldError::new("ttl", "must be positive"));
+                }
+                let d = Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs());
+                if d > self.max_ttl {
+                    return Err(FieldError::new(
+                        "ttl",
+                        format!(
+                            "must be at most {}",
+                            humantime::format_duration(self.max_ttl)
+                        ),
+                    ));
+                }
+                ("ttl", now.saturating_add(d))
+            }
+            ExpiryRequest::At(at) => {
+                if at <= now {
+                    return Err(FieldError::new("expires_at", "must be in the future"));
+                }
+                ("expires_at", at)
+            }
+        };
+        if at > max {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "must be at most {} from now",
+                    humantime::format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        if at <= now {
+            return Err(FieldError::new(field, "must be at least 1ms from now"));
+        }
+        Ok(at)
+    }
+}
+
+/// The public, non-secret facts of one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub token_id: TokenId,
+    pub account_id: AccountId,
+    pub note: Note,
+    pub scopes: Scopes,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub last_used_at: Option<UnixMillis>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids_are_bounded_and_free_of_control_characters() {
+        assert!(AccountId::parse("acct_42".into()).is_ok());
+        assert!(AccountId::parse("ü".repeat(64)).is_ok());
+        assert_eq!(
+            AccountId::parse(String::new()).unwrap_err().field,
+            "account_id"
+        );
+        assert!(AccountId::parse("a".repeat(129)).is_err());
+        assert!(AccountId::parse("a\nb".into()).is_err());
+        assert!(AccountId::parse("a\u{7f}".into()).is_err());
+    }
+
+    #[test]
+    fn notes_are_bounded_in_characters_not_bytes() {
+        assert!(Note::parse("é".repeat(256)).is_ok());
+        assert_eq!(Note::parse("é".repeat(257)).unwrap_err().field, "note");
+        assert!(Note::parse("tab\there".into()).is_err());
+        assert!(Note::parse(String::new()).is_ok());
+    }
+
+    #[test]
+    fn scopes_are_sorted_deduplicated_and_checked() {
+        let s = Scopes::parse(vec!["b:write".into(), "a.read".into(), "b:write".into()]).unwrap();
+        assert_eq!(s.as_slice(), ["a.read", "b:write"]);
+        assert_eq!(s.joined(), "a.read b:write");
+        assert_eq!(Scopes::from_stored(&s.joined()), s);
+        assert!(Scopes::parse(vec!["Upper".into()]).is_err());
+        assert!(Scopes::parse(vec![String::new()]).is_err());
+        assert!(Scopes::parse(vec!["a b".into()]).is_err());
+        assert!(Scopes::parse(vec!["x".repeat(65)]).is_err());
+        let many: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
+        assert_eq!(Scopes::parse(many).unwrap_err().field, "scopes");
+    }
+
+    #[test]
+    fn holding_scopes_means_holding_every_required_one() {
+        let held = Scopes::parse(vec!["a".into(), "b".into()]).unwrap();
+        assert!(held.contains_all(&Scopes::parse(vec!["b".into()]).unwrap()));
+        assert!(held.contains_all(&Scopes::default()));
+        assert!(!held.contains_all(&Scopes::parse(vec!["a".into(), "c".into()]).unwrap()));
+    }
+
+    #[test]
+    fn token_ids_are_sixteen_base62_characters() {
+        assert!(TokenId::parse("abcDEF0123456789".into()).is_ok());
+        assert_eq!(
+            TokenId::parse("short".into()).unwrap_err().field,
+            "token_id"
+        );
+        assert!(TokenId::parse("abcDEF012345678-".into()).is_err());
+    }
+
+    fn policy() -> LifetimePolicy {
+        LifetimePolicy {
+            default_ttl: Duration::from_secs(30 * 86_400),
+            max_ttl: Duration::from_secs(365 * 86_400),
+        }
+    }
+
+    #[test]
+    fn expiry_defaults_and_limits_follow_the_policy() {
+        let now = UnixMillis(1_000_000);
+        let p = policy();
+        assert_eq!(
+            p.resolve(ExpiryRequest::Default, now).unwrap(),
+            now.saturating_add(p.default_ttl)
+        );
+        assert_eq!(
+            p.resolve(
+                ExpiryRequest::Ttl {
+                    seconds: 60,
+                    nanos: 0
+                },
+                now
+            )
+            .unwrap(),
+            UnixMillis(1_060_000)
+        );
+        assert_eq!(
+            p.resolve(ExpiryRequest::At(UnixMillis(2_000_000)), now)
+                .unwrap(),
+            UnixMillis(2_000_000)
+        );
+    }
+
+    #[test]
+    fn non_positive_past_or_too_long_expiries_are_refused() {
+        let now = UnixMillis(1_000_000);
+        let p = policy();
+        let err = |r| p.resolve(r, now).unwrap_err().field;
+        assert_eq!(
+            err(ExpiryRequest::Ttl {
+                seconds: 0,
+                nanos: 0
+            }),
+            "ttl"
+        );
+        assert_eq!(
+            err(ExpiryRequest::Ttl {
+                seconds: -5,
+                nanos: 0
+            }),
+            "ttl"
+        );
+        assert_eq!(
+            err(ExpiryRequest::Ttl {
+                seconds: 0,
+                nanos: 1
+            }),
+            "ttl"
+        );
+        assert_eq!(
+            err(ExpiryRequest::Ttl {
+                seconds: 366 * 86_400,
+                nanos: 0
+            }),
+            "ttl"
+        );
+        assert_eq!(
+            err(ExpiryRequest::Ttl {
+                seconds: i64::MAX,
+                nanos: 0
+            }),
+            "ttl"
+        );
+        assert_eq!(err(ExpiryRequest::At(now)), "expires_at");
+        assert_eq!(err(ExpiryRequest::At(UnixMillis(10))), "expires_at");
+        let too_far = now.saturating_add(Duration::from_secs(366 * 86_400));
+        assert_eq!(err(ExpiryRequest::At(too_far)), "expires_at");
+    }
+}

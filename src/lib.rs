@@ -1,0 +1,35 @@
+//! patd: a personal-access-token service.
+//!
+//! # Layout
+//!
+//! Data flows one way: transport -> service -> store.
+//!
+//! - [`config`]: flags and `PATD_*` variables, checked before start.
+//! - [`telemetry`]: the tracing subscriber and error-chain formatting.
+//! - [`token`]: the token format: generate, parse, checksum, digest.
+//! - [`domain`]: validated types (`AccountId`, `Note`, `Scopes`, expiry).
+//! - [`store`]: the `Store` trait, the memory and Redis implementations, key
+//!   names and the Lua scripts.
+//! - [`service`]: the use cases and their rules (limit, lifetime, digest
+//!   comparison), with one error enum.
+//! - [`grpc`]: `patd.v1.TokenService` over the service; the one mapping of
+//!   errors to `tonic::Status`.
+//! - [`server`]: wiring, listeners, health, reflection, graceful shutdown.
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+
+/// Generated protobuf types and the descriptor set served by reflection.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("patd.v1");
+
+    /// Encoded descriptors of `patd.v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("patd_descriptor");
+}

@@ -1,0 +1,70 @@
+//! The `patd` binary: parse config, start logging, build the app, serve
+//! until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use patd::config::Config;
+use patd::server::Application;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => return fail(&first_line(&e.to_string())),
+    };
+    patd::telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let app = match Application::build(config).await {
+            Ok(app) => app,
+            Err(e) => return fail(&patd::telemetry::error_chain(&e)),
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        match app.run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&patd::telemetry::error_chain(&e)),
+        }
+    })
+}
+
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or("invalid arguments");
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("patd: {reason}");
+    ExitCode::from(2)
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

@@ -1,0 +1,186 @@
+//! Wiring: builds the store, the service and the listeners from a `Config`,
+//! and runs them until shutdown. `main` and the tests start patd through this
+//! same code (on port 0 in tests).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{Config, ConfigError, StoreKind};
+use crate::grpc::{TokenApi, TokenServiceServer};
+use crate::service::{Rules, Tokens};
+use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+
+/// The service name health reports on for store readiness.
+const TOKEN_SERVICE: &str = "patd.v1.TokenService";
+/// How often the store is pinged for the health status.
+const READINESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Why patd could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A built, bound, not yet running patd.
+pub struct Application {
+    config: Config,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    tokens: Tokens<AnyStore>,
+}
+
+impl Application {
+    /// Checks the config, prepares the store and binds the listeners.
+    ///
+    /// # Errors
+    /// A bad setting, an unusable store URL, or an address that cannot be
+    /// bound.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let store = match &config.store {
+            StoreKind::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreKind::Redis(url) => AnyStore::Redis(RedisStore::connect(
+                url,
+                &config.key_prefix,
+                config.redis_timeout(),
+            )?),
+        };
+        let rules = Rules {
+            format: config.token_format()?,
+            max_tokens_per_account: config.max_tokens_per_account,
+            lifetime: config.lifetime(),
+        };
+        let grpc_listener = bind(config.grpc_addr).await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        Ok(Self {
+            tokens: Tokens::new(store, rules),
+            config,
+            grpc_listener,
+            grpc_addr,
+        })
+    }
+
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Serves until `shutdown` is cancelled: health turns NOT_SERVING first,
+    /// then, after the configured grace, listeners stop accepting and
+    /// in-flight requests finish.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
+            .max_decoding_message_size(self.config.max_request_bytes as usize);
+
+        tokio::spawn(watch_readiness(
+            self.tokens.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+
+        tracing::info!(
+            grpc_addr = %self.grpc_addr,
+            store = self.config.store.name(),
+            "patd listening"
+        );
+        let grace = *self.config.shutdown_grace;
+        let stop = {
+            let health = health.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: health NOT_SERVING, draining");
+                set_all(&health, ServingStatus::NotServing).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        Server::builder()
+            .timeout(*self.config.request_timeout)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop)
+            .await?;
+        tracing::info!("patd stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(TOKEN_SERVICE, status).await;
+}
+
+/// Keeps the TokenService health status in step with the store, so a
+/// health-checking load balancer stops sending traffic to an instance whose
+/// Redis is gone. The overall ("") status stays SERVING: the process is fine.
+async fn watch_readiness(
+    tokens: Tokens<AnyStore>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(READINESS_EVERY);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = match tokens.ready().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            tracing::info!(
+                ready = status == ServingStatus::Serving,
+                "store readiness changed"
+            );
+            health.set_service_status(TOKEN_SERVICE, status).await;
+            last = Some(status);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The use cases: issue, introspect, revoke, revoke all, list. Transport code
+//! calls these with validated domain types; this layer applies the rules
+//! (limit, lifetime, digest check) and talks to the store. It never sees
+//! protobuf or HTTP.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::domain::{
+    AccountId, ExpiryRequest, FieldError, LifetimePolicy, Note, Scopes, TokenId, TokenInfo,
+    UnixMillis,
+};
+use crate::store::{IssueOutcome, Store, StoreError, StoredToken};
+use crate::token::{ParseError, PlainToken, TokenFormat};
+
+/// Last-use times are written at most this often per token, so Introspect
+/// stays one read on the hot path.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Fresh ids per Issue before giving up on random-id collisions.
+const ISSUE_ATTEMPTS: usize = 3;
+
+/// What went wrong, named for what the caller should do next.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// Fix the named field; nothing was written.
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
+    /// Revoke a token first.
+    #[error("the account already holds its limit of {limit} live tokens")]
+    LimitReached { limit: u32 },
+    /// Nothing to act on.
+    #[error("the account holds no such live token")]
+    NotFound,
+    /// Try again later; the store could not answer.
+    #[error("the token store is unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+/// Server-wide rules for tokens.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub format: TokenFormat,
+    pub max_tokens_per_account: u32,
+    pub lifetime: LifetimePolicy,
+}
+
+/// A validated Issue request.
+#[derive(Debug)]
+pub struct IssueCommand {
+    pub account: AccountId,
+    pub note: Note,
+    pub scopes: Scopes,
+    pub expiry: ExpiryRequest,
+}
+
+/// A freshly issued token: the only time its value exists outside the
+/// caller's hands.
+#[derive(Debug)]
+pub struct Issued {
+    pub token: PlainToken,
+    pub info: TokenInfo,
+}
+
+/// The answer to "is this token good?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Introspection {
+    Active(TokenInfo),
+    Inactive(Inactive),
+}
+
+/// Why a token is inactive; for logs and metrics, never sent to callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inactive {
+    Malformed,
+    Unknown,
+    Expired,
+}
+
+impl Inactive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inactive::Malformed => "malformed",
+            Inactive::Unknown => "unknown",
+            Inactive::Expired => "expired",
+        }
+    }
+}
+
+impl From<ParseError> for Inactive {
+    fn from(_: ParseError) -> Self {
+        Inactive::Malformed
+    }
+}
+
+/// The token use cases over one store.
+#[derive(Clone)]
+pub struct Tokens<S> {
+    store: S,
+    rules: Rules,
+}
+
+impl<S: Store + Clone> Tokens<S> {
+    pub fn new(store: S, rules: Rules) -> Self {
+        Self { store, rules }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Issues a token.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an expiry outside the policy, `LimitReached`,
+    /// `Unavailable`.
+    pub async fn issue(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
+        let started = Instant::now();
+        let account = cmd.account.clone();
+        let result = self.issue_inner(cmd).await;
+        let token_id = result.as_ref().ok().map(|i| &i.info.token_id);
+        log_rpc("Issue", started, Some(&account), token_id, &result, "ok");
+        result
+    }
+
+    async fn issue_inner(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
+        let now = UnixMillis::now();
+        let expires_at = self.rules.lifetime.resolve(cmd.expiry, now)?;
+        let limit = self.rules.max_tokens_per_account;
+        for _ in 0..ISSUE_ATTEMPTS {
+            let (token, parsed) = self.rules.format.generate(&cmd.account);
+            let stored = StoredToken {
+                info: TokenInfo {
+                    token_id: parsed.token_id,
+                    account_id: cmd.account.clone(),
+                    note: cmd.note.clone(),
+                    scopes: cmd.scopes.clone(),
+                    created_at: now,
+                    expires_at,
+                    last_used_at: None,
+                },
+                digest: parsed.digest,
+            };
+            match self.store.issue(&stored, limit, now).await? {
+                IssueOutcome::Issued => {
+                    return Ok(Issued {
+                        token,
+                        info: stored.info,
+                    });
+                }
+                IssueOutcome::LimitReached => return Err(ServiceError::LimitReached { limit }),
+                IssueOutcome::IdTaken => continue,
+            }
+        }
+        Err(ServiceError::Unavailable(StoreError::Contended))
+    }
+
+    /// Checks a presented token value. Anything that is not a live token of
+    /// ours is `Inactive`; only a store failure is an error.
+    ///
+    /// # Errors
+    /// `Unavailable`: the caller must deny, never guess.
+    pub async fn introspect(&self, presented: &str) -> Result<Introspection, ServiceError> {
+        let started = Instant::now();
+        let (token_id, result) = self.introspect_inner(presented).await;
+        let (account, label) = match &result {
+            Ok(Introspection::Active(info)) => (Some(&info.account_id), "active"),
+            Ok(Introspection::Inactive(why)) => (None, why.as_str()),
+            Err(_) => (None, ""),
+        };
+        log_rpc(
+            "Introspect",
+            started,
+            account,
+            token_id.as_ref(),
+            &result,
+            label,
+        );
+        result
+    }
+
+    async fn introspect_inner(
+        &self,
+        presented: &str,
+    ) -> (Option<TokenId>, Result<Introspection, ServiceError>) {
+        let parsed = match self.rules.format.parse(presented) {
+            Ok(p) => p,
+            Err(e) => return (None, Ok(Introspection::Inactive(e.into()))),
+        };
+        let now = UnixMillis::now();
+        let stored = match self.store.lookup(&parsed.token_id, now).await {
+            Ok(s) => s,
+            Err(e) => return (Some(parsed.token_id), Err(e.into())),
+        };
+        let answer = match stored {
+            Some(s) if !s.digest.matches(&parsed.digest) => {
+                Introspection::Inactive(Inactive::Unknown)
+            }
+            Some(s) if s.info.expires_at <= now => Introspection::Inactive(Inactive::Expired),
+            Some(s) => {
+                self.maybe_touch(&s.info, now);
+                Introspection::Active(s.info)
+            }
+            None => Introspection::Inactive(Inactive::Unknown),
+        };
+        (Some(parsed.token_id), Ok(answer))
+    }
+
+    /// Records the use in the background, at most once per interval: a
+    /// lost last-used time is harmless, a slower Introspect is not.
+    fn maybe_touch(&self, info: &TokenInfo, now: UnixMillis) {
+        let fresh = info
+            .last_used_at
+            .is_some_and(|t| now.0.saturating_sub(t.0) < TOUCH_INTERVAL.as_millis() as u64);
+        if fresh {
+            return;
+        }
+        let store = self.store.clone();
+        let token_id = info.token_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch(&token_id, now).await {
+                tracing::debug!(token_id = token_id.as_str(), error = %e, "last-used update failed");
+            }
+        });
+    }
+
+    /// Revokes one token of an account.
+    ///
+    /// # Errors
+    /// `NotFound` when the account holds no such live token, `Unavailable`.
+    pub async fn revoke(&self, account: AccountId, token_id: TokenId) -> Result<(), ServiceError> {
+        let started = Instant::now();
+        let result = match self
+            .store
+            .revoke(&account, &token_id, UnixMillis::now())
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ServiceError::NotFound),
+            Err(e) => Err(e.into()),
+        };
+        log_rpc(
+            "Revoke",
+            started,
+            Some(&account),
+            Some(&token_id),
+            &result,
+            "ok",
+        );
+        result
+    }
+
+    /// Revokes every token of an account; returns how many were live.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn revoke_all(&self, account: AccountId) -> Result<u32, ServiceError> {
+        let started = Instant::now();
+        let result = self
+            .store
+            .revoke_all(&account, UnixMillis::now())
+            .await
+            .map_err(ServiceError::from);
+        log_rpc("RevokeAll", started, Some(&account), None, &result, "ok");
+        result
+    }
+
+    /// The account's live tokens, newest first.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list(&self, account: AccountId) -> Result<Vec<TokenInfo>, ServiceError> {
+        let started = Instant::now();
+        let result = self
+            .store
+            .list(&account, UnixMillis::now())
+            .await
+            .map(|mut tokens| {
+                // Both stores return the same set; the order is decided here.
+                tokens.sort_by(|a, b| {
+                    b.created_at
+                        .cmp(&a.created_at)
+                        .then_with(|| a.token_id.cmp(&b.token_id))
+                });
+                tokens
+            })
+            .map_err(ServiceError::from);
+        log_rpc("List", started, Some(&account), None, &result, "ok");
+        result
+    }
+
+    /// Whether the store answers (readiness).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ping().await?)
+    }
+}
+
+fn error_label(e: &ServiceError) -> &'static str {
+    match e {
+        ServiceError::InvalidArgument(_) => "invalid_argument",
+        ServiceError::LimitReached { .. } => "limit_reached",
+        ServiceError::NotFound => "not_found",
+        ServiceError::Unavailable(_) => "unavailable",
+    }
+}
+
+/// One line per call: what, for whom, which token id (public), how it
+/// ended and how long it took. Never the token value. A store failure is a
+/// warning carrying its cause chain, which stays in the log.
+fn log_rpc<T>(
+    rpc: &'static str,
+    started: Instant,
+    account: Option<&AccountId>,
+    token_id: Option<&TokenId>,
+    result: &Result<T, ServiceError>,
+    ok_label: &'static str,
+) {
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let account_id = account.map(AccountId::as_str);
+    let token_id = token_id.map(TokenId::as_str);
+    match result {
+        Ok(_) => tracing::info!(
+            rpc,
+            account_id,
+            token_id,
+            outcome = ok_label,
+            latency_us,
+            "rpc"
+        ),
+        Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
+            rpc,
+            account_id,
+            token_id,
+            outcome = error_label(e),
+            latency_us,
+            cause = %crate::telemetry::error_chain(cause),
+            "rpc"
+        ),
+        Err(e) => tracing::info!(
+            rpc,
+            account_id,
+            token_id,
+            outcome = error_label(e),
+            latency_us,
+            "rpc"
+        ),
+    }
+}

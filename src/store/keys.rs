@@ -1,0 +1,65 @@
+//! Redis key names: the one place that knows the layout
+//! `<prefix>:{TAG}:t:<token_id>` and `<prefix>:{TAG}:a:<account_id>`.
+//! The `{TAG}` hash tag puts an account's index and all its token records in
+//! one Redis Cluster slot, so every multi-key change is a single script.
+
+use crate::domain::{AccountId, TokenId};
+
+/// Key names under a configurable prefix (tests use a random one each).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The hash of one token.
+    pub fn token(&self, token_id: &TokenId) -> String {
+        format!(
+            "{}:{{{}}}:t:{}",
+            self.prefix,
+            token_id.shard_tag(),
+            token_id.as_str()
+        )
+    }
+
+    /// The sorted set of an account's token ids, scored by expiry.
+    pub fn account(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:a:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::TokenFormat;
+
+    #[test]
+    fn an_accounts_index_and_its_tokens_share_one_hash_tag() {
+        let keys = Keys::new("patd");
+        let account = AccountId::parse("acct-7".into()).unwrap();
+        let (_, parsed) = TokenFormat::new("pat").unwrap().generate(&account);
+        let tag = account.shard_tag();
+        assert_eq!(keys.account(&account), format!("patd:{{{tag}}}:a:acct-7"));
+        assert_eq!(
+            keys.token(&parsed.token_id),
+            format!("patd:{{{tag}}}:t:{}", parsed.token_id.as_str())
+        );
+    }
+
+    #[test]
+    fn the_prefix_is_configurable() {
+        let id = TokenId::parse("abc0123456789xyz".into()).unwrap();
+        assert_eq!(Keys::new("t-1").token(&id), "t-1:{abc}:t:abc0123456789xyz");
+    }
+}

@@ -1,0 +1,278 @@
+//! The production store on Redis. Every multi-key change is one Lua script
+//! (see `lua/`), called by SHA and reloaded by the client after a restart or
+//! failover. The connection reconnects by itself, and every call is bounded
+//! by a timeout so a stalled Redis turns into UNAVAILABLE, never a hang.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::keys::Keys;
+use super::{IssueOutcome, Store, StoreError, StoredToken};
+use crate::domain::{AccountId, Note, Scopes, TokenId, TokenInfo, UnixMillis};
+use crate::token::TokenDigest;
+
+/// Hash fields read back for a token, in this order.
+const FIELDS: [&str; 7] = [
+    "account", "digest", "note", "scopes", "created", "expires", "used",
+];
+
+/// How often RevokeAll re-reads an index that kept changing under it.
+const REVOKE_ALL_ATTEMPTS: usize = 16;
+
+struct Scripts {
+    issue: Script,
+    revoke: Script,
+    revoke_all: Script,
+    touch: Script,
+}
+
+/// Redis-backed token store; cheap to clone (one shared multiplexed
+/// connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+impl RedisStore {
+    /// Prepares a store for `url` (`redis://` or `rediss://`). It connects
+    /// lazily, so patd starts even while Redis is down and serves as soon as
+    /// it is back.
+    ///
+    /// # Errors
+    /// The URL cannot be parsed.
+    pub fn connect(url: &str, key_prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            keys: Keys::new(key_prefix),
+            timeout,
+            scripts: Arc::new(Scripts {
+                issue: Script::new(include_str!("lua/issue.lua")),
+                revoke: Script::new(include_str!("lua/revoke.lua")),
+                revoke_all: Script::new(include_str!("lua/revoke_all.lua")),
+                touch: Script::new(include_str!("lua/touch.lua")),
+            }),
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn read_token(
+        &self,
+        token_id: &TokenId,
+        now: UnixMillis,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.token(token_id))
+                    .arg(&FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        decode_record(token_id, values, now)
+    }
+}
+
+/// Rebuilds a stored token from its hash fields; a record is re-validated
+/// because anyone with write access to Redis could have written it.
+fn decode_record(
+    token_id: &TokenId,
+    values: Vec<Option<String>>,
+    now: UnixMillis,
+) -> Result<Option<StoredToken>, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        token_id: token_id.as_str().to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut it = values.into_iter();
+    let mut next = || it.next().flatten();
+    let (Some(account), digest, note, scopes, created, expires, used) =
+        (next(), next(), next(), next(), next(), next(), next())
+    else {
+        return Ok(None);
+    };
+    let millis = |v: Option<String>, field: &str| -> Result<UnixMillis, StoreError> {
+        v.and_then(|s| s.parse().ok())
+            .map(UnixMillis)
+            .ok_or_else(|| corrupt(field))
+    };
+    let expires_at = millis(expires, "expires")?;
+    if expires_at <= now {
+        return Ok(None);
+    }
+    let info = TokenInfo {
+        token_id: token_id.clone(),
+        account_id: AccountId::parse(account).map_err(|_| corrupt("account"))?,
+        note: Note::parse(note.unwrap_or_default()).map_err(|_| corrupt("note"))?,
+        scopes: Scopes::from_stored(&scopes.unwrap_or_default()),
+        created_at: millis(created, "created")?,
+        expires_at,
+        last_used_at: used.and_then(|s| s.parse().ok()).map(UnixMillis),
+    };
+    let digest = digest
+        .as_deref()
+        .and_then(TokenDigest::from_hex)
+        .ok_or_else(|| corrupt("digest"))?;
+    Ok(Some(StoredToken { info, digest }))
+}
+
+impl Store for RedisStore {
+    async fn issue(
+        &self,
+        token: &StoredToken,
+        limit: u32,
+        now: UnixMillis,
+    ) -> Result<IssueOutcome, StoreError> {
+        let info = &token.info;
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.issue.prepare_invoke();
+        call.key(self.keys.account(&info.account_id))
+            .key(self.keys.token(&info.token_id))
+            .arg(now.0)
+            .arg(limit)
+            .arg(info.token_id.as_str())
+            .arg(info.expires_at.0)
+            .arg(info.account_id.as_str())
+            .arg(token.digest.to_hex())
+            .arg(info.note.as_str())
+            .arg(info.scopes.joined())
+            .arg(info.created_at.0);
+        let outcome: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(match outcome {
+            1 => IssueOutcome::Issued,
+            0 => IssueOutcome::LimitReached,
+            _ => IssueOutcome::IdTaken,
+        })
+    }
+
+    async fn lookup(
+        &self,
+        token_id: &TokenId,
+        now: UnixMillis,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        self.read_token(token_id, now).await
+    }
+
+    async fn touch(&self, token_id: &TokenId, at: UnixMillis) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.touch.prepare_invoke();
+        call.key(self.keys.token(token_id)).arg(at.0);
+        let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn revoke(
+        &self,
+        account: &AccountId,
+        token_id: &TokenId,
+        _now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.revoke.prepare_invoke();
+        call.key(self.keys.account(account))
+            .key(self.keys.token(token_id))
+            .arg(token_id.as_str());
+        let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(revoked == 1)
+    }
+
+    async fn revoke_all(&self, account: &AccountId, _now: UnixMillis) -> Result<u32, StoreError> {
+        let index = self.keys.account(account);
+        let mut conn = self.conn.clone();
+        for _ in 0..REVOKE_ALL_ATTEMPTS {
+            let members: Vec<String> = self
+                .timed(
+                    redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut call = self.scripts.revoke_all.prepare_invoke();
+            call.key(&index);
+            for member in &members {
+                // Index members were written by issue.lua from valid ids;
+                // anything else cannot name a token key of ours.
+                let id = TokenId::parse(member.clone()).map_err(|_| StoreError::Corrupt {
+                    token_id: member.clone(),
+                    reason: "index member is not a token id".into(),
+                })?;
+                call.key(self.keys.token(&id)).arg(member);
+            }
+            let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+            if let Ok(n) = u32::try_from(revoked) {
+                return Ok(n);
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn list(
+        &self,
+        account: &AccountId,
+        now: UnixMillis,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = self
+            .timed(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.account(account))
+                    .arg(format!("({}", now.0))
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let ids: Vec<TokenId> = members
+            .into_iter()
+            .filter_map(|m| TokenId::parse(m).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
+        }
+        let rows: Vec<Vec<Option<String>>> = self.timed(pipe.query_async(&mut conn)).await?;
+        let mut tokens = Vec::with_capacity(ids.len());
+        for (id, row) in ids.iter().zip(rows) {
+            if let Some(t) = decode_record(id, row, now)? {
+                tokens.push(t.info);
+            }
+        }
+        Ok(tokens)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
