@@ -115,6 +115,9 @@ impl Application {
             "patd listening"
         );
         let grace = *self.config.shutdown_grace;
+        // In-flight requests get their own timeout to finish; a client that
+        // never lets its connection close must not keep patd alive.
+        let hard_stop = grace + *self.config.request_timeout + Duration::from_secs(1);
         let stop = {
             let health = health.clone();
             let shutdown = shutdown.clone();
@@ -125,14 +128,19 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        Server::builder()
+        let serve = Server::builder()
             .timeout(*self.config.request_timeout)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop)
-            .await?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
+        tokio::select! {
+            served = serve => served?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(hard_stop).await } => {
+                tracing::warn!("connections still open after the drain deadline; stopping anyway");
+            }
+        }
         tracing::info!("patd stopped");
         Ok(())
     }

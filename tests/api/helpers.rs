@@ -1,0 +1,388 @@
+//! Test harness: a real `redis-server` on a free port and real `patd`
+//! processes (the built binary) on port 0, with typed gRPC clients. Each
+//! patd gets its own random key prefix, so tests never flush or share data.
+//! `TEST_LOG=1` echoes every patd log line.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use patd::pb::IssueRequest;
+use patd::pb::token_service_client::TokenServiceClient;
+use tonic::transport::Channel;
+
+pub type Client = TokenServiceClient<Channel>;
+
+/// A random lowercase-hex string, for key prefixes and account ids.
+pub fn random_name(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("OS random");
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// A `redis-server` child process on a free loopback port.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(random_name("patd-test-redis-"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/test.sh, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.connection().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    fn connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut conn).ok()?;
+        Some(conn)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A direct connection, for inspecting what patd wrote.
+    pub fn conn(&self) -> redis::Connection {
+        self.connection().expect("redis is up")
+    }
+
+    /// Kills the server at once (SIGKILL), like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: tests run without
+    /// persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Every key under `prefix` with every value it holds, as text.
+    pub fn dump(&self, prefix: &str) -> Vec<(String, Vec<String>)> {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut conn)
+            .expect("KEYS");
+        keys.into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("TYPE");
+                let values: Vec<String> = match kind.as_str() {
+                    "hash" => redis::cmd("HGETALL").arg(&key).query(&mut conn),
+                    "zset" => redis::cmd("ZRANGE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query(&mut conn),
+                    other => panic!("unexpected key type {other} for {key}"),
+                }
+                .expect("read value");
+                (key, values)
+            })
+            .collect()
+    }
+
+    pub fn dbsize(&self) -> u64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.conn())
+            .expect("DBSIZE")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Which store a patd under test uses.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Memory,
+    Redis { url: String },
+}
+
+/// A running `patd` process.
+pub struct Patd {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub key_prefix: String,
+    logs: Arc<Mutex<String>>,
+}
+
+/// Options for one patd process.
+pub struct PatdOptions {
+    pub backend: Backend,
+    pub key_prefix: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl PatdOptions {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            key_prefix: random_name("t"),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.key_prefix = prefix.to_owned();
+        self
+    }
+}
+
+/// Runs the patd binary with a clean environment plus `env`.
+pub fn patd_command(env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+impl Patd {
+    pub async fn memory() -> Self {
+        Self::spawn(PatdOptions::new(Backend::Memory)).await
+    }
+
+    pub async fn redis(redis: &RedisServer) -> Self {
+        Self::spawn(PatdOptions::new(Backend::Redis { url: redis.url() })).await
+    }
+
+    pub async fn spawn(opts: PatdOptions) -> Self {
+        let store = match &opts.backend {
+            Backend::Memory => "memory".to_owned(),
+            Backend::Redis { url } => url.clone(),
+        };
+        let mut env = vec![
+            ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("PATD_STORE".to_owned(), store),
+            ("PATD_KEY_PREFIX".to_owned(), opts.key_prefix.clone()),
+        ];
+        env.extend(opts.env.iter().cloned());
+        let mut child = patd_command(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn patd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let echo = std::env::var_os("TEST_LOG").is_some();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[patd] {line}");
+                }
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = addr_tx.send(addr);
+                }
+                let mut logs = sink.lock().expect("log lock");
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let grpc_addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "patd did not start; logs:\n{}",
+                    logs.lock().expect("log lock")
+                );
+            }
+        };
+        Self {
+            child,
+            grpc_addr,
+            key_prefix: opts.key_prefix,
+            logs,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to patd")
+    }
+
+    pub async fn client(&self) -> Client {
+        TokenServiceClient::new(self.channel().await)
+    }
+
+    /// Everything patd logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; `None` on timeout.
+    /// Async so that this test's own clients keep answering (HTTP/2
+    /// shutdown pings) while patd drains.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Patd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("patd listening") {
+        return None;
+    }
+    let rest = line.split("grpc_addr=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// An Issue request for `account` with the given ttl in seconds.
+pub fn issue_request(account: &str, ttl_secs: i64) -> IssueRequest {
+    IssueRequest {
+        account_id: account.to_owned(),
+        note: "test".to_owned(),
+        ttl: Some(prost_types::Duration {
+            seconds: ttl_secs,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Issues a token and returns (value, token id).
+pub async fn issue(client: &mut Client, account: &str, ttl_secs: i64) -> (String, String) {
+    let resp = client
+        .issue(issue_request(account, ttl_secs))
+        .await
+        .expect("issue")
+        .into_inner();
+    let id = resp.info.expect("info").token_id;
+    (resp.token, id)
+}
+
+/// Whether Introspect says the token is active.
+pub async fn is_active(client: &mut Client, token: &str) -> bool {
+    client
+        .introspect(patd::pb::IntrospectRequest {
+            token: token.to_owned(),
+        })
+        .await
+        .expect("introspect")
+        .into_inner()
+        .active
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
