@@ -1,19 +1,41 @@
 //! Compiles the public contract with a vendored protoc (no system protoc
-//! needed) and writes the descriptor set that server reflection serves.
+//! needed) and writes the descriptor sets that server reflection serves:
+//! patd's own, and one for Envoy's ext_authz service, whose Rust types come
+//! from the envoy-types crate (which ships no descriptors).
 
-use std::{env, error::Error, path::PathBuf};
+use std::{env, error::Error, path::PathBuf, process::Command};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let mut config = tonic_prost_build::Config::new();
-    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let wkt_include = protoc_bin_vendored::include_path()?;
+
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(&protoc);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("patd_descriptor.bin"))
         .compile_with_config(
             config,
             &[PathBuf::from("proto/patd/v1/tokens.proto")],
-            &[PathBuf::from("proto"), wkt_include],
+            &[PathBuf::from("proto"), wkt_include.clone()],
         )?;
+
+    // Descriptors only: no code is generated from the Envoy subset.
+    let status = Command::new(&protoc)
+        .arg("-I")
+        .arg("proto/envoy_subset")
+        .arg("-I")
+        .arg(&wkt_include)
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out_dir.join("envoy_authz_descriptor.bin").display()
+        ))
+        .arg("envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err(format!("protoc failed on the Envoy ext_authz subset: {status}").into());
+    }
+    println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use axum::http;
 use clap::Parser;
 use thiserror::Error;
 
@@ -54,6 +55,21 @@ pub struct Config {
     /// Address of the gRPC listener (TokenService, health, reflection).
     #[arg(long, env = "PATD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP listener (forward-auth, /healthz, /readyz).
+    #[arg(long, env = "PATD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// An extra request header that may carry the raw token for
+    /// forward-auth (e.g. `X-API-Key`), tried when there is no
+    /// `Authorization: Bearer`.
+    #[arg(long, env = "PATD_FORWARD_AUTH_TOKEN_HEADER")]
+    pub forward_auth_token_header: Option<http::HeaderName>,
+
+    /// How long a gateway may cache a forward-auth allow (`private,
+    /// max-age`, never beyond the token's expiry); 0s sends `no-store`.
+    #[arg(long, env = "PATD_FORWARD_AUTH_MAX_AGE", default_value = "0s")]
+    pub forward_auth_max_age: humantime::Duration,
 
     /// `memory`, or a redis:// / rediss:// URL.
     #[arg(long, env = "PATD_STORE", default_value = "memory")]
@@ -170,6 +186,8 @@ mod tests {
     fn the_defaults_are_loopback_memory_and_fifty_tokens() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.forward_auth_token_header.is_none());
         assert_eq!(c.store, StoreKind::Memory);
         assert_eq!(c.max_tokens_per_account, 50);
         assert_eq!(*c.default_ttl, Duration::from_secs(30 * 86_400));
@@ -194,6 +212,8 @@ mod tests {
         assert!(bad(&["--key-prefix", "{x}"]));
         assert!(bad(&["--max-tokens-per-account", "0"]));
         assert!(bad(&["--max-ttl", "soon"]));
+        assert!(bad(&["--forward-auth-token-header", "bad header"]));
+        assert!(!bad(&["--forward-auth-token-header", "X-API-Key"]));
         assert!(!bad(&["--token-prefix", "acme"]));
     }
 }

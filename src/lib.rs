@@ -12,13 +12,18 @@
 //!   names and the Lua scripts.
 //! - [`service`]: the use cases and their rules (limit, lifetime, digest
 //!   comparison), with one error enum.
-//! - [`grpc`]: `patd.v1.TokenService` over the service; the one mapping of
-//!   errors to `tonic::Status`.
+//! - [`bearer`]: reading a presented token out of request headers, shared
+//!   by both gateway transports.
+//! - [`grpc`]: `patd.v1.TokenService` and Envoy ext_authz over the service;
+//!   the one mapping of errors to `tonic::Status`.
+//! - [`http`]: forward-auth for HTTP gateways, `/healthz`, `/readyz`.
 //! - [`server`]: wiring, listeners, health, reflection, graceful shutdown.
 
+pub mod bearer;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -32,4 +37,9 @@ pub mod pb {
 
     /// Encoded descriptors of `patd.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("patd_descriptor");
+
+    /// Encoded descriptors of `envoy.service.auth.v3.Authorization` (from
+    /// `proto/envoy_subset`), so grpcurl can call ext_authz Check.
+    pub const ENVOY_AUTHZ_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("envoy_authz_descriptor");
 }

@@ -14,7 +14,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, ConfigError, StoreKind};
+use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::{TokenApi, TokenServiceServer};
+use crate::http::ForwardAuth;
 use crate::service::{Rules, Tokens};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
 
@@ -46,6 +48,8 @@ pub struct Application {
     config: Config,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
     tokens: Tokens<AnyStore>,
 }
 
@@ -70,24 +74,26 @@ impl Application {
             max_tokens_per_account: config.max_tokens_per_account,
             lifetime: config.lifetime(),
         };
-        let grpc_listener = bind(config.grpc_addr).await?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
+        let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
+        let (http_listener, http_addr) = bind(config.http_addr).await?;
         Ok(Self {
             tokens: Tokens::new(store, rules),
             config,
             grpc_listener,
             grpc_addr,
+            http_listener,
+            http_addr,
         })
     }
 
     /// The bound gRPC address (the real port when configured with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Serves until `shutdown` is cancelled: health turns NOT_SERVING first,
@@ -100,8 +106,19 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
+        let max_request = self.config.max_request_bytes as usize;
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
-            .max_decoding_message_size(self.config.max_request_bytes as usize);
+            .max_decoding_message_size(max_request);
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone()))
+            .max_decoding_message_size(max_request);
+        let http_app = crate::http::router(
+            self.tokens.clone(),
+            ForwardAuth {
+                token_header: self.config.forward_auth_token_header.clone(),
+                max_age: *self.config.forward_auth_max_age,
+            },
+            shutdown.clone(),
+        );
 
         tokio::spawn(watch_readiness(
             self.tokens.clone(),
@@ -111,22 +128,39 @@ impl Application {
 
         tracing::info!(
             grpc_addr = %self.grpc_addr,
+            http_addr = %self.http_addr,
             store = self.config.store.name(),
             "patd listening"
         );
         let grace = *self.config.shutdown_grace;
         // In-flight requests get their own timeout to finish; a client that
         // never lets its connection close must not keep patd alive.
-        let hard_stop = grace + *self.config.request_timeout + Duration::from_secs(1);
-        let stop = {
+        let drain = *self.config.request_timeout + Duration::from_secs(1);
+        let hard_stop = grace + drain;
+        // Cancelled once the grace period after the shutdown signal is over:
+        // then both listeners stop accepting.
+        let stop_accepting = CancellationToken::new();
+        tokio::spawn({
             let health = health.clone();
             let shutdown = shutdown.clone();
+            let stop_accepting = stop_accepting.clone();
             async move {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: health NOT_SERVING, draining");
                 set_all(&health, ServingStatus::NotServing).await;
                 tokio::time::sleep(grace).await;
+                stop_accepting.cancel();
             }
+        });
+        let http = tokio::spawn(crate::http::serve(
+            self.http_listener,
+            http_app,
+            stop_accepting.clone(),
+            drain,
+        ));
+        let stop = {
+            let stop_accepting = stop_accepting.clone();
+            async move { stop_accepting.cancelled().await }
         };
         let serve = Server::builder()
             .timeout(*self.config.request_timeout)
@@ -134,6 +168,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
+            .add_service(ext_authz)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
         tokio::select! {
             served = serve => served?,
@@ -141,21 +176,27 @@ impl Application {
                 tracing::warn!("connections still open after the drain deadline; stopping anyway");
             }
         }
+        let _ = http.await;
         tracing::info!("patd stopped");
         Ok(())
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::ENVOY_AUTHZ_DESCRIPTOR_SET)
 }
 
 async fn set_all(health: &HealthReporter, status: ServingStatus) {

@@ -100,6 +100,32 @@ impl From<ParseError> for Inactive {
     }
 }
 
+/// A gateway's answer: let the request through, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A live token holding every required scope.
+    Allow(TokenInfo),
+    /// No credential was presented.
+    Missing,
+    /// A credential that is not a live token of ours.
+    Invalid(Inactive),
+    /// A live token without some required scope.
+    InsufficientScope(TokenInfo),
+}
+
+impl Decision {
+    fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allow",
+            Decision::Missing => "deny_missing",
+            Decision::Invalid(Inactive::Malformed) => "deny_malformed",
+            Decision::Invalid(Inactive::Unknown) => "deny_unknown",
+            Decision::Invalid(Inactive::Expired) => "deny_expired",
+            Decision::InsufficientScope(_) => "deny_scope",
+        }
+    }
+}
+
 /// The token use cases over one store.
 #[derive(Clone)]
 pub struct Tokens<S> {
@@ -183,6 +209,44 @@ impl<S: Store + Clone> Tokens<S> {
             &result,
             label,
         );
+        result
+    }
+
+    /// The gateway decision (forward-auth, ext_authz): the same check as
+    /// Introspect, plus the scopes the route requires. `rpc` names the
+    /// caller in the log line.
+    ///
+    /// # Errors
+    /// `Unavailable`: the gateway must deny, never guess.
+    pub async fn authorize(
+        &self,
+        rpc: &'static str,
+        presented: Option<&str>,
+        required: &Scopes,
+    ) -> Result<Decision, ServiceError> {
+        let started = Instant::now();
+        let (token_id, result) = match presented {
+            None => (None, Ok(Decision::Missing)),
+            Some(value) => {
+                let (token_id, result) = self.introspect_inner(value).await;
+                let decision = result.map(|answer| match answer {
+                    Introspection::Active(info) if info.scopes.contains_all(required) => {
+                        Decision::Allow(info)
+                    }
+                    Introspection::Active(info) => Decision::InsufficientScope(info),
+                    Introspection::Inactive(why) => Decision::Invalid(why),
+                });
+                (token_id, decision)
+            }
+        };
+        let (account, label) = match &result {
+            Ok(d @ (Decision::Allow(info) | Decision::InsufficientScope(info))) => {
+                (Some(&info.account_id), d.label())
+            }
+            Ok(d) => (None, d.label()),
+            Err(_) => (None, ""),
+        };
+        log_rpc(rpc, started, account, token_id.as_ref(), &result, label);
         result
     }
 

@@ -3,6 +3,7 @@
 //! and maps the result; `status.rs` owns the error mapping.
 
 mod convert;
+pub mod ext_authz;
 mod status;
 
 use tonic::{Request, Response, Status};

@@ -1,0 +1,306 @@
+//! HTTP listener for gateways: `/v1/forward-auth` (nginx `auth_request`,
+//! Caddy `forward_auth`, Traefik `ForwardAuth`, APISIX `forward-auth`),
+//! `/healthz` and `/readyz`. Gateways decide on the status code alone, so
+//! every answer that is not a clear "yes" is a 4xx or 5xx: a store outage is
+//! 503, never 200.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bearer;
+use crate::domain::{Scopes, UnixMillis};
+use crate::service::{Decision, ServiceError, Tokens};
+use crate::store::Store;
+
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// A client must send its whole request head within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+const REALM: &str = r#"Bearer realm="patd""#;
+const INVALID_TOKEN: &str = r#"Bearer realm="patd", error="invalid_token""#;
+const INSUFFICIENT_SCOPE: &str = r#"Bearer realm="patd", error="insufficient_scope""#;
+const NO_STORE: &str = "no-store";
+
+/// Forward-auth settings.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardAuth {
+    /// A second header that may carry the raw token (e.g. `X-API-Key`).
+    pub token_header: Option<HeaderName>,
+    /// How long a gateway may cache an allow (0 = never).
+    pub max_age: Duration,
+}
+
+struct AppState<S> {
+    tokens: Tokens<S>,
+    settings: ForwardAuth,
+    /// Cancelled once shutdown begins: `/readyz` then says 503.
+    shutdown: CancellationToken,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            tokens: self.tokens.clone(),
+            settings: self.settings.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// The HTTP routes over the token service.
+pub fn router<S: Store + Clone>(
+    tokens: Tokens<S>,
+    settings: ForwardAuth,
+    shutdown: CancellationToken,
+) -> Router {
+    Router::new()
+        .route("/v1/forward-auth", any(forward_auth::<S>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .with_state(AppState {
+            tokens,
+            settings,
+            shutdown,
+        })
+}
+
+/// What the request presented as a credential.
+enum Presented<'a> {
+    Nothing,
+    Token(&'a str),
+    /// Present but unreadable: several Authorization headers, or bytes that
+    /// are not text. Treated as an invalid token, never as "no credential".
+    Unreadable,
+}
+
+fn presented<'a>(headers: &'a HeaderMap, extra: Option<&HeaderName>) -> Presented<'a> {
+    let mut authorization = headers.get_all(AUTHORIZATION).iter();
+    if let Some(value) = authorization.next() {
+        if authorization.next().is_some() {
+            return Presented::Unreadable;
+        }
+        let Ok(text) = value.to_str() else {
+            return Presented::Unreadable;
+        };
+        if let Some(token) = bearer::from_authorization(text) {
+            return Presented::Token(token);
+        }
+    }
+    match extra.and_then(|name| headers.get(name)) {
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.trim().is_empty() => Presented::Token(text.trim()),
+            Ok(_) => Presented::Nothing,
+            Err(_) => Presented::Unreadable,
+        },
+        None => Presented::Nothing,
+    }
+}
+
+async fn forward_auth<S: Store + Clone>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let scope_lists: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "scope")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let required = match bearer::required_scopes(scope_lists.iter().map(String::as_str)) {
+        Ok(scopes) => scopes,
+        // The gateway's configuration is wrong: deny, and say what to fix.
+        Err(e) => return deny(StatusCode::BAD_REQUEST, None, format!("{e}\n")),
+    };
+    let value = match presented(&headers, state.settings.token_header.as_ref()) {
+        Presented::Nothing => None,
+        Presented::Token(token) => Some(token),
+        // An empty string fails parsing: an invalid token, without a store
+        // round trip.
+        Presented::Unreadable => Some(""),
+    };
+    let decision = state
+        .tokens
+        .authorize("ForwardAuth", value, &required)
+        .await;
+    respond(decision, &required, state.settings.max_age)
+}
+
+fn respond(
+    decision: Result<Decision, ServiceError>,
+    required: &Scopes,
+    max_age: Duration,
+) -> Response {
+    match decision {
+        Ok(Decision::Allow(info)) => {
+            let (Ok(account), Ok(token_id), Ok(scopes)) = (
+                HeaderValue::from_bytes(info.account_id.as_str().as_bytes()),
+                HeaderValue::from_str(info.token_id.as_str()),
+                HeaderValue::from_str(&info.scopes.joined()),
+            ) else {
+                // Cannot happen for validated values; if it did, deny.
+                return deny(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "internal error\n".into(),
+                );
+            };
+            let remaining =
+                Duration::from_millis(info.expires_at.0.saturating_sub(UnixMillis::now().0));
+            let cache = match max_age.min(remaining).as_secs() {
+                0 => NO_STORE.to_owned(),
+                secs => format!("private, max-age={secs}"),
+            };
+            let mut response = StatusCode::OK.into_response();
+            let h = response.headers_mut();
+            h.insert("x-account-id", account);
+            h.insert("x-token-id", token_id);
+            h.insert("x-token-scopes", scopes);
+            if let Ok(cache) = HeaderValue::from_str(&cache) {
+                h.insert(CACHE_CONTROL, cache);
+            }
+            response
+        }
+        Ok(Decision::Missing) => deny(
+            StatusCode::UNAUTHORIZED,
+            Some(REALM.into()),
+            "missing bearer token\n".into(),
+        ),
+        Ok(Decision::Invalid(_)) => deny(
+            StatusCode::UNAUTHORIZED,
+            Some(INVALID_TOKEN.into()),
+            "invalid token\n".into(),
+        ),
+        Ok(Decision::InsufficientScope(_)) => deny(
+            StatusCode::FORBIDDEN,
+            Some(format!(
+                r#"{INSUFFICIENT_SCOPE}, scope="{}""#,
+                required.joined()
+            )),
+            "insufficient scope\n".into(),
+        ),
+        Err(_) => deny(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "token store unavailable\n".into(),
+        ),
+    }
+}
+
+fn deny(status: StatusCode, challenge: Option<String>, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+async fn readyz<S: Store + Clone>(State(state): State<AppState<S>>) -> (StatusCode, &'static str) {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match state.tokens.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+    }
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, then lets open
+/// requests finish for at most `drain`. Request heads are bounded in size
+/// and time so a slow or huge request cannot pin a connection.
+pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, drain: Duration) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("http connections still open after the drain deadline");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn token<'a>(p: Presented<'a>) -> Option<&'a str> {
+        match p {
+            Presented::Token(t) => Some(t),
+            Presented::Nothing => None,
+            Presented::Unreadable => Some("<unreadable>"),
+        }
+    }
+
+    #[test]
+    fn the_bearer_header_wins_and_the_extra_header_is_a_fallback() {
+        let extra = HeaderName::from_static("x-api-key");
+        let h = headers(&[("authorization", "Bearer a"), ("x-api-key", "b")]);
+        assert_eq!(token(presented(&h, Some(&extra))), Some("a"));
+        let h = headers(&[("x-api-key", "b")]);
+        assert_eq!(token(presented(&h, Some(&extra))), Some("b"));
+        assert_eq!(token(presented(&h, None)), None);
+        let h = headers(&[("authorization", "Basic Zm9v"), ("x-api-key", "b")]);
+        assert_eq!(token(presented(&h, Some(&extra))), Some("b"));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_unreadable_not_missing() {
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(token(presented(&h, None)), Some("<unreadable>"));
+    }
+}
