@@ -107,6 +107,23 @@ impl<S: Store + Clone> Authorization for ExtAuthz<S> {
     }
 }
 
+fn unavailable() -> CheckResponse {
+    let message = "the token store is unavailable";
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied
+        .set_http_status(HttpStatusCode::ServiceUnavailable)
+        .set_body(message)
+        .add_header(
+            "cache-control",
+            "no-store",
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+            false,
+        );
+    let mut response = CheckResponse::with_status(Status::unavailable(message));
+    response.set_http_response(denied.build());
+    response
+}
+
 fn denied(code: HttpStatusCode, challenge: Option<&str>, body: &str) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(code).set_body(body);

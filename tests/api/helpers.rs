@@ -163,6 +163,7 @@ pub enum Backend {
 pub struct Patd {
     child: Child,
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub key_prefix: String,
     logs: Arc<Mutex<String>>,
 }
@@ -220,6 +221,7 @@ impl Patd {
         };
         let mut env = vec![
             ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("PATD_STORE".to_owned(), store),
             ("PATD_KEY_PREFIX".to_owned(), opts.key_prefix.clone()),
         ];
@@ -247,8 +249,8 @@ impl Patd {
                 logs.push('\n');
             }
         });
-        let grpc_addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
+        let (grpc_addr, http_addr) = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -260,9 +262,15 @@ impl Patd {
         Self {
             child,
             grpc_addr,
+            http_addr,
             key_prefix: opts.key_prefix,
             logs,
         }
+    }
+
+    /// `http://<http_addr><path>`
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
     }
 
     pub fn endpoint(&self) -> String {
@@ -325,12 +333,16 @@ impl Drop for Patd {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The (gRPC, HTTP) addresses from the "patd listening" line.
+fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     if !line.contains("patd listening") {
         return None;
     }
-    let rest = line.split("grpc_addr=").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    let field = |name: &str| -> Option<SocketAddr> {
+        let rest = line.split(&format!("{name}=")).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((field("grpc_addr")?, field("http_addr")?))
 }
 
 /// An Issue request for `account` with the given ttl in seconds.

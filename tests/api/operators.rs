@@ -167,6 +167,7 @@ fn bad_configuration_stops_patd_with_a_one_line_reason() {
         let env = [
             (key.to_owned(), value.to_owned()),
             ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ];
         // A later duplicate wins, so put the case last for PATD_GRPC_ADDR.
         let env = if key == "PATD_GRPC_ADDR" {
