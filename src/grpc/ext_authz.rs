@@ -97,11 +97,10 @@ impl<S: Store + Clone> Authorization for ExtAuthz<S> {
                     "insufficient scope",
                 )
             }
-            // Envoy then answers with its status_on_error (and denies, with
-            // failure_mode_allow: false).
-            Err(_) => {
-                CheckResponse::with_status(Status::unavailable("the token store is unavailable"))
-            }
+            // UNAVAILABLE in the response, and a 503 denial with it: Envoy
+            // treats any non-OK CheckResponse as a denial (403 unless told
+            // otherwise), so the 503 is what makes clients retry later.
+            Err(_) => unavailable(),
         };
         Ok(Response::new(response))
     }
