@@ -268,11 +268,6 @@ impl Patd {
         }
     }
 
-    /// `http://<http_addr><path>`
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http_addr)
-    }
-
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }

@@ -1,7 +1,10 @@
 //! Black-box tests of patd: the real binary against a real redis-server.
 
 mod bad_input;
+mod decision;
+mod gateways;
 mod helpers;
+mod http_helpers;
 mod lifecycle;
 mod limits;
 mod operators;

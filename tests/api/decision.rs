@@ -1,0 +1,303 @@
+//! One decision table, three doors: Introspect, HTTP forward-auth and Envoy
+//! ext_authz Check must agree on every case, so they can never drift apart.
+//! Also the forward-auth specifics: the extra token header, caching, health
+//! endpoints and request limits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use patd::pb::{IntrospectRequest, IssueRequest, RevokeRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+use crate::helpers::{
+    Backend, Patd, PatdOptions, RedisServer, eventually, is_active, issue, random_name,
+};
+use crate::http_helpers::get;
+
+/// What each door answered, reduced to what a gateway acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answers {
+    /// Introspect: Ok(active) or the gRPC code.
+    introspect: Result<bool, Code>,
+    forward_auth: u16,
+    /// Check: the HTTP status Envoy would send (200 = let through).
+    check: u16,
+}
+
+fn check_request(authorization: Option<&str>, scopes: Option<&str>) -> CheckRequest {
+    let mut headers = HashMap::new();
+    if let Some(value) = authorization {
+        headers.insert("authorization".to_owned(), value.to_owned());
+    }
+    let mut context_extensions = HashMap::new();
+    if let Some(scopes) = scopes {
+        context_extensions.insert("patd_scopes".to_owned(), scopes.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn ask_all(patd: &Patd, token: Option<&str>, scope: Option<&str>) -> Answers {
+    let mut client = patd.client().await;
+    let introspect = client
+        .introspect(IntrospectRequest {
+            token: token.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().active)
+        .map_err(|s| s.code());
+
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let path = match scope {
+        Some(s) => format!("/v1/forward-auth?scope={s}"),
+        None => "/v1/forward-auth".to_owned(),
+    };
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let forward_auth = get(patd.http_addr, &path, &headers).await.status;
+
+    let mut ext_authz = AuthorizationClient::new(patd.channel().await);
+    let response = ext_authz
+        .check(check_request(authorization.as_deref(), scope))
+        .await
+        .expect("Check answers in its response, not as an RPC error")
+        .into_inner();
+    let code = response.status.as_ref().map_or(-1, |s| s.code);
+    let check = match response.http_response {
+        Some(HttpResponse::OkResponse(_)) if code == 0 => 200,
+        Some(HttpResponse::DeniedResponse(d)) if code != 0 => {
+            d.status.map_or(403, |s| u16::try_from(s.code).unwrap_or(0))
+        }
+        other => panic!("inconsistent CheckResponse: status {code}, http {other:?}"),
+    };
+    Answers {
+        introspect,
+        forward_auth,
+        check,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspect_forward_auth_and_check_agree_on_every_case() {
+    let mut redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let mut client = patd.client().await;
+    let account = random_name("acct-");
+    let (expiring, _) = issue(&mut client, &account, 1).await;
+    let scoped = client
+        .issue(IssueRequest {
+            account_id: account.clone(),
+            scopes: vec!["repo:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let (revoked, revoked_id) = issue(&mut client, &account, 600).await;
+    client
+        .revoke(RevokeRequest {
+            account_id: account.clone(),
+            token_id: revoked_id,
+        })
+        .await
+        .unwrap();
+    let mut tampered = scoped.clone();
+    tampered.pop();
+    tampered.push(if scoped.ends_with('A') { 'B' } else { 'A' });
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = client.clone();
+            let t = expiring.clone();
+            async move { !is_active(&mut c, &t).await }
+        })
+        .await
+    );
+
+    let allow = |introspect| Answers {
+        introspect: Ok(introspect),
+        forward_auth: 200,
+        check: 200,
+    };
+    let unauthorized = Answers {
+        introspect: Ok(false),
+        forward_auth: 401,
+        check: 401,
+    };
+    let table: Vec<(&str, Option<&str>, Option<&str>, Answers)> = vec![
+        ("no credential", None, None, unauthorized.clone()),
+        ("garbage", Some("garbage"), None, unauthorized.clone()),
+        ("tampered", Some(&tampered), None, unauthorized.clone()),
+        ("revoked", Some(&revoked), None, unauthorized.clone()),
+        ("expired", Some(&expiring), None, unauthorized.clone()),
+        ("active", Some(&scoped), None, allow(true)),
+        (
+            "active with the scope",
+            Some(&scoped),
+            Some("repo:read"),
+            allow(true),
+        ),
+        (
+            "active without the scope",
+            Some(&scoped),
+            Some("repo:write"),
+            Answers {
+                introspect: Ok(true),
+                forward_auth: 403,
+                check: 403,
+            },
+        ),
+    ];
+    for (case, token, scope, expected) in table {
+        assert_eq!(ask_all(&patd, token, scope).await, expected, "case: {case}");
+    }
+
+    redis.kill();
+    let down = ask_all(&patd, Some(&scoped), None).await;
+    assert_eq!(
+        down,
+        Answers {
+            introspect: Err(Code::Unavailable),
+            forward_auth: 503,
+            check: 503
+        },
+        "store down"
+    );
+}
+
+#[tokio::test]
+async fn forward_auth_reads_the_extra_header_and_caches_only_when_allowed() {
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory)
+            .env("PATD_FORWARD_AUTH_TOKEN_HEADER", "X-API-Key")
+            .env("PATD_FORWARD_AUTH_MAX_AGE", "60s"),
+    )
+    .await;
+    let mut client = patd.client().await;
+    let (long, _) = issue(&mut client, "acct", 3600).await;
+    let (short, _) = issue(&mut client, "acct", 20).await;
+
+    let reply = get(patd.http_addr, "/v1/forward-auth", &[("X-API-Key", &long)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-account-id"), Some("acct"));
+    assert_eq!(reply.header("cache-control"), Some("private, max-age=60"));
+    // Never cached beyond the token's own expiry.
+    let reply = get(
+        patd.http_addr,
+        "/v1/forward-auth",
+        &[("Authorization", &format!("bearer {short}"))],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let max_age: u64 = reply
+        .header("cache-control")
+        .and_then(|v| v.strip_prefix("private, max-age="))
+        .and_then(|v| v.parse().ok())
+        .expect("max-age");
+    assert!(max_age <= 20, "max-age {max_age} outlives the token");
+    // Denials are never cached.
+    let reply = get(patd.http_addr, "/v1/forward-auth", &[("X-API-Key", "nope")]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    // Two Authorization headers are ambiguous: invalid, not missing.
+    let two = get(
+        patd.http_addr,
+        "/v1/forward-auth",
+        &[
+            ("Authorization", &format!("Bearer {long}")),
+            ("Authorization", "Bearer other"),
+        ],
+    )
+    .await;
+    assert_eq!(two.status, 401);
+    assert!(
+        two.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("invalid_token")
+    );
+    // A malformed required scope is the gateway's mistake: deny, name it.
+    let bad = get(
+        patd.http_addr,
+        "/v1/forward-auth?scope=Bad%20Scope",
+        &[("X-API-Key", &long)],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.starts_with("scope:"), "{bad:?}");
+}
+
+#[tokio::test]
+async fn forward_auth_without_the_setting_ignores_other_headers() {
+    let patd = Patd::memory().await;
+    let mut client = patd.client().await;
+    let (token, _) = issue(&mut client, "acct", 60).await;
+    let reply = get(patd.http_addr, "/v1/forward-auth", &[("X-API-Key", &token)]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="patd""#)
+    );
+    let reply = get(
+        patd.http_addr,
+        "/v1/forward-auth",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn healthz_is_the_process_and_readyz_is_the_store() {
+    let mut redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    assert_eq!(get(patd.http_addr, "/healthz", &[]).await.status, 200);
+    assert_eq!(get(patd.http_addr, "/readyz", &[]).await.status, 200);
+    redis.kill();
+    assert_eq!(get(patd.http_addr, "/healthz", &[]).await.status, 200);
+    let ready = get(patd.http_addr, "/readyz", &[]).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.body, "store unavailable\n");
+}
+
+#[tokio::test]
+async fn huge_or_slow_request_heads_cannot_pin_a_connection() {
+    let patd = Patd::memory().await;
+    let big = "x".repeat(16 * 1024);
+    let reply = get(patd.http_addr, "/v1/forward-auth", &[("X-Padding", &big)]).await;
+    assert_eq!(reply.status, 431, "{:?}", reply.status);
+
+    // Half a request head, then silence: patd hangs up after its header
+    // read timeout instead of waiting forever.
+    let mut stream = tokio::net::TcpStream::connect(patd.http_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/forward-auth HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was still open after 30 s");
+    // The server is still fine.
+    assert_eq!(get(patd.http_addr, "/healthz", &[]).await.status, 200);
+}

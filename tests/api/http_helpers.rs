@@ -1,0 +1,245 @@
+//! HTTP test fixtures: a minimal HTTP/1.1 client, an echo upstream that
+//! records what reached it, and real nginx / Caddy processes running the
+//! configs from deploy/gateways/ with only their ports replaced.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::random_name;
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with extra headers, over a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+/// An upstream API that records the headers of every request it gets.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let sink = seen.clone();
+        let app = Router::new().fallback(move |headers: HeaderMap| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(headers);
+                "upstream reached\n"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, seen }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// Every value of `name` in the last request that reached the upstream.
+    pub fn last_values(&self, name: &str) -> Vec<String> {
+        let seen = self.seen.lock().expect("lock");
+        let last = seen.last().expect("the upstream was called");
+        last.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum GatewayKind {
+    Nginx,
+    Caddy,
+}
+
+/// A real gateway process running a deploy/gateways/ config.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn deploy_file(name: &str) -> String {
+    let path = format!("{}/deploy/gateways/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn binary(name: &str) -> String {
+    ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| panic!("{name} is missing: run scripts/test.sh, which installs it"))
+}
+
+impl Gateway {
+    pub async fn start(kind: GatewayKind, patd_http: SocketAddr, upstream: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(random_name("patd-gateway-"));
+        std::fs::create_dir_all(&dir).expect("gateway dir");
+        let addr = free_addr();
+        let template = match kind {
+            GatewayKind::Nginx => deploy_file("nginx.conf"),
+            GatewayKind::Caddy => deploy_file("Caddyfile"),
+        };
+        let config = template
+            .replace("127.0.0.1:8000", &addr.to_string())
+            .replace("127.0.0.1:8080", &patd_http.to_string())
+            .replace("127.0.0.1:9000", &upstream.to_string())
+            .replace("127.0.0.1:2019", &free_addr().to_string());
+        let child = match kind {
+            GatewayKind::Nginx => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, config).expect("write nginx.conf");
+                Command::new(binary("nginx"))
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-g")
+                    .arg(format!(
+                        "daemon off; pid {};",
+                        dir.join("nginx.pid").display()
+                    ))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("start nginx")
+            }
+            GatewayKind::Caddy => {
+                let conf = dir.join("Caddyfile");
+                std::fs::write(&conf, config).expect("write Caddyfile");
+                Command::new(binary("caddy"))
+                    .args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(&conf)
+                    .env("HOME", &dir)
+                    .env("XDG_DATA_HOME", &dir)
+                    .env("XDG_CONFIG_HOME", &dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start caddy")
+            }
+        };
+        let gateway = Self { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?} did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gateway
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // SIGTERM lets nginx's master take its workers down with it; SIGKILL
+        // would orphan them, still listening.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
