@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
-use crate::domain::{Scopes, UnixMillis};
+use crate::domain::{FieldError, Scopes, UnixMillis};
 use crate::service::{Decision, ServiceError, Tokens};
 use crate::store::Store;
 
@@ -109,31 +109,43 @@ fn presented<'a>(headers: &'a HeaderMap, extra: Option<&HeaderName>) -> Presente
     }
 }
 
-async fn forward_auth<S: Store + Clone>(
-    State(state): State<AppState<S>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
+/// What a forward-auth request asks: the presented credential (if any) and
+/// the scopes the route requires. Pure parsing, no I/O (fuzzed in `fuzz/`).
+///
+/// # Errors
+/// The query names a malformed scope: the gateway is misconfigured.
+pub fn parse_forward_auth<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    extra_header: Option<&HeaderName>,
+) -> Result<(Option<&'a str>, Scopes), FieldError> {
     let scope_lists: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == "scope")
         .map(|(_, value)| value.into_owned())
         .collect();
-    let required = match bearer::required_scopes(scope_lists.iter().map(String::as_str)) {
-        Ok(scopes) => scopes,
-        // The gateway's configuration is wrong: deny, and say what to fix.
-        Err(e) => return deny(StatusCode::BAD_REQUEST, None, format!("{e}\n")),
-    };
-    let value = match presented(&headers, state.settings.token_header.as_ref()) {
+    let required = bearer::required_scopes(scope_lists.iter().map(String::as_str))?;
+    let value = match presented(headers, extra_header) {
         Presented::Nothing => None,
         Presented::Token(token) => Some(token),
         // An empty string fails parsing: an invalid token, without a store
         // round trip.
         Presented::Unreadable => Some(""),
     };
-    let decision = state
-        .tokens
-        .authorize("ForwardAuth", value, &required)
-        .await;
+    Ok((value, required))
+}
+
+async fn forward_auth<S: Store + Clone>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token_header = state.settings.token_header.as_ref();
+    let (value, required) = match parse_forward_auth(&headers, query.as_deref(), token_header) {
+        Ok(parsed) => parsed,
+        // The gateway's configuration is wrong: deny, and say what to fix.
+        Err(e) => return deny(StatusCode::BAD_REQUEST, None, format!("{e}\n")),
+    };
+    let decision = state.tokens.authorize("ForwardAuth", value, &required).await;
     respond(decision, &required, state.settings.max_age)
 }
 

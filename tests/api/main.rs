@@ -8,6 +8,7 @@ mod http_helpers;
 mod lifecycle;
 mod limits;
 mod operators;
+mod properties;
 mod redis_failure;
 mod secrets;
 mod tampered;

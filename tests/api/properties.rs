@@ -1,0 +1,2 @@
+//! Property tests of the token format and forward-auth parsing (filled in
+//! below).
