@@ -4,6 +4,7 @@
 //! service.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use axum::http;
 use clap::Parser;
 use thiserror::Error;
 
+use crate::auth::Callers;
 use crate::domain::LifetimePolicy;
-use crate::token::TokenFormat;
+use crate::token::{TokenFormat, TokenHasher};
 
 /// Where tokens live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,9 @@ impl StoreKind {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "patd", version, about)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address of the gRPC listener (TokenService, health, reflection).
     #[arg(long, env = "PATD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -110,10 +115,62 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_request_bytes: u32,
 
+    /// TOML file of callers allowed to use patd (`[[caller]] name, roles,
+    /// key_sha256 | cert_san`). Without it, patd only listens on loopback.
+    #[arg(long, env = "PATD_CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without caller authentication anyway.
+    #[arg(long, env = "PATD_ALLOW_UNAUTHENTICATED", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub allow_unauthenticated: bool,
+
+    /// Digest keys, `id:base64key,...` (first = current; each at least 32
+    /// bytes): tokens are stored as HMAC-SHA256 under them. Removing a key
+    /// revokes every token made with it.
+    #[arg(
+        long,
+        env = "PATD_TOKEN_HASH_KEYS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub token_hash_keys: String,
+
+    /// Requests served at once per listener; beyond it new requests are
+    /// refused at once (RESOURCE_EXHAUSTED / HTTP 503) instead of queueing.
+    #[arg(long, env = "PATD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "PATD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Interval of HTTP/2 keepalive pings (dead peers are dropped after 20 s
+    /// without an answer).
+    #[arg(long, env = "PATD_HTTP2_KEEPALIVE", default_value = "30s")]
+    pub http2_keepalive: humantime::Duration,
+
     /// On SIGTERM, how long health reports NOT_SERVING before the listeners
     /// stop accepting (lets load balancers drain).
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", default_value = "0s")]
     pub shutdown_grace: humantime::Duration,
+}
+
+/// One-off commands instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Generate a caller key: prints the key (give it to the caller) and
+    /// the `[[caller]]` entry for PATD_CALLERS_FILE (only its digest).
+    CallerKey {
+        /// Name of the caller, shown in logs.
+        #[arg(long)]
+        name: String,
+        /// Roles to grant, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<crate::auth::Role>,
+    },
 }
 
 /// A setting that parsed but makes no sense.
@@ -127,6 +184,15 @@ pub enum ConfigError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
+    #[error("PATD_TOKEN_HASH_KEYS: {0}")]
+    HashKeys(#[from] crate::token::HashKeyError),
+    #[error("PATD_CALLERS_FILE: {0}")]
+    Callers(#[from] crate::auth::CallersError),
+    #[error(
+        "refusing to serve {0} without caller authentication: set PATD_CALLERS_FILE, \
+         listen on loopback, or set PATD_ALLOW_UNAUTHENTICATED=true"
+    )]
+    Exposed(SocketAddr),
 }
 
 impl Config {
@@ -136,6 +202,31 @@ impl Config {
     /// The token prefix is unusable.
     pub fn token_format(&self) -> Result<TokenFormat, ConfigError> {
         Ok(TokenFormat::new(&self.token_prefix)?)
+    }
+
+    /// # Errors
+    /// A malformed `PATD_TOKEN_HASH_KEYS`.
+    pub fn token_hasher(&self) -> Result<TokenHasher, ConfigError> {
+        Ok(TokenHasher::from_setting(&self.token_hash_keys)?)
+    }
+
+    /// The callers file, loaded; empty when none is configured.
+    ///
+    /// # Errors
+    /// An unreadable or malformed file.
+    pub fn callers(&self) -> Result<Callers, ConfigError> {
+        match &self.callers_file {
+            Some(path) => Ok(Callers::load(path)?),
+            None => Ok(Callers::default()),
+        }
+    }
+
+    /// Listeners bound beyond loopback.
+    pub fn exposed_addrs(&self) -> Vec<SocketAddr> {
+        [self.grpc_addr, self.http_addr]
+            .into_iter()
+            .filter(|a| !a.ip().is_loopback())
+            .collect()
     }
 
     pub fn lifetime(&self) -> LifetimePolicy {
@@ -151,6 +242,7 @@ impl Config {
     /// The first setting that makes no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.token_format()?;
+        self.token_hasher()?;
         let key_ok = !self.key_prefix.is_empty()
             && self.key_prefix.len() <= 64
             && !self
@@ -166,6 +258,16 @@ impl Config {
         if self.redis_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(ConfigError::Timeout);
         }
+        // Secure by default, like Redis's protected mode: open to anyone
+        // only where only this machine can reach it.
+        let exposed = self.exposed_addrs();
+        if let (None, false, Some(addr)) = (
+            &self.callers_file,
+            self.allow_unauthenticated,
+            exposed.first(),
+        ) {
+            return Err(ConfigError::Exposed(*addr));
+        }
         Ok(())
     }
 
@@ -177,6 +279,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_address_needs_callers_or_an_explicit_opt_out() {
+        let exposed = parse(&["--grpc-addr", "0.0.0.0:50051"]).unwrap();
+        assert!(matches!(exposed.validate(), Err(ConfigError::Exposed(_))));
+        let http = parse(&["--http-addr", "10.1.2.3:8080"]).unwrap();
+        assert!(matches!(http.validate(), Err(ConfigError::Exposed(_))));
+        let opted_out = parse(&[
+            "--grpc-addr",
+            "0.0.0.0:50051",
+            "--allow-unauthenticated",
+            "true",
+        ])
+        .unwrap();
+        assert!(opted_out.validate().is_ok());
+        let v6_loopback = parse(&["--grpc-addr", "[::1]:50051"]).unwrap();
+        assert!(v6_loopback.validate().is_ok());
+    }
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("patd").chain(args.iter().copied()))
@@ -215,5 +335,7 @@ mod tests {
         assert!(bad(&["--forward-auth-token-header", "bad header"]));
         assert!(!bad(&["--forward-auth-token-header", "X-API-Key"]));
         assert!(!bad(&["--token-prefix", "acme"]));
+        assert!(bad(&["--token-hash-keys", "k1:short"]));
+        assert!(bad(&["--max-concurrent-requests", "0"]));
     }
 }

@@ -4,9 +4,11 @@
 //! every answer that is not a clear "yes" is a 4xx or 5xx: a store outage is
 //! 503, never 200.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -18,7 +20,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::auth::{Callers, Refusal, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes, UnixMillis};
 use crate::service::{Decision, ServiceError, Tokens};
@@ -33,6 +41,9 @@ const REALM: &str = r#"Bearer realm="patd""#;
 const INVALID_TOKEN: &str = r#"Bearer realm="patd", error="invalid_token""#;
 const INSUFFICIENT_SCOPE: &str = r#"Bearer realm="patd", error="insufficient_scope""#;
 const NO_STORE: &str = "no-store";
+/// Where a gateway presents its own caller key (`Authorization` carries the
+/// end user's token).
+pub const CALLER_KEY_HEADER: &str = "x-patd-caller-key";
 
 /// Forward-auth settings.
 #[derive(Debug, Clone, Default)]
@@ -43,9 +54,17 @@ pub struct ForwardAuth {
     pub max_age: Duration,
 }
 
+/// Bounds on every HTTP and gRPC request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
 struct AppState<S> {
     tokens: Tokens<S>,
     settings: ForwardAuth,
+    callers: Arc<Callers>,
     /// Cancelled once shutdown begins: `/readyz` then says 503.
     shutdown: CancellationToken,
 }
@@ -55,26 +74,67 @@ impl<S: Clone> Clone for AppState<S> {
         Self {
             tokens: self.tokens.clone(),
             settings: self.settings.clone(),
+            callers: self.callers.clone(),
             shutdown: self.shutdown.clone(),
         }
     }
 }
 
-/// The HTTP routes over the token service.
+/// The HTTP routes over the token service, inside the same guards as gRPC,
+/// outermost first: panic catcher, deadline, load shedding beyond the
+/// concurrency limit. Caller authentication is in the forward-auth handler
+/// (health endpoints stay open).
 pub fn router<S: Store + Clone>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
+    callers: Arc<Callers>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> Router {
+    let guards = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(HandleErrorLayer::new(overloaded_or_late))
+        .layer(TimeoutLayer::new(limits.request_timeout))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ));
     Router::new()
         .route("/v1/forward-auth", any(forward_auth::<S>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
+        .layer(guards)
         .with_state(AppState {
             tokens,
             settings,
+            callers,
             shutdown,
         })
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!(
+        panic = crate::grpc::guard::panic_message(&*panic),
+        "http handler panicked"
+    );
+    deny(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        None,
+        "internal error\n".into(),
+    )
+}
+
+async fn overloaded_or_late(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        deny(
+            StatusCode::GATEWAY_TIMEOUT,
+            None,
+            "request timed out\n".into(),
+        )
+    } else {
+        // Overloaded: refuse now rather than queue without bound.
+        deny(StatusCode::SERVICE_UNAVAILABLE, None, "overloaded\n".into())
+    }
 }
 
 /// What the request presented as a credential.
@@ -139,13 +199,32 @@ async fn forward_auth<S: Store + Clone>(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if state.callers.is_enabled() {
+        let key = headers.get(CALLER_KEY_HEADER).and_then(|v| v.to_str().ok());
+        if let Err(refusal) = state.callers.authorize(key, &[], Role::Introspect) {
+            tracing::info!(refusal = %refusal, "forward-auth caller refused");
+            return match refusal {
+                Refusal::Unauthenticated => deny(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    "caller authentication required\n".into(),
+                ),
+                Refusal::PermissionDenied(_) => {
+                    deny(StatusCode::FORBIDDEN, None, format!("{refusal}\n"))
+                }
+            };
+        }
+    }
     let token_header = state.settings.token_header.as_ref();
     let (value, required) = match parse_forward_auth(&headers, query.as_deref(), token_header) {
         Ok(parsed) => parsed,
         // The gateway's configuration is wrong: deny, and say what to fix.
         Err(e) => return deny(StatusCode::BAD_REQUEST, None, format!("{e}\n")),
     };
-    let decision = state.tokens.authorize("ForwardAuth", value, &required).await;
+    let decision = state
+        .tokens
+        .authorize("ForwardAuth", value, &required)
+        .await;
     respond(decision, &required, state.settings.max_age)
 }
 

@@ -12,6 +12,7 @@
 //!   names and the Lua scripts.
 //! - [`service`]: the use cases and their rules (limit, lifetime, digest
 //!   comparison), with one error enum.
+//! - [`auth`]: callers, their roles and keys (who may call which RPC).
 //! - [`bearer`]: reading a presented token out of request headers, shared
 //!   by both gateway transports.
 //! - [`grpc`]: `patd.v1.TokenService` and Envoy ext_authz over the service;
@@ -19,6 +20,7 @@
 //! - [`http`]: forward-auth for HTTP gateways, `/healthz`, `/readyz`.
 //! - [`server`]: wiring, listeners, health, reflection, graceful shutdown.
 
+pub mod auth;
 pub mod bearer;
 pub mod config;
 pub mod domain;

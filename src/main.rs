@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use patd::config::Config;
+use patd::config::{Command, Config};
 use patd::server::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(&first_line(&e.to_string())),
     };
+    if let Some(Command::CallerKey { name, roles }) = &config.command {
+        let (key, entry) = patd::auth::new_caller_key(name, roles);
+        println!("# caller key for {name} (shown once; store it in the caller's secrets):");
+        println!("{key}");
+        println!();
+        println!("# add to PATD_CALLERS_FILE:");
+        print!("{entry}");
+        return ExitCode::SUCCESS;
+    }
     patd::telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -3,6 +3,7 @@
 //! same code (on port 0 in tests).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -12,11 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 
+use crate::auth::Callers;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
+use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
-use crate::http::ForwardAuth;
+use crate::http::{ForwardAuth, Limits};
 use crate::service::{Rules, Tokens};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
 
@@ -51,6 +56,7 @@ pub struct Application {
     http_listener: TcpListener,
     http_addr: SocketAddr,
     tokens: Tokens<AnyStore>,
+    callers: Arc<Callers>,
 }
 
 impl Application {
@@ -71,9 +77,12 @@ impl Application {
         };
         let rules = Rules {
             format: config.token_format()?,
+            hasher: config.token_hasher()?,
             max_tokens_per_account: config.max_tokens_per_account,
             lifetime: config.lifetime(),
         };
+        let callers = Arc::new(config.callers()?);
+        warn_about_exposure(&config, &callers, &rules);
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
         let (http_listener, http_addr) = bind(config.http_addr).await?;
         Ok(Self {
@@ -83,6 +92,7 @@ impl Application {
             grpc_addr,
             http_listener,
             http_addr,
+            callers,
         })
     }
 
@@ -111,12 +121,18 @@ impl Application {
             .max_decoding_message_size(max_request);
         let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
+        let limits = Limits {
+            request_timeout: *self.config.request_timeout,
+            max_concurrent_requests: self.config.max_concurrent_requests as usize,
+        };
         let http_app = crate::http::router(
             self.tokens.clone(),
             ForwardAuth {
                 token_header: self.config.forward_auth_token_header.clone(),
                 max_age: *self.config.forward_auth_max_age,
             },
+            self.callers.clone(),
+            limits,
             shutdown.clone(),
         );
 
@@ -162,8 +178,23 @@ impl Application {
             let stop_accepting = stop_accepting.clone();
             async move { stop_accepting.cancelled().await }
         };
+        // Outermost first: panics and deadlines, then shedding beyond the
+        // concurrency limit (fast RESOURCE_EXHAUSTED rather than a queue),
+        // then caller authentication.
+        let layers = tower::ServiceBuilder::new()
+            .layer(ShieldLayer::new(limits.request_timeout))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(
+                limits.max_concurrent_requests,
+            ))
+            .layer(CallerGateLayer::new(self.callers.clone()));
+        let keepalive = *self.config.http2_keepalive;
         let serve = Server::builder()
-            .timeout(*self.config.request_timeout)
+            .max_concurrent_streams(self.config.http2_max_concurrent_streams)
+            .http2_max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
+            .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -179,6 +210,20 @@ impl Application {
         let _ = http.await;
         tracing::info!("patd stopped");
         Ok(())
+    }
+}
+
+/// Start-up warnings for a patd reachable beyond loopback.
+fn warn_about_exposure(config: &Config, callers: &Callers, rules: &Rules) {
+    let exposed = config.exposed_addrs();
+    let Some(addr) = exposed.first() else {
+        return;
+    };
+    if !callers.is_enabled() {
+        tracing::warn!(%addr, "serving beyond loopback WITHOUT caller authentication (PATD_ALLOW_UNAUTHENTICATED)");
+    }
+    if !rules.hasher.is_keyed() {
+        tracing::warn!(%addr, "tokens are stored as plain SHA-256: set PATD_TOKEN_HASH_KEYS so a Redis writer cannot mint tokens");
     }
 }
 

@@ -12,7 +12,7 @@ use crate::domain::{
     UnixMillis,
 };
 use crate::store::{IssueOutcome, Store, StoreError, StoredToken};
-use crate::token::{ParseError, PlainToken, TokenFormat};
+use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
 
 /// Last-use times are written at most this often per token, so Introspect
 /// stays one read on the hot path.
@@ -48,6 +48,7 @@ impl From<StoreError> for ServiceError {
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub format: TokenFormat,
+    pub hasher: TokenHasher,
     pub max_tokens_per_account: u32,
     pub lifetime: LifetimePolicy,
 }
@@ -162,6 +163,7 @@ impl<S: Store + Clone> Tokens<S> {
         let limit = self.rules.max_tokens_per_account;
         for _ in 0..ISSUE_ATTEMPTS {
             let (token, parsed) = self.rules.format.generate(&cmd.account);
+            let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
             let stored = StoredToken {
                 info: TokenInfo {
                     token_id: parsed.token_id,
@@ -172,7 +174,8 @@ impl<S: Store + Clone> Tokens<S> {
                     expires_at,
                     last_used_at: None,
                 },
-                digest: parsed.digest,
+                digest,
+                key_id,
             };
             match self.store.issue(&stored, limit, now).await? {
                 IssueOutcome::Issued => {

@@ -4,6 +4,7 @@
 
 mod convert;
 pub mod ext_authz;
+pub mod guard;
 mod status;
 
 use tonic::{Request, Response, Status};

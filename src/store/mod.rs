@@ -12,7 +12,7 @@ use std::future::Future;
 use thiserror::Error;
 
 use crate::domain::{AccountId, TokenId, TokenInfo, UnixMillis};
-use crate::token::TokenDigest;
+use crate::token::{KeyId, TokenDigest};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -35,6 +35,8 @@ pub enum StoreError {
 pub struct StoredToken {
     pub info: TokenInfo,
     pub digest: TokenDigest,
+    /// The digest key that made `digest`; `None` for plain SHA-256.
+    pub key_id: Option<KeyId>,
 }
 
 /// What an atomic issue did.

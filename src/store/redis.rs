@@ -109,9 +109,16 @@ fn decode_record(
     };
     let mut it = values.into_iter();
     let mut next = || it.next().flatten();
-    let (Some(account), digest, note, scopes, created, expires, used) =
-        (next(), next(), next(), next(), next(), next(), next())
-    else {
+    let (Some(account), digest, note, scopes, created, expires, used, key_id) = (
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+    ) else {
         return Ok(None);
     };
     let millis = |v: Option<String>, field: &str| -> Result<UnixMillis, StoreError> {
@@ -136,7 +143,11 @@ fn decode_record(
         .as_deref()
         .and_then(TokenDigest::from_hex)
         .ok_or_else(|| corrupt("digest"))?;
-    Ok(Some(StoredToken { info, digest }))
+    Ok(Some(StoredToken {
+        info,
+        digest,
+        key_id,
+    }))
 }
 
 impl Store for RedisStore {
@@ -159,7 +170,8 @@ impl Store for RedisStore {
             .arg(token.digest.to_hex())
             .arg(info.note.as_str())
             .arg(info.scopes.joined())
-            .arg(info.created_at.0);
+            .arg(info.created_at.0)
+            .arg(token.key_id.as_deref().unwrap_or_default());
         let outcome: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
             1 => IssueOutcome::Issued,

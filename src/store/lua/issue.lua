@@ -7,7 +7,7 @@
 -- ARGV[3]  token id                ARGV[4]  expiry, Unix ms
 -- ARGV[5]  account id              ARGV[6]  digest (hex)
 -- ARGV[7]  note                    ARGV[8]  scopes, space-separated
--- ARGV[9]  created, Unix ms
+-- ARGV[9]  created, Unix ms        ARGV[10] digest key id ('' = plain SHA-256)
 -- Returns  1 issued, 0 limit reached, -1 token id already taken
 
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -20,6 +20,9 @@ end
 redis.call('HSET', KEYS[2],
   'account', ARGV[5], 'digest', ARGV[6], 'note', ARGV[7],
   'scopes', ARGV[8], 'created', ARGV[9], 'expires', ARGV[4])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[2], 'kid', ARGV[10])
+end
 redis.call('PEXPIREAT', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 -- The index lives as long as its longest-lived token.

@@ -1,0 +1,363 @@
+//! Caller authentication: who may call which RPC. Callers come from a TOML
+//! file holding only SHA-256 digests of their keys (or a client-certificate
+//! SAN); each has roles: `introspect` (Introspect, ext_authz Check, HTTP
+//! forward-auth) and `manage` (Issue, List, Revoke, RevokeAll). Health and
+//! reflection stay open. Without a callers file everything is open, which
+//! patd only allows on loopback (see `server.rs`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Check tokens: Introspect, ext_authz Check, HTTP forward-auth.
+    Introspect,
+    /// Manage tokens: Issue, List, Revoke, RevokeAll.
+    Manage,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Introspect => "introspect",
+            Role::Manage => "manage",
+        }
+    }
+}
+
+/// The role a gRPC method needs; `None` for open services (health,
+/// reflection) and unknown paths (which answer UNIMPLEMENTED anyway).
+pub fn role_for_grpc_path(path: &str) -> Option<Role> {
+    if path == "/patd.v1.TokenService/Introspect"
+        || path.starts_with("/envoy.service.auth.v3.Authorization/")
+    {
+        Some(Role::Introspect)
+    } else if path.starts_with("/patd.v1.TokenService/") {
+        Some(Role::Manage)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallersFile {
+    #[serde(default)]
+    caller: Vec<CallerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerEntry {
+    name: String,
+    roles: Vec<Role>,
+    key_sha256: Option<String>,
+    cert_san: Option<String>,
+}
+
+/// One configured caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    roles: Vec<Role>,
+    key_digest: Option<[u8; 32]>,
+    cert_san: Option<String>,
+}
+
+impl Caller {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Why the callers file is unusable. Names the entry, never a key.
+#[derive(Debug, Error)]
+pub enum CallersError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: caller {index}: {reason}")]
+    Entry {
+        path: String,
+        index: usize,
+        reason: &'static str,
+    },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// No credential, or one that matches no caller. Says nothing more.
+    #[error("caller authentication required")]
+    Unauthenticated,
+    /// A known caller without the role.
+    #[error("caller lacks the {} role", .0.as_str())]
+    PermissionDenied(Role),
+}
+
+/// The configured callers; empty means "no caller authentication".
+#[derive(Debug, Clone, Default)]
+pub struct Callers {
+    callers: Vec<Caller>,
+}
+
+impl Callers {
+    /// Loads and checks a callers file.
+    ///
+    /// # Errors
+    /// Unreadable, not TOML, or an entry without a name, a role, or exactly
+    /// one of `key_sha256` / `cert_san`.
+    pub fn load(path: &Path) -> Result<Self, CallersError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| CallersError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// # Errors
+    /// As [`Callers::load`].
+    pub fn parse(text: &str, path: &str) -> Result<Self, CallersError> {
+        let file: CallersFile = toml::from_str(text).map_err(|e| CallersError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let mut callers = Vec::with_capacity(file.caller.len());
+        for (i, entry) in file.caller.into_iter().enumerate() {
+            let bad = |reason| CallersError::Entry {
+                path: path.to_owned(),
+                index: i + 1,
+                reason,
+            };
+            if entry.name.trim().is_empty() {
+                return Err(bad("name must not be empty"));
+            }
+            if entry.roles.is_empty() {
+                return Err(bad("roles must list introspect and/or manage"));
+            }
+            let key_digest = match &entry.key_sha256 {
+                Some(hex_digest) => {
+                    let mut d = [0u8; 32];
+                    hex::decode_to_slice(hex_digest.trim(), &mut d)
+                        .map_err(|_| bad("key_sha256 must be 64 hex characters"))?;
+                    Some(d)
+                }
+                None => None,
+            };
+            let cert_san = entry.cert_san.filter(|s| !s.trim().is_empty());
+            if key_digest.is_some() == cert_san.is_some() {
+                return Err(bad("give exactly one of key_sha256 or cert_san"));
+            }
+            callers.push(Caller {
+                name: entry.name,
+                roles: entry.roles,
+                key_digest,
+                cert_san,
+            });
+        }
+        if callers.is_empty() {
+            return Err(CallersError::Entry {
+                path: path.to_owned(),
+                index: 0,
+                reason: "no [[caller]] entries",
+            });
+        }
+        Ok(Self { callers })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.callers.is_empty()
+    }
+
+    /// Decides whether a request presenting `key` (and/or a client
+    /// certificate with `sans`) may act in `role`. Every key digest is
+    /// compared, in constant time, so timing tells nothing about which
+    /// caller (if any) almost matched.
+    ///
+    /// # Errors
+    /// The [`Refusal`] to send.
+    pub fn authorize(
+        &self,
+        key: Option<&str>,
+        sans: &[String],
+        role: Role,
+    ) -> Result<&Caller, Refusal> {
+        if !self.is_enabled() {
+            return Err(Refusal::Unauthenticated);
+        }
+        let mut found: Option<&Caller> = None;
+        if let Some(key) = key {
+            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            for caller in &self.callers {
+                let matched = caller
+                    .key_digest
+                    .as_ref()
+                    .is_some_and(|known| bool::from(known.ct_eq(&digest)));
+                if matched && found.is_none() {
+                    found = Some(caller);
+                }
+            }
+        }
+        if found.is_none() {
+            found = self.callers.iter().find(|c| {
+                c.cert_san
+                    .as_ref()
+                    .is_some_and(|want| sans.iter().any(|have| have == want))
+            });
+        }
+        let caller = found.ok_or(Refusal::Unauthenticated)?;
+        if caller.has(role) {
+            Ok(caller)
+        } else {
+            Err(Refusal::PermissionDenied(role))
+        }
+    }
+}
+
+/// A fresh caller key and the callers-file entry that admits it.
+pub fn new_caller_key(name: &str, roles: &[Role]) -> (String, String) {
+    let mut key = String::from("patdck_");
+    crate::token::push_random_base62(&mut key, 43);
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let roles: Vec<String> = roles
+        .iter()
+        .map(|r| format!("\"{}\"", r.as_str()))
+        .collect();
+    let entry = format!(
+        "[[caller]]\nname = {name:?}\nroles = [{}]\nkey_sha256 = \"{digest}\"\n",
+        roles.join(", ")
+    );
+    (key, entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callers() -> (Callers, String, String) {
+        let (console_key, console) = new_caller_key("console", &[Role::Manage]);
+        let (gateway_key, gateway) = new_caller_key("gateway", &[Role::Introspect]);
+        let mtls = "[[caller]]\nname = \"mesh\"\nroles = [\"introspect\", \"manage\"]\ncert_san = \"spiffe://acme/patd-client\"\n";
+        let text = format!("{console}\n{gateway}\n{mtls}");
+        (
+            Callers::parse(&text, "callers.toml").unwrap(),
+            console_key,
+            gateway_key,
+        )
+    }
+
+    #[test]
+    fn each_role_reaches_exactly_its_rpcs() {
+        let (c, console, gateway) = callers();
+        assert_eq!(
+            c.authorize(Some(&console), &[], Role::Manage).unwrap().name,
+            "console"
+        );
+        assert_eq!(
+            c.authorize(Some(&console), &[], Role::Introspect)
+                .unwrap_err(),
+            Refusal::PermissionDenied(Role::Introspect)
+        );
+        assert_eq!(
+            c.authorize(Some(&gateway), &[], Role::Introspect)
+                .unwrap()
+                .name,
+            "gateway"
+        );
+        assert_eq!(
+            c.authorize(Some(&gateway), &[], Role::Manage).unwrap_err(),
+            Refusal::PermissionDenied(Role::Manage)
+        );
+    }
+
+    #[test]
+    fn unknown_or_missing_credentials_are_unauthenticated() {
+        let (c, console, _) = callers();
+        assert_eq!(
+            c.authorize(None, &[], Role::Manage).unwrap_err(),
+            Refusal::Unauthenticated
+        );
+        let wrong = format!("{console}x");
+        assert_eq!(
+            c.authorize(Some(&wrong), &[], Role::Manage).unwrap_err(),
+            Refusal::Unauthenticated
+        );
+        let other_san = ["spiffe://acme/other".to_owned()];
+        assert_eq!(
+            c.authorize(None, &other_san, Role::Manage).unwrap_err(),
+            Refusal::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_san_identifies_a_caller() {
+        let (c, _, _) = callers();
+        let sans = [
+            "dns.example".to_owned(),
+            "spiffe://acme/patd-client".to_owned(),
+        ];
+        assert_eq!(c.authorize(None, &sans, Role::Manage).unwrap().name, "mesh");
+    }
+
+    #[test]
+    fn grpc_paths_map_to_roles() {
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/Introspect"),
+            Some(Role::Introspect)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/Issue"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/RevokeAll"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/envoy.service.auth.v3.Authorization/Check"),
+            Some(Role::Introspect)
+        );
+        assert_eq!(role_for_grpc_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            role_for_grpc_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_callers_files_are_refused_without_echoing_keys() {
+        let bad = [
+            "[[caller]]\nname = \"\"\nroles = [\"manage\"]\nkey_sha256 = \"00\"\n",
+            "[[caller]]\nname = \"x\"\nroles = []\nkey_sha256 = \"00\"\n",
+            "[[caller]]\nname = \"x\"\nroles = [\"admin\"]\nkey_sha256 = \"00\"\n",
+            "[[caller]]\nname = \"x\"\nroles = [\"manage\"]\nkey_sha256 = \"abc\"\n",
+            "[[caller]]\nname = \"x\"\nroles = [\"manage\"]\n",
+            "",
+            "not toml",
+        ];
+        for text in bad {
+            assert!(Callers::parse(text, "f").is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn caller_keys_are_long_random_and_only_their_digest_is_printed() {
+        let (key, entry) = new_caller_key("console", &[Role::Manage, Role::Introspect]);
+        assert!(key.starts_with("patdck_") && key.len() == 50);
+        assert!(!entry.contains(&key));
+        assert!(entry.contains(r#"roles = ["manage", "introspect"]"#));
+        let c = Callers::parse(&entry, "f").unwrap();
+        assert!(c.authorize(Some(&key), &[], Role::Introspect).is_ok());
+    }
+}

@@ -1,0 +1,178 @@
+//! Tower layers around every gRPC service, outermost first (see
+//! `server.rs`): `Shield` (panic catcher: INTERNAL out, details in the log;
+//! deadline: DEADLINE_EXCEEDED), then load shedding and a global
+//! concurrency limit (RESOURCE_EXHAUSTED, from tower), then `CallerGate`
+//! (UNAUTHENTICATED / PERMISSION_DENIED by role).
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, Ready, ready};
+use tonic::Status;
+use tonic::body::Body;
+use tower::{BoxError, Layer, Service};
+
+use crate::auth::{Callers, Refusal, role_for_grpc_path};
+use crate::bearer;
+
+type HttpResponse = http::Response<Body>;
+
+/// Catches panics and bounds every request in time.
+#[derive(Debug, Clone)]
+pub struct ShieldLayer {
+    timeout: Duration,
+}
+
+impl ShieldLayer {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for ShieldLayer {
+    type Service = Shield<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shield {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Shield<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B> Service<http::Request<B>> for Shield<S>
+where
+    S: Service<http::Request<B>, Response = HttpResponse>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let call = self.inner.call(request);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+                Ok(Ok(result)) => result.map_err(Into::into),
+                Ok(Err(panic)) => {
+                    tracing::error!(method, panic = panic_message(&*panic), "handler panicked");
+                    Ok(Status::internal("internal error").into_http())
+                }
+                Err(_) => Ok(Status::deadline_exceeded("request timed out").into_http()),
+            }
+        })
+    }
+}
+
+/// The text of a panic payload, for the log only.
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-text panic payload")
+}
+
+/// Refuses calls from callers without the method's role.
+#[derive(Debug, Clone)]
+pub struct CallerGateLayer {
+    callers: Arc<Callers>,
+}
+
+impl CallerGateLayer {
+    pub fn new(callers: Arc<Callers>) -> Self {
+        Self { callers }
+    }
+}
+
+impl<S> Layer<S> for CallerGateLayer {
+    type Service = CallerGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallerGate {
+            inner,
+            callers: self.callers.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallerGate<S> {
+    inner: S,
+    callers: Arc<Callers>,
+}
+
+/// Client-certificate SANs of the connection, put in the request
+/// extensions by the TLS acceptor.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSans(pub Vec<String>);
+
+impl<S, B> Service<http::Request<B>> for CallerGate<S>
+where
+    S: Service<http::Request<B>, Response = HttpResponse>,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<HttpResponse, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let role = match role_for_grpc_path(request.uri().path()) {
+            Some(role) if self.callers.is_enabled() => role,
+            _ => return Either::Right(self.inner.call(request)),
+        };
+        let key = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer::from_authorization);
+        let sans = request
+            .extensions()
+            .get::<PeerSans>()
+            .map(|p| p.0.as_slice())
+            .unwrap_or_default();
+        let refusal = match self.callers.authorize(key, sans, role) {
+            Ok(caller) => {
+                tracing::debug!(
+                    caller = caller.name,
+                    role = role.as_str(),
+                    "caller admitted"
+                );
+                return Either::Right(self.inner.call(request));
+            }
+            Err(refusal) => refusal,
+        };
+        tracing::info!(
+            path = request.uri().path(),
+            refusal = %refusal,
+            "caller refused"
+        );
+        let status = match refusal {
+            Refusal::Unauthenticated => Status::unauthenticated(refusal.to_string()),
+            Refusal::PermissionDenied(_) => Status::permission_denied(refusal.to_string()),
+        };
+        Either::Left(ready(Ok(status.into_http())))
+    }
+}
