@@ -267,7 +267,14 @@ impl<S: Store + Clone> Tokens<S> {
             Err(e) => return (Some(parsed.token_id), Err(e.into())),
         };
         let answer = match stored {
-            Some(s) if !s.digest.matches(&parsed.digest) => {
+            Some(s)
+                if !self.rules.hasher.verify(
+                    presented,
+                    &parsed.digest,
+                    s.key_id.as_deref(),
+                    &s.digest,
+                ) =>
+            {
                 Introspection::Inactive(Inactive::Unknown)
             }
             Some(s) if s.info.expires_at <= now => Introspection::Inactive(Inactive::Expired),

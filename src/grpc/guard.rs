@@ -176,3 +176,87 @@ where
         Either::Left(ready(Ok(status.into_http())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{ServiceExt as _, service_fn};
+
+    use super::*;
+
+    fn grpc_status(response: &HttpResponse) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_generic_internal_status() {
+        let inner = service_fn(|_: http::Request<()>| async {
+            if true {
+                panic!("secret detail");
+            }
+            Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
+        });
+        let response = ShieldLayer::new(Duration::from_secs(1))
+            .layer(inner)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), Some("13"));
+        let message = response
+            .headers()
+            .get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_gets_deadline_exceeded() {
+        let inner = service_fn(|_: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
+        });
+        let response = ShieldLayer::new(Duration::from_millis(20))
+            .layer(inner)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), Some("4"));
+    }
+
+    #[tokio::test]
+    async fn the_gate_only_guards_role_bound_methods() {
+        let (key, entry) = crate::auth::new_caller_key("gw", &[crate::auth::Role::Introspect]);
+        let callers = Arc::new(Callers::parse(&entry, "f").unwrap());
+        let ok = service_fn(|_: http::Request<()>| async {
+            Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
+        });
+        let gate = CallerGateLayer::new(callers).layer(ok);
+        let call = |path: &str, key: Option<&str>| {
+            let mut request = http::Request::builder().uri(path);
+            if let Some(key) = key {
+                request = request.header("authorization", format!("Bearer {key}"));
+            }
+            gate.clone().oneshot(request.body(()).unwrap())
+        };
+        let health = call("/grpc.health.v1.Health/Check", None).await.unwrap();
+        assert_eq!(grpc_status(&health), None);
+        let anonymous = call("/patd.v1.TokenService/Introspect", None)
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&anonymous), Some("16"));
+        let allowed = call("/patd.v1.TokenService/Introspect", Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&allowed), None);
+        let denied = call("/patd.v1.TokenService/Issue", Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&denied), Some("7"));
+    }
+}

@@ -11,4 +11,5 @@ mod operators;
 mod properties;
 mod redis_failure;
 mod secrets;
+mod security;
 mod tampered;
