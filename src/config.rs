@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::auth::Callers;
 use crate::domain::LifetimePolicy;
+use crate::tls::TlsFiles;
 use crate::token::{TokenFormat, TokenHasher};
 
 /// Where tokens live.
@@ -120,6 +121,19 @@ pub struct Config {
     #[arg(long, env = "PATD_CALLERS_FILE")]
     pub callers_file: Option<PathBuf>,
 
+    /// PEM certificate chain: serve both listeners over TLS.
+    #[arg(long, env = "PATD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `PATD_TLS_CERT`.
+    #[arg(long, env = "PATD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) for client certificates (mutual TLS); callers
+    /// may then be identified by `cert_san` instead of a key.
+    #[arg(long, env = "PATD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Serve a non-loopback address without caller authentication anyway.
     #[arg(long, env = "PATD_ALLOW_UNAUTHENTICATED", default_value_t = false,
           action = clap::ArgAction::Set)]
@@ -186,6 +200,8 @@ pub enum ConfigError {
     Timeout,
     #[error("PATD_TOKEN_HASH_KEYS: {0}")]
     HashKeys(#[from] crate::token::HashKeyError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("PATD_CALLERS_FILE: {0}")]
     Callers(#[from] crate::auth::CallersError),
     #[error(
@@ -218,6 +234,18 @@ impl Config {
         match &self.callers_file {
             Some(path) => Ok(Callers::load(path)?),
             None => Ok(Callers::default()),
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
         }
     }
 

@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
@@ -31,6 +32,7 @@ use crate::bearer;
 use crate::domain::{FieldError, Scopes, UnixMillis};
 use crate::service::{Decision, ServiceError, Tokens};
 use crate::store::Store;
+use crate::tls::{PeerSans, client_sans};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -196,12 +198,14 @@ pub fn parse_forward_auth<'a>(
 
 async fn forward_auth<S: Store + Clone>(
     State(state): State<AppState<S>>,
+    peer: Option<axum::Extension<PeerSans>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     if state.callers.is_enabled() {
         let key = headers.get(CALLER_KEY_HEADER).and_then(|v| v.to_str().ok());
-        if let Err(refusal) = state.callers.authorize(key, &[], Role::Introspect) {
+        let sans = peer.map(|p| p.0.0).unwrap_or_default();
+        if let Err(refusal) = state.callers.authorize(key, &sans, Role::Introspect) {
             tracing::info!(refusal = %refusal, "forward-auth caller refused");
             return match refusal {
                 Refusal::Unauthenticated => deny(
@@ -309,10 +313,17 @@ async fn readyz<S: Store + Clone>(State(state): State<AppState<S>>) -> (StatusCo
     }
 }
 
-/// Serves `app` on `listener` until `stop` is cancelled, then lets open
-/// requests finish for at most `drain`. Request heads are bounded in size
-/// and time so a slow or huge request cannot pin a connection.
-pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, drain: Duration) {
+/// Serves `app` on `listener` (over TLS when an acceptor is given) until
+/// `stop` is cancelled, then lets open requests finish for at most `drain`.
+/// Request heads are bounded in size and time so a slow or huge request
+/// cannot pin a connection; so is the TLS handshake.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -337,13 +348,37 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken, 
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let Some(tls) = tls else {
+                let service = TowerToHyperService::new(app);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+                return;
+            };
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let sans = PeerSans(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(client_sans)
+                    .unwrap_or_default(),
+            );
+            let app = app.layer(axum::Extension(sans));
+            let service = TowerToHyperService::new(app);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     tokio::select! {

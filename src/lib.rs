@@ -18,6 +18,8 @@
 //! - [`grpc`]: `patd.v1.TokenService` and Envoy ext_authz over the service;
 //!   the one mapping of errors to `tonic::Status`.
 //! - [`http`]: forward-auth for HTTP gateways, `/healthz`, `/readyz`.
+//! - [`tls`]: TLS and mutual TLS for both listeners; client-certificate
+//!   SANs for caller authentication.
 //! - [`server`]: wiring, listeners, health, reflection, graceful shutdown.
 
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 /// Generated protobuf types and the descriptor set served by reflection.

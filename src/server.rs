@@ -24,6 +24,8 @@ use crate::grpc::{TokenApi, TokenServiceServer};
 use crate::http::{ForwardAuth, Limits};
 use crate::service::{Rules, Tokens};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+use crate::tls::TlsMaterial;
+use tokio_rustls::TlsAcceptor;
 
 /// The service name health reports on for store readiness.
 const TOKEN_SERVICE: &str = "patd.v1.TokenService";
@@ -57,6 +59,7 @@ pub struct Application {
     http_addr: SocketAddr,
     tokens: Tokens<AnyStore>,
     callers: Arc<Callers>,
+    tls: Option<(TlsMaterial, TlsAcceptor)>,
 }
 
 impl Application {
@@ -82,6 +85,14 @@ impl Application {
             lifetime: config.lifetime(),
         };
         let callers = Arc::new(config.callers()?);
+        let tls = match config.tls_files() {
+            Some(files) => {
+                let material = TlsMaterial::load(&files).map_err(ConfigError::from)?;
+                let acceptor = material.http_acceptor(&files).map_err(ConfigError::from)?;
+                Some((material, acceptor))
+            }
+            None => None,
+        };
         warn_about_exposure(&config, &callers, &rules);
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
         let (http_listener, http_addr) = bind(config.http_addr).await?;
@@ -93,6 +104,7 @@ impl Application {
             http_listener,
             http_addr,
             callers,
+            tls,
         })
     }
 
@@ -146,6 +158,7 @@ impl Application {
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
             store = self.config.store.name(),
+            tls = self.tls.is_some(),
             "patd listening"
         );
         let grace = *self.config.shutdown_grace;
@@ -171,6 +184,7 @@ impl Application {
         let http = tokio::spawn(crate::http::serve(
             self.http_listener,
             http_app,
+            self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
             stop_accepting.clone(),
             drain,
         ));
@@ -189,7 +203,11 @@ impl Application {
             ))
             .layer(CallerGateLayer::new(self.callers.clone()));
         let keepalive = *self.config.http2_keepalive;
-        let serve = Server::builder()
+        let mut builder = Server::builder();
+        if let Some((material, _)) = &self.tls {
+            builder = builder.tls_config(material.grpc())?;
+        }
+        let serve = builder
             .max_concurrent_streams(self.config.http2_max_concurrent_streams)
             .http2_max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
             .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))

@@ -16,10 +16,12 @@ use futures_util::FutureExt as _;
 use futures_util::future::{Either, Ready, ready};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{BoxError, Layer, Service};
 
 use crate::auth::{Callers, Refusal, role_for_grpc_path};
 use crate::bearer;
+use crate::tls::client_sans;
 
 type HttpResponse = http::Response<Body>;
 
@@ -121,11 +123,6 @@ pub struct CallerGate<S> {
     callers: Arc<Callers>,
 }
 
-/// Client-certificate SANs of the connection, put in the request
-/// extensions by the TLS acceptor.
-#[derive(Debug, Clone, Default)]
-pub struct PeerSans(pub Vec<String>);
-
 impl<S, B> Service<http::Request<B>> for CallerGate<S>
 where
     S: Service<http::Request<B>, Response = HttpResponse>,
@@ -148,12 +145,15 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer::from_authorization);
+        // Only parsed when a certificate was presented (mTLS); tonic's TLS
+        // acceptor already verified it against the client CA.
         let sans = request
             .extensions()
-            .get::<PeerSans>()
-            .map(|p| p.0.as_slice())
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .map(|chain| client_sans(&chain))
             .unwrap_or_default();
-        let refusal = match self.callers.authorize(key, sans, role) {
+        let refusal = match self.callers.authorize(key, &sans, role) {
             Ok(caller) => {
                 tracing::debug!(
                     caller = caller.name,

@@ -34,21 +34,37 @@ impl Reply {
 
 /// `GET path` with extra headers, over a fresh connection.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    get_over(stream, &addr.to_string(), path, headers).await
+}
+
+/// `GET path` over an already open stream (plain or TLS).
+pub async fn get_over<S>(mut stream: S, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    // A TLS peer may close without close_notify; what arrived still counts.
+    let _ = stream.read_to_end(&mut raw).await;
     parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        // Nothing (or half a head) came back: status 0 says so.
+        return Reply {
+            status: 0,
+            headers: Vec::new(),
+            body: text.into_owned(),
+        };
+    };
     let mut lines = head.lines();
     let status = lines
         .next()

@@ -7,6 +7,7 @@ mod helpers;
 mod http_helpers;
 mod lifecycle;
 mod limits;
+mod mtls;
 mod operators;
 mod properties;
 mod redis_failure;

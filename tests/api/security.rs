@@ -390,7 +390,7 @@ async fn overload_gets_fast_refusals_and_patd_keeps_serving() {
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert!(served >= 1 && served <= 4, "served {served}");
+    assert!((1..=4).contains(&served), "served {served}");
     assert_eq!(served + refused, 60);
     assert_eq!(refused_fast, refused, "refusals waited for the stall");
 
