@@ -16,8 +16,8 @@ use crate::domain::{AccountId, Note, Scopes, TokenId, TokenInfo, UnixMillis};
 use crate::token::TokenDigest;
 
 /// Hash fields read back for a token, in this order.
-const FIELDS: [&str; 7] = [
-    "account", "digest", "note", "scopes", "created", "expires", "used",
+const FIELDS: [&str; 8] = [
+    "account", "digest", "note", "scopes", "created", "expires", "used", "kid",
 ];
 
 /// How often RevokeAll re-reads an index that kept changing under it.

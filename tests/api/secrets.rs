@@ -4,6 +4,7 @@
 use patd::pb::{IntrospectRequest, ListRequest, RevokeAllRequest, RevokeRequest};
 
 use crate::helpers::{Patd, RedisServer, is_active, issue, issue_request, random_name};
+use crate::http_helpers::get;
 
 #[tokio::test]
 async fn no_token_value_reaches_the_logs_or_redis() {
@@ -68,4 +69,175 @@ async fn no_token_value_reaches_the_logs_or_redis() {
             assert!(!text.contains(secret), "token secret in {place}");
         }
     }
+}
+
+fn with_key_req<T>(key: &str, message: T) -> tonic::Request<T> {
+    crate::security::with_key(message, key)
+}
+
+/// The audit: with caller keys and digest keys configured, drive every RPC
+/// and endpoint, including refusals, errors and overload, then look for any
+/// token, caller key or key material in the log, in every error message and
+/// in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_any_kind_leaks_anywhere() {
+    use base64::Engine as _;
+    use patd::pb::{IntrospectRequest, IssueRequest, ListRequest, RevokeAllRequest, RevokeRequest};
+
+    let redis = RedisServer::start();
+    let (file, console, gateway) = crate::security::callers_file();
+    let hash_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let patd = Patd::spawn(
+        crate::helpers::PatdOptions::new(crate::helpers::Backend::Redis { url: redis.url() })
+            .env("PATD_CALLERS_FILE", file.to_str().unwrap())
+            .env("PATD_TOKEN_HASH_KEYS", &format!("main:{hash_key}"))
+            .env("PATD_MAX_CONCURRENT_REQUESTS", "2"),
+    )
+    .await;
+    let mut client = patd.client().await;
+    let account = random_name("acct-");
+    let mut messages = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let req = IssueRequest {
+            account_id: account.clone(),
+            ..issue_request(&account, 600)
+        };
+        let issued = client
+            .issue(with_key_req(&console, req))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push((issued.token, issued.info.unwrap().token_id));
+    }
+    for (token, _) in &tokens {
+        let seen = client
+            .introspect(with_key_req(
+                &gateway,
+                IntrospectRequest {
+                    token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert!(seen.into_inner().active);
+        // Wrong roles, no key, the user token used as a caller key.
+        for key in [console.as_str(), token.as_str(), ""] {
+            let r = client
+                .introspect(with_key_req(
+                    key,
+                    IntrospectRequest {
+                        token: token.clone(),
+                    },
+                ))
+                .await
+                .unwrap_err();
+            messages.push(r.message().to_owned());
+        }
+        let r = client
+            .issue(with_key_req(token, issue_request(&account, 60)))
+            .await
+            .unwrap_err();
+        messages.push(r.message().to_owned());
+        // HTTP forward-auth: right, wrong and missing caller keys.
+        let bearer = format!("Bearer {token}");
+        for key in [gateway.as_str(), console.as_str(), token.as_str()] {
+            let reply = get(
+                patd.http_addr,
+                "/v1/forward-auth",
+                &[("Authorization", &bearer), ("X-Patd-Caller-Key", key)],
+            )
+            .await;
+            messages.push(format!("{reply:?}"));
+        }
+    }
+    let bad = client
+        .issue(with_key_req(
+            &console,
+            IssueRequest {
+                account_id: String::new(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    messages.push(bad.message().to_owned());
+    client
+        .list(with_key_req(
+            &console,
+            ListRequest {
+                account_id: account.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    client
+        .revoke(with_key_req(
+            &console,
+            RevokeRequest {
+                account_id: account.clone(),
+                token_id: tokens[0].1.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // Overload: more concurrent calls than the limit of 2, with Redis stalled.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(800)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .unwrap();
+    let mut burst = Vec::new();
+    for (token, _) in tokens.iter().cycle().take(12) {
+        let mut c = client.clone();
+        let req = with_key_req(
+            &gateway,
+            IntrospectRequest {
+                token: token.clone(),
+            },
+        );
+        burst.push(tokio::spawn(async move { c.introspect(req).await }));
+    }
+    for task in burst {
+        if let Err(status) = task.await.unwrap() {
+            messages.push(status.message().to_owned());
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let kept = tokens[1].0.clone();
+    client
+        .revoke_all(with_key_req(
+            &console,
+            RevokeAllRequest {
+                account_id: account.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let logs = patd.logs();
+    let dump = format!("{:?}", redis.dump(&patd.key_prefix));
+    let errors = messages.join("\n");
+    assert!(logs.contains("caller refused"), "refusals are logged");
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("console caller key", console.clone()),
+        ("gateway caller key", gateway.clone()),
+        ("digest key", hash_key.clone()),
+        ("kept token", kept),
+    ];
+    for (token, _) in &tokens {
+        secrets.push(("token", token.clone()));
+        secrets.push(("token secret", token[20..52].to_owned()));
+    }
+    for (what, secret) in &secrets {
+        for (place, text) in [
+            ("logs", &logs),
+            ("redis", &dump),
+            ("error messages", &errors),
+        ] {
+            assert!(!text.contains(secret.as_str()), "{what} found in {place}");
+        }
+    }
+    let _ = std::fs::remove_file(file);
 }

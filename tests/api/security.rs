@@ -26,7 +26,7 @@ pub fn callers_file() -> (std::path::PathBuf, String, String) {
     (path, console_key, gateway_key)
 }
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
     request.metadata_mut().insert("authorization", value);
