@@ -11,13 +11,12 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use patd::pb::{IntrospectRequest, IssueRequest, RevokeRequest};
+use patd::pb::IntrospectRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use crate::helpers::{
-    Backend, Patd, PatdOptions, RedisServer, eventually, is_active, issue, random_name,
-};
+use crate::helpers::{Backend, Patd, PatdOptions, RedisServer, issue, random_name};
+use crate::helpers::{issue_revoked, issue_scoped, wait_inactive};
 use crate::http_helpers::get;
 
 /// What each door answered, reduced to what a gateway acts on.
@@ -103,35 +102,12 @@ async fn introspect_forward_auth_and_check_agree_on_every_case() {
     let mut client = patd.client().await;
     let account = random_name("acct-");
     let (expiring, _) = issue(&mut client, &account, 1).await;
-    let scoped = client
-        .issue(IssueRequest {
-            account_id: account.clone(),
-            scopes: vec!["repo:read".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let (revoked, revoked_id) = issue(&mut client, &account, 600).await;
-    client
-        .revoke(RevokeRequest {
-            account_id: account.clone(),
-            token_id: revoked_id,
-        })
-        .await
-        .unwrap();
+    let scoped = issue_scoped(&mut client, &account, &["repo:read"]).await;
+    let revoked = issue_revoked(&mut client, &account).await;
     let mut tampered = scoped.clone();
     tampered.pop();
     tampered.push(if scoped.ends_with('A') { 'B' } else { 'A' });
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let mut c = client.clone();
-            let t = expiring.clone();
-            async move { !is_active(&mut c, &t).await }
-        })
-        .await
-    );
+    wait_inactive(&client, &expiring).await;
 
     let allow = |introspect| Answers {
         introspect: Ok(introspect),

@@ -2,11 +2,8 @@
 //! of an echo upstream: patd decides, the gateway obeys, and the upstream
 //! only ever sees identities patd vouched for.
 
-use std::time::Duration;
-
-use patd::pb::{IssueRequest, RevokeRequest};
-
-use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, random_name};
+use crate::helpers::{Patd, RedisServer, issue, random_name};
+use crate::helpers::{issue_revoked, issue_scoped, wait_inactive};
 use crate::http_helpers::{Gateway, GatewayKind, Upstream, get};
 
 fn bearer(token: &str) -> String {
@@ -22,35 +19,11 @@ async fn gateway_obeys_patd(kind: GatewayKind) {
     let account = random_name("acct-");
 
     let (expiring, _) = issue(&mut client, &account, 1).await;
-    let valid = client
-        .issue(IssueRequest {
-            account_id: account.clone(),
-            scopes: vec!["repo:read".into(), "repo:write".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("issue")
-        .into_inner();
-    let valid_id = valid.info.expect("info").token_id;
-    let valid = valid.token;
-    let admin = client
-        .issue(IssueRequest {
-            account_id: account.clone(),
-            scopes: vec!["admin".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("issue")
-        .into_inner()
-        .token;
-    let (revoked, revoked_id) = issue(&mut client, &account, 600).await;
-    client
-        .revoke(RevokeRequest {
-            account_id: account.clone(),
-            token_id: revoked_id,
-        })
-        .await
-        .expect("revoke");
+    let valid = issue_scoped(&mut client, &account, &["repo:read", "repo:write"]).await;
+    // The token id is the 16 characters after `pat_`.
+    let valid_id = valid[4..20].to_owned();
+    let admin = issue_scoped(&mut client, &account, &["admin"]).await;
+    let revoked = issue_revoked(&mut client, &account).await;
 
     // An active token reaches the upstream with patd's identity, and a
     // client-forged identity header is replaced, not passed along.
@@ -75,14 +48,7 @@ async fn gateway_obeys_patd(kind: GatewayKind) {
     );
 
     // Every denial stops at the gateway.
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let mut c = client.clone();
-            let t = expiring.clone();
-            async move { !is_active(&mut c, &t).await }
-        })
-        .await
-    );
+    wait_inactive(&client, &expiring).await;
     let garbage = "pat_garbage";
     for (what, headers, challenge) in [
         ("no token", vec![], r#"Bearer realm="patd""#),

@@ -138,6 +138,16 @@ impl RedisServer {
             .collect()
     }
 
+    /// Freezes Redis for `ms`: it accepts bytes but answers nothing.
+    pub fn pause(&self, ms: u64) {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("ALL")
+            .query(&mut self.conn())
+            .expect("CLIENT PAUSE");
+    }
+
     pub fn dbsize(&self) -> u64 {
         redis::cmd("DBSIZE")
             .query(&mut self.conn())
@@ -374,6 +384,65 @@ pub async fn is_active(client: &mut Client, token: &str) -> bool {
         .expect("introspect")
         .into_inner()
         .active
+}
+
+/// Issues a token with `scopes` (default lifetime); returns its value.
+pub async fn issue_scoped(client: &mut Client, account: &str, scopes: &[&str]) -> String {
+    client
+        .issue(IssueRequest {
+            account_id: account.to_owned(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("issue")
+        .into_inner()
+        .token
+}
+
+/// Issues a token and revokes it at once; returns its value.
+pub async fn issue_revoked(client: &mut Client, account: &str) -> String {
+    let (token, token_id) = issue(client, account, 600).await;
+    client
+        .revoke(patd::pb::RevokeRequest {
+            account_id: account.to_owned(),
+            token_id,
+        })
+        .await
+        .expect("revoke");
+    token
+}
+
+/// Waits (up to 5 s) until Introspect says `token` is inactive.
+pub async fn wait_inactive(client: &Client, token: &str) {
+    let gone = eventually(Duration::from_secs(5), || {
+        let mut c = client.clone();
+        let t = token.to_owned();
+        async move { !is_active(&mut c, &t).await }
+    })
+    .await;
+    assert!(gone, "token still active");
+}
+
+/// Waits (up to `timeout`) until gRPC health reports `status` for `service`.
+pub async fn health_becomes(
+    channel: &Channel,
+    service: &str,
+    status: tonic_health::pb::health_check_response::ServingStatus,
+    timeout: Duration,
+) -> bool {
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    eventually(timeout, || {
+        let mut h = health.clone();
+        let service = service.to_owned();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .map(|r| r.into_inner().status == status as i32)
+                .unwrap_or(false)
+        }
+    })
+    .await
 }
 
 /// Polls `check` until it holds or `timeout` passes.

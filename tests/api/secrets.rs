@@ -182,12 +182,7 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
         .await
         .unwrap();
     // Overload: more concurrent calls than the limit of 2, with Redis stalled.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(800)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .unwrap();
+    redis.pause(800);
     let mut burst = Vec::new();
     for (token, _) in tokens.iter().cycle().take(12) {
         let mut c = client.clone();

@@ -355,12 +355,7 @@ async fn overload_gets_fast_refusals_and_patd_keeps_serving() {
     let (token, _) = issue(&mut client, "acct", 600).await;
 
     // Stall Redis so that admitted requests stay in flight.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2500)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .expect("CLIENT PAUSE");
+    redis.pause(2500);
     let mut tasks = Vec::new();
     for _ in 0..60 {
         let mut c = client.clone();
@@ -421,12 +416,7 @@ async fn http_overload_answers_503_at_once() {
     )
     .await;
     let (token, _) = issue(&mut patd.client().await, "acct", 600).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("ALL")
-        .query(&mut redis.conn())
-        .expect("CLIENT PAUSE");
+    redis.pause(2000);
     let bearer = format!("Bearer {token}");
     let mut tasks = Vec::new();
     for _ in 0..20 {
