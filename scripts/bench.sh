@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Benchmarks patd against a do-nothing tonic server measured in the same run
+# (absolute numbers on shared machines drift; ratios to a baseline taken
+# minutes apart on the same cores do not drift as much).
+#
+# Builds the release binaries, starts its own redis-server (no persistence)
+# and, for each round, one after another: the baseline server
+# (`patd-bench baseline-server`), patd on the memory store, patd on Redis.
+# Against each it runs the scenarios below with `patd-bench run ... --json`,
+# then stops it (recording patd's peak RSS, VmHWM). Prints, per scenario and
+# target, the median over rounds of requests/s, p50 and p99, the median of
+# the per-round ratios to the baseline, the goals, and the server's CPU time
+# per operation (utime+stime from /proc over the run, warm-up included,
+# divided by its operations; for Redis also redis-server's share): a
+# measure that drifts less than requests/s on a shared machine.
+#
+#   introspect    Introspect, 8 conns x 32 in flight, valid=90,revoked=5,malformed=5
+#   serial        Introspect, 1 conn x 1 in flight (latency)
+#   issue         Issue + Revoke on a fresh account (one op = the pair), 8 x 32
+#   mixed         98% Introspect, 2% management (Issue+Revoke or List), 8 x 32
+#   forward-auth  GET /v1/forward-auth, 8 x 32 keep-alive HTTP/1.1 connections
+#                 (memory and redis only: the baseline server has no HTTP)
+#
+# The baseline's accepted sockets keep Nagle on, like patd's today
+# (serve_with_incoming sets no TCP_NODELAY); once patd sets TCP_NODELAY,
+# run with BENCH_BASELINE_NODELAY=1 so both stacks match.
+#
+# Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3),
+# BENCH_CONNECTIONS (8), BENCH_IN_FLIGHT (32), BENCH_BASELINE_NODELAY (0),
+# BENCH_PATD_LOG (RUST_LOG for patd; default `warn,patd::server=info`: the
+# "patd listening" line without the per-RPC info lines), BENCH_KEEP=1 keeps
+# the results directory.
+# Quick run: BENCH_DURATION=2s BENCH_ROUNDS=1 scripts/bench.sh
+#
+# Exit code 1 when any run saw an unexpected answer or error; a missed
+# performance goal is reported, not fatal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${BENCH_DURATION:-10s}"
+WARMUP="${BENCH_WARMUP:-2s}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+CONNS="${BENCH_CONNECTIONS:-8}"
+INFLIGHT="${BENCH_IN_FLIGHT:-32}"
+PATD_LOG="${BENCH_PATD_LOG:-warn,patd::server=info}"
+BASELINE_FLAGS=()
+if [ "${BENCH_BASELINE_NODELAY:-0}" = 1 ]; then BASELINE_FLAGS+=(--tcp-nodelay); fi
+
+for tool in redis-server redis-cli python3 cargo; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "bench.sh: $tool not found (scripts/test.sh installs redis-server)" >&2
+    exit 2
+  }
+done
+
+echo "bench.sh: cargo build --release --bins" >&2
+cargo build --release --bins
+BIN="${CARGO_TARGET_DIR:-target}/release"
+
+WORK="$(mktemp -d -t patd-bench.XXXXXX)"
+RESULTS="$WORK/results"
+mkdir -p "$RESULTS"
+REDIS_PID=""
+SERVER_PID=""
+cleanup() {
+  for pid in "$SERVER_PID" "$REDIS_PID"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    echo "bench.sh: results kept in $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for <pid> <file> <pattern>: until the file holds the pattern (10 s).
+wait_for() {
+  local pid="$1" file="$2" pattern="$3"
+  for _ in $(seq 100); do
+    if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench.sh: process $pid exited before \"$pattern\":" >&2
+      cat "$file" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "bench.sh: no \"$pattern\" from process $pid after 10 s:" >&2
+  cat "$file" >&2
+  return 1
+}
+
+REDIS_PORT="$(free_port)"
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$WORK" --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+for _ in $(seq 100); do
+  if [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then break; fi
+  sleep 0.1
+done
+[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] || {
+  echo "bench.sh: redis-server did not start" >&2
+  cat "$WORK/redis.log" >&2
+  exit 2
+}
+
+GRPC=""
+HTTP=""
+# start_target <target> <round>: sets SERVER_PID, GRPC, HTTP.
+start_target() {
+  local target="$1" round="$2" log="$WORK/server.$1.$2.log"
+  if [ "$target" = baseline ]; then
+    "$BIN/patd-bench" baseline-server --addr 127.0.0.1:0 ${BASELINE_FLAGS[@]+"${BASELINE_FLAGS[@]}"} >"$log" 2>&1 &
+    SERVER_PID=$!
+    wait_for "$SERVER_PID" "$log" '^listening '
+    GRPC="$(sed -n 's/^listening //p' "$log" | head -n1)"
+    HTTP=""
+    return
+  fi
+  local store=memory
+  if [ "$target" = redis ]; then store="$REDIS_URL"; fi
+  PATD_GRPC_ADDR=127.0.0.1:0 PATD_HTTP_ADDR=127.0.0.1:0 PATD_STORE="$store" \
+    PATD_KEY_PREFIX="bench$round" RUST_LOG="$PATD_LOG" "$BIN/patd" 2>"$log" &
+  SERVER_PID=$!
+  wait_for "$SERVER_PID" "$log" 'patd listening'
+  GRPC="$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -n1 | cut -d= -f2)"
+  HTTP="$(grep -o 'http_addr=[0-9.:]*' "$log" | head -n1 | cut -d= -f2)"
+}
+
+stop_target() {
+  local target="$1" round="$2"
+  if [ "$target" != baseline ]; then
+    awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status" >"$RESULTS/rss.$target.$round"
+  fi
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f\n", ($14 + $15) / hz}' "/proc/$1/stat"
+}
+
+FAILED=0
+# bench <name> <target> <round> <patd-bench run arguments...>
+bench() {
+  local name="$1" target="$2" round="$3"
+  shift 3
+  local out="$RESULTS/$name.$target.$round.json" log="$RESULTS/$name.$target.$round.log"
+  local extra=()
+  if [ "$target" = baseline ]; then extra+=(--expect-baseline); fi
+  local server0 redis0
+  server0="$(cpu_seconds "$SERVER_PID")"
+  redis0="$(cpu_seconds "$REDIS_PID")"
+  if "$BIN/patd-bench" run "$@" --grpc-addr "$GRPC" ${HTTP:+--http-addr "$HTTP"} \
+    --duration "$DURATION" --warmup "$WARMUP" --seed "$round" --label "$target" \
+    ${extra[@]+"${extra[@]}"} --json >"$out" 2>"$log"; then
+    echo "$(cpu_seconds "$SERVER_PID") $server0 $(cpu_seconds "$REDIS_PID") $redis0" \
+      >"$RESULTS/$name.$target.$round.cpu"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("    %-13s %10.0f rps  p50 %6d us  p99 %6d us" % (sys.argv[2], r["rps"], r["latency_us"]["p50"], r["latency_us"]["p99"]))' "$out" "$name" >&2
+  else
+    echo "bench.sh: $name against $target (round $round) FAILED:" >&2
+    cat "$log" >&2
+    rm -f "$out"
+    FAILED=1
+  fi
+}
+
+for round in $(seq "$ROUNDS"); do
+  for target in baseline memory redis; do
+    if [ "$target" = redis ]; then
+      "$BIN/patd-bench" redis-rtt --url "$REDIS_URL" --json >"$RESULTS/rtt.$round.json"
+    fi
+    start_target "$target" "$round"
+    echo "bench.sh: round $round/$ROUNDS, $target (grpc $GRPC${HTTP:+, http $HTTP})" >&2
+    bench introspect "$target" "$round" introspect --connections "$CONNS" --in-flight "$INFLIGHT"
+    bench serial "$target" "$round" introspect --connections 1 --in-flight 1
+    bench issue "$target" "$round" issue --connections "$CONNS" --in-flight "$INFLIGHT"
+    bench mixed "$target" "$round" mixed --connections "$CONNS" --in-flight "$INFLIGHT"
+    if [ "$target" != baseline ]; then
+      bench forward-auth "$target" "$round" forward-auth --connections "$CONNS" --in-flight "$INFLIGHT"
+    fi
+    stop_target "$target" "$round"
+  done
+done
+
+python3 - "$RESULTS" "$CONNS" "$INFLIGHT" <<'PY'
+import glob, json, os, statistics, sys
+
+results, conns, inflight = sys.argv[1], sys.argv[2], sys.argv[3]
+runs = {}
+for path in glob.glob(os.path.join(results, "*.json")):
+    base = os.path.basename(path)
+    if base.startswith("rtt."):
+        continue
+    name, target, rnd = base[: -len(".json")].rsplit(".", 2)
+    with open(path) as f:
+        run = json.load(f)
+    cpu_path = path[: -len(".json")] + ".cpu"
+    if os.path.exists(cpu_path):
+        with open(cpu_path) as f:
+            s1, s0, r1, r0 = (float(x) for x in f.read().split())
+        ops = run["requests"] + run.get("warmup_requests", 0)
+        if ops > 0:
+            run["cpu_us"] = (s1 - s0) * 1e6 / ops
+            run["redis_cpu_us"] = (r1 - r0) * 1e6 / ops
+    runs[(name, target, int(rnd))] = run
+
+def rounds(name, target):
+    return sorted(r for (n, t, r) in runs if n == name and t == target)
+
+def med(values):
+    return statistics.median(values) if values else None
+
+rtts = []
+for path in glob.glob(os.path.join(results, "rtt.*.json")):
+    with open(path) as f:
+        rtts.append(json.load(f)["p50_us"])
+rtt = med(rtts)
+
+goals = {("introspect", "memory"): 0.85, ("introspect", "redis"): 0.60, ("issue", "redis"): 0.30}
+labels = {
+    "introspect": "introspect %sx%s" % (conns, inflight),
+    "serial": "introspect 1x1",
+    "issue": "issue+revoke %sx%s" % (conns, inflight),
+    "mixed": "mixed %sx%s" % (conns, inflight),
+    "forward-auth": "forward-auth %sx%s" % (conns, inflight),
+}
+print()
+print("%-22s %-9s %6s %11s %8s %8s %7s %12s  %s" % (
+    "scenario", "target", "rounds", "rps (med)", "p50 us", "p99 us", "x base", "cpu us/op", "goal"))
+for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
+    for target in ["baseline", "memory", "redis"]:
+        rs = rounds(name, target)
+        if not rs:
+            continue
+        rps = med([runs[(name, target, r)]["rps"] for r in rs])
+        p50 = med([runs[(name, target, r)]["latency_us"]["p50"] for r in rs])
+        p99 = med([runs[(name, target, r)]["latency_us"]["p99"] for r in rs])
+        # Paired per round: each round's baseline ran minutes before it.
+        ratios = [runs[(name, target, r)]["rps"] / runs[(name, "baseline", r)]["rps"]
+                  for r in rs if (name, "baseline", r) in runs and runs[(name, "baseline", r)]["rps"] > 0]
+        ratio = med(ratios)
+        cpu = med([runs[(name, target, r)]["cpu_us"] for r in rs if "cpu_us" in runs[(name, target, r)]])
+        redis_cpu = med([runs[(name, target, r)]["redis_cpu_us"] for r in rs if "redis_cpu_us" in runs[(name, target, r)]])
+        cpu_text = "" if cpu is None else "%.1f" % cpu
+        if target == "redis" and redis_cpu is not None:
+            cpu_text += "+%.1f" % redis_cpu
+        goal = ""
+        if (name, target) in goals and ratio is not None:
+            want = goals[(name, target)]
+            goal = "rps >= %.2f x base: %s" % (want, "PASS" if ratio >= want else "MISS")
+        if name == "serial" and target == "redis" and rtt is not None and rounds(name, "baseline"):
+            base_p50 = med([runs[(name, "baseline", r)]["latency_us"]["p50"] for r in rounds(name, "baseline")])
+            limit = 1.5 * base_p50 + rtt
+            goal = "p50 <= 1.5 x %g + rtt %g = %.0f us: %s" % (base_p50, rtt, limit, "PASS" if p50 <= limit else "MISS")
+        print("%-22s %-9s %6d %11.0f %8.0f %8.0f %7s %12s  %s" % (
+            labels[name], target, len(rs), rps, p50, p99,
+            "" if ratio is None or target == "baseline" else "%.2f" % ratio, cpu_text, goal))
+print("(cpu us/op: the server's CPU time per operation, median over rounds; redis: patd+redis-server)")
+if rtt is not None:
+    print("\nredis round trip (PING p50, median over rounds): %g us" % rtt)
+for target in ["memory", "redis"]:
+    kb = []
+    for path in glob.glob(os.path.join(results, "rss.%s.*" % target)):
+        with open(path) as f:
+            text = f.read().strip()
+            if text:
+                kb.append(int(text))
+    if kb:
+        print("patd peak RSS (VmHWM), %s store: %.1f MiB (max over %d rounds)" % (target, max(kb) / 1024, len(kb)))
+PY
+
+if [ "$FAILED" -ne 0 ]; then
+  echo "bench.sh: some runs FAILED (unexpected answers or errors above)" >&2
+  exit 1
+fi

@@ -1,0 +1,54 @@
+//! `redis-rtt`: the Redis round trip as patd's client sees it, sequential
+//! PINGs on one multiplexed connection of the `redis` crate. The serial
+//! Introspect target is "baseline p50 x 1.5 + one Redis round trip"; this
+//! measures the second term on the same machine, in the same run.
+
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use crate::cli::RedisRttArgs;
+
+const WARMUP_PINGS: u32 = 200;
+
+pub async fn run(args: RedisRttArgs) -> Result<(), String> {
+    let client = redis::Client::open(args.url.as_str()).map_err(|e| format!("redis URL: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    for i in 0..WARMUP_PINGS + args.count {
+        let started = Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("PING: {e}"))?;
+        if i >= WARMUP_PINGS {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.saturating_record(micros.max(1));
+        }
+    }
+    let (p50, p90, p99) = (
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.9),
+        hist.value_at_quantile(0.99),
+    );
+    if args.json {
+        println!(
+            "{{\"count\":{},\"mean_us\":{:.1},\"p50_us\":{p50},\"p90_us\":{p90},\"p99_us\":{p99},\"max_us\":{}}}",
+            hist.len(),
+            hist.mean(),
+            hist.max()
+        );
+    } else {
+        println!(
+            "redis PING round trip over {} calls: mean {:.1} us, p50 {p50} us, p90 {p90} us, p99 {p99} us, max {} us",
+            hist.len(),
+            hist.mean(),
+            hist.max()
+        );
+    }
+    Ok(())
+}
