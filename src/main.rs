@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         print!("{entry}");
         return ExitCode::SUCCESS;
     }
-    patd::telemetry::init();
+    // Held to the end of main: dropping it flushes the log.
+    let _log_guard = patd::telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),

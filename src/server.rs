@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -218,7 +218,11 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(api)
             .add_service(ext_authz)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
+            // Small unary answers must not wait for Nagle's algorithm.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
+                stop,
+            );
         tokio::select! {
             served = serve => served?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(hard_stop).await } => {

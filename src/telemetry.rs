@@ -1,21 +1,29 @@
 //! Logging set-up: one place that knows the tracing subscriber. `RUST_LOG`
-//! picks the levels (default `info`); lines go to stderr.
+//! picks the levels (default `info`); lines go to stderr through a
+//! background writer, so a request never waits on a `write(2)`.
 
 use std::error::Error;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Safe to call once per process.
-pub fn init() {
+/// Installs the global subscriber. Keep the returned guard until exit:
+/// dropping it flushes the lines still buffered.
+pub fn init() -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    // Under a flood the buffer (128k lines) may fill; then lines are dropped
+    // rather than requests slowed.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .try_init();
+    guard
 }
 
 /// An error and all its causes on one line: "a: b: c".

@@ -69,14 +69,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        // Cheap: a `Uri` shares its bytes; only read if the handler panics.
+        let uri = request.uri().clone();
         let call = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
                 Ok(Ok(result)) => result.map_err(Into::into),
                 Ok(Err(panic)) => {
-                    tracing::error!(method, panic = panic_message(&*panic), "handler panicked");
+                    tracing::error!(
+                        method = uri.path(),
+                        panic = panic_message(&*panic),
+                        "handler panicked"
+                    );
                     Ok(Status::internal("internal error").into_http())
                 }
                 Err(_) => Ok(Status::deadline_exceeded("request timed out").into_http()),

@@ -49,9 +49,11 @@ impl RedisStore {
     /// The URL cannot be parsed.
     pub fn connect(url: &str, key_prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = Client::open(url)?;
+        // Responses are bounded by `timed` (one timer per call, covering
+        // reconnects too), so the manager gets no response timeout of its own.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
