@@ -21,15 +21,14 @@
 #   forward-auth  GET /v1/forward-auth, 8 x 32 keep-alive HTTP/1.1 connections
 #                 (memory and redis only: the baseline server has no HTTP)
 #
-# The baseline's accepted sockets keep Nagle on, like patd's today
-# (serve_with_incoming sets no TCP_NODELAY); once patd sets TCP_NODELAY,
-# run with BENCH_BASELINE_NODELAY=1 so both stacks match.
+# patd sets TCP_NODELAY on accepted sockets, and so does the baseline by
+# default (BENCH_BASELINE_NODELAY=0 turns it off there), so both stacks match.
 #
 # Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3),
-# BENCH_CONNECTIONS (8), BENCH_IN_FLIGHT (32), BENCH_BASELINE_NODELAY (0),
-# BENCH_PATD_LOG (RUST_LOG for patd; default `warn,patd::server=info`: the
-# "patd listening" line without the per-RPC info lines), BENCH_KEEP=1 keeps
-# the results directory.
+# BENCH_CONNECTIONS (8), BENCH_IN_FLIGHT (32), BENCH_BASELINE_NODELAY (1),
+# BENCH_PATD_LOG (RUST_LOG for patd; default `info`, patd's own default:
+# one log line per RPC, as in production), BENCH_KEEP=1 keeps the results
+# directory.
 # Quick run: BENCH_DURATION=2s BENCH_ROUNDS=1 scripts/bench.sh
 #
 # Exit code 1 when any run saw an unexpected answer or error; a missed
@@ -42,9 +41,9 @@ WARMUP="${BENCH_WARMUP:-2s}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 CONNS="${BENCH_CONNECTIONS:-8}"
 INFLIGHT="${BENCH_IN_FLIGHT:-32}"
-PATD_LOG="${BENCH_PATD_LOG:-warn,patd::server=info}"
+PATD_LOG="${BENCH_PATD_LOG:-info}"
 BASELINE_FLAGS=()
-if [ "${BENCH_BASELINE_NODELAY:-0}" = 1 ]; then BASELINE_FLAGS+=(--tcp-nodelay); fi
+if [ "${BENCH_BASELINE_NODELAY:-1}" = 1 ]; then BASELINE_FLAGS+=(--tcp-nodelay); fi
 
 for tool in redis-server redis-cli python3 cargo; do
   command -v "$tool" >/dev/null 2>&1 || {

@@ -16,7 +16,10 @@ pub fn init() -> WorkerGuard {
     let ansi = std::io::stderr().is_terminal();
     // Under a flood the buffer (128k lines) may fill; then lines are dropped
     // rather than requests slowed.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The worker writes each line into this buffer and flushes once per
+    // batch: one write(2) per burst of lines instead of one per line.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
