@@ -46,6 +46,11 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// The same allocator as patd, so the baseline measures the same stack and
+/// the load generator costs what it would next to patd.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
