@@ -180,6 +180,11 @@ impl Callers {
         !self.callers.is_empty()
     }
 
+    /// Whether some caller is identified by a client certificate.
+    pub fn uses_certificates(&self) -> bool {
+        self.callers.iter().any(|c| c.cert_san.is_some())
+    }
+
     /// Decides whether a request presenting `key` (and/or a client
     /// certificate with `sans`) may act in `role`. Every key digest is
     /// compared, in constant time, so timing tells nothing about which

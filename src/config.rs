@@ -135,8 +135,7 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Serve a non-loopback address without caller authentication anyway.
-    #[arg(long, env = "PATD_ALLOW_UNAUTHENTICATED", default_value_t = false,
-          action = clap::ArgAction::Set)]
+    #[arg(long, env = "PATD_ALLOW_UNAUTHENTICATED", action = clap::ArgAction::SetTrue)]
     pub allow_unauthenticated: bool,
 
     /// Digest keys, `id:base64key,...` (first = current; each at least 32
@@ -202,6 +201,8 @@ pub enum ConfigError {
     HashKeys(#[from] crate::token::HashKeyError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("PATD_CALLERS_FILE names cert_san callers, but PATD_TLS_CLIENT_CA is not set")]
+    CertCallersWithoutCa,
     #[error("PATD_CALLERS_FILE: {0}")]
     Callers(#[from] crate::auth::CallersError),
     #[error(
@@ -314,13 +315,8 @@ mod tests {
         assert!(matches!(exposed.validate(), Err(ConfigError::Exposed(_))));
         let http = parse(&["--http-addr", "10.1.2.3:8080"]).unwrap();
         assert!(matches!(http.validate(), Err(ConfigError::Exposed(_))));
-        let opted_out = parse(&[
-            "--grpc-addr",
-            "0.0.0.0:50051",
-            "--allow-unauthenticated",
-            "true",
-        ])
-        .unwrap();
+        let opted_out =
+            parse(&["--grpc-addr", "0.0.0.0:50051", "--allow-unauthenticated"]).unwrap();
         assert!(opted_out.validate().is_ok());
         let v6_loopback = parse(&["--grpc-addr", "[::1]:50051"]).unwrap();
         assert!(v6_loopback.validate().is_ok());

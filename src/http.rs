@@ -61,6 +61,9 @@ pub struct ForwardAuth {
 pub struct Limits {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval; zero turns pings off.
+    pub http2_keepalive: Duration,
 }
 
 struct AppState<S> {
@@ -83,9 +86,9 @@ impl<S: Clone> Clone for AppState<S> {
 }
 
 /// The HTTP routes over the token service, inside the same guards as gRPC,
-/// outermost first: panic catcher, deadline, load shedding beyond the
-/// concurrency limit. Caller authentication is in the forward-auth handler
-/// (health endpoints stay open).
+/// outermost first: panic catcher, deadline, and (forward-auth only) load
+/// shedding beyond the concurrency limit. Caller authentication is in the
+/// forward-auth handler (health endpoints stay open).
 pub fn router<S: Store + Clone>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
@@ -96,13 +99,17 @@ pub fn router<S: Store + Clone>(
     let guards = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panicked))
         .layer(HandleErrorLayer::new(overloaded_or_late))
-        .layer(TimeoutLayer::new(limits.request_timeout))
+        .layer(TimeoutLayer::new(limits.request_timeout));
+    // Only forward-auth is counted against the limit: probes stay
+    // answerable whatever the load.
+    let admission = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded_or_late))
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ));
     Router::new()
-        .route("/v1/forward-auth", any(forward_auth::<S>))
+        .route("/v1/forward-auth", any(forward_auth::<S>).layer(admission))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .layer(guards)
@@ -321,6 +328,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
+    limits: Limits,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -330,10 +338,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);
+    let keepalive = (!limits.http2_keepalive.is_zero()).then_some(limits.http2_keepalive);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -357,6 +369,15 @@ pub async fn serve(
         let app = app.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // hyper's protocol sniffing has no timeout of its own: a client
+            // that connects and says nothing is dropped here.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1..))
+            ) {
+                return;
+            }
             let Some(tls) = tls else {
                 let service = TowerToHyperService::new(app);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);

@@ -13,8 +13,6 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 
 use crate::auth::Callers;
 use crate::config::{Config, ConfigError, StoreKind};
@@ -85,6 +83,10 @@ impl Application {
             lifetime: config.lifetime(),
         };
         let callers = Arc::new(config.callers()?);
+        // Such callers could never be identified: say so now, not at 3 am.
+        if callers.uses_certificates() && config.tls_client_ca.is_none() {
+            return Err(ConfigError::CertCallersWithoutCa.into());
+        }
         let tls = match config.tls_files() {
             Some(files) => {
                 let material = TlsMaterial::load(&files).map_err(ConfigError::from)?;
@@ -136,6 +138,8 @@ impl Application {
         let limits = Limits {
             request_timeout: *self.config.request_timeout,
             max_concurrent_requests: self.config.max_concurrent_requests as usize,
+            http2_max_concurrent_streams: self.config.http2_max_concurrent_streams,
+            http2_keepalive: *self.config.http2_keepalive,
         };
         let http_app = crate::http::router(
             self.tokens.clone(),
@@ -185,6 +189,7 @@ impl Application {
             self.http_listener,
             http_app,
             self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
+            limits,
             stop_accepting.clone(),
             drain,
         ));
@@ -192,13 +197,12 @@ impl Application {
             let stop_accepting = stop_accepting.clone();
             async move { stop_accepting.cancelled().await }
         };
-        // Outermost first: panics and deadlines, then shedding beyond the
-        // concurrency limit (fast RESOURCE_EXHAUSTED rather than a queue),
+        // Outermost first: panics, deadlines and shedding beyond the
+        // concurrency limit (a fast RESOURCE_EXHAUSTED rather than a queue),
         // then caller authentication.
         let layers = tower::ServiceBuilder::new()
-            .layer(ShieldLayer::new(limits.request_timeout))
-            .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::new(
+            .layer(ShieldLayer::new(
+                limits.request_timeout,
                 limits.max_concurrent_requests,
             ))
             .layer(CallerGateLayer::new(self.callers.clone()));
@@ -290,6 +294,10 @@ async fn watch_readiness(
             Ok(()) => ServingStatus::Serving,
             Err(_) => ServingStatus::NotServing,
         };
+        // Shutdown began during the ping: NOT_SERVING must stay.
+        if shutdown.is_cancelled() {
+            return;
+        }
         if last != Some(status) {
             tracing::info!(
                 ready = status == ServingStatus::Serving,

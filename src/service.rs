@@ -177,7 +177,14 @@ impl<S: Store + Clone> Tokens<S> {
                 digest,
                 key_id,
             };
-            match self.store.issue(&stored, limit, now).await? {
+            let outcome = match self.store.issue(&stored, limit, now).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    self.undo_issue(&stored.info);
+                    return Err(e.into());
+                }
+            };
+            match outcome {
                 IssueOutcome::Issued => {
                     return Ok(Issued {
                         token,
@@ -189,6 +196,18 @@ impl<S: Store + Clone> Tokens<S> {
             }
         }
         Err(ServiceError::Unavailable(StoreError::Contended))
+    }
+
+    /// A failed or timed-out Issue may still have been applied by the store
+    /// (a timeout does not cancel a Redis script). Nobody saw that token's
+    /// value, so remove it, best effort, lest it hold a slot until expiry.
+    fn undo_issue(&self, info: &TokenInfo) {
+        let store = self.store.clone();
+        let account = info.account_id.clone();
+        let token_id = info.token_id.clone();
+        tokio::spawn(async move {
+            let _ = store.revoke(&account, &token_id, UnixMillis::now()).await;
+        });
     }
 
     /// Checks a presented token value. Anything that is not a live token of
@@ -299,7 +318,7 @@ impl<S: Store + Clone> Tokens<S> {
         let store = self.store.clone();
         let token_id = info.token_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.touch(&token_id, now).await {
+            if let Err(e) = store.touch(&token_id, now, TOUCH_INTERVAL).await {
                 tracing::debug!(token_id = token_id.as_str(), error = %e, "last-used update failed");
             }
         });
@@ -311,14 +330,20 @@ impl<S: Store + Clone> Tokens<S> {
     /// `NotFound` when the account holds no such live token, `Unavailable`.
     pub async fn revoke(&self, account: AccountId, token_id: TokenId) -> Result<(), ServiceError> {
         let started = Instant::now();
-        let result = match self
-            .store
-            .revoke(&account, &token_id, UnixMillis::now())
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ServiceError::NotFound),
-            Err(e) => Err(e.into()),
+        // An id with another shard tag cannot be this account's: answer
+        // without a round trip (in Redis Cluster it would also cross slots).
+        let result = if token_id.shard_tag() != account.shard_tag() {
+            Err(ServiceError::NotFound)
+        } else {
+            match self
+                .store
+                .revoke(&account, &token_id, UnixMillis::now())
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ServiceError::NotFound),
+                Err(e) => Err(e.into()),
+            }
         };
         log_rpc(
             "Revoke",

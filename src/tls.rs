@@ -66,7 +66,11 @@ impl TlsMaterial {
     /// The tonic configuration for the gRPC listener.
     pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
-        let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        // A client that never finishes its handshake must not hold a
+        // connection forever.
+        let config = tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(crate::http::HEADER_READ_TIMEOUT);
         match &self.client_ca_pem {
             Some(ca) => config
                 .client_ca_root(tonic::transport::Certificate::from_pem(ca))

@@ -1,8 +1,10 @@
 //! Tower layers around every gRPC service, outermost first (see
 //! `server.rs`): `Shield` (panic catcher: INTERNAL out, details in the log;
-//! deadline: DEADLINE_EXCEEDED), then load shedding and a global
-//! concurrency limit (RESOURCE_EXHAUSTED, from tower), then `CallerGate`
-//! (UNAUTHENTICATED / PERMISSION_DENIED by role).
+//! deadline: DEADLINE_EXCEEDED; admission: beyond the concurrency limit a
+//! token-service call is refused at once with RESOURCE_EXHAUSTED), then
+//! `CallerGate` (UNAUTHENTICATED / PERMISSION_DENIED by role). Health and
+//! reflection are never counted against the limit, so an overloaded or
+//! attacked patd still answers its probes.
 
 use std::any::Any;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::{Either, Ready, ready};
+use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -25,15 +28,20 @@ use crate::tls::client_sans;
 
 type HttpResponse = http::Response<Body>;
 
-/// Catches panics and bounds every request in time.
+/// Catches panics, bounds every request in time and sheds token-service
+/// calls beyond `max_in_flight`.
 #[derive(Debug, Clone)]
 pub struct ShieldLayer {
     timeout: Duration,
+    slots: Arc<Semaphore>,
 }
 
 impl ShieldLayer {
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+    pub fn new(timeout: Duration, max_in_flight: usize) -> Self {
+        Self {
+            timeout,
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 }
 
@@ -44,6 +52,7 @@ impl<S> Layer<S> for ShieldLayer {
         Shield {
             inner,
             timeout: self.timeout,
+            slots: self.slots.clone(),
         }
     }
 }
@@ -52,6 +61,7 @@ impl<S> Layer<S> for ShieldLayer {
 pub struct Shield<S> {
     inner: S,
     timeout: Duration,
+    slots: Arc<Semaphore>,
 }
 
 impl<S, B> Service<http::Request<B>> for Shield<S>
@@ -69,11 +79,25 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Only token-service calls take a slot; probes and reflection stay
+        // answerable whatever the load.
+        let permit = match role_for_grpc_path(request.uri().path()) {
+            Some(_) => match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let refused =
+                        Status::resource_exhausted("overloaded: too many requests in flight");
+                    return Box::pin(ready(Ok(refused.into_http())));
+                }
+            },
+            None => None,
+        };
         // Cheap: a `Uri` shares its bytes; only read if the handler panics.
         let uri = request.uri().clone();
         let call = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
+            let _permit = permit;
             match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
                 Ok(Ok(result)) => result.map_err(Into::into),
                 Ok(Err(panic)) => {
@@ -205,7 +229,7 @@ mod tests {
             }
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_secs(1))
+        let response = ShieldLayer::new(Duration::from_secs(1), 8)
             .layer(inner)
             .oneshot(http::Request::new(()))
             .await
@@ -226,7 +250,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_millis(20))
+        let response = ShieldLayer::new(Duration::from_millis(20), 8)
             .layer(inner)
             .oneshot(http::Request::new(()))
             .await

@@ -130,9 +130,17 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    async fn touch(&self, token_id: &TokenId, at: UnixMillis) -> Result<(), StoreError> {
+    async fn touch(
+        &self,
+        token_id: &TokenId,
+        at: UnixMillis,
+        min_interval: Duration,
+    ) -> Result<(), StoreError> {
         if let Some(t) = self.lock().tokens.get_mut(token_id) {
-            t.info.last_used_at = Some(at);
+            let last = t.info.last_used_at.map_or(0, |u| u.0);
+            if u128::from(at.0.saturating_sub(last)) >= min_interval.as_millis() {
+                t.info.last_used_at = Some(at);
+            }
         }
         Ok(())
     }

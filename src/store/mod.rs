@@ -8,6 +8,7 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -68,11 +69,13 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send;
 
-    /// Records a use, only if the token still exists (never resurrects one).
+    /// Records a use, only if the token still exists (never resurrects one)
+    /// and its last recorded use is at least `min_interval` old.
     fn touch(
         &self,
         token_id: &TokenId,
         at: UnixMillis,
+        min_interval: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Revokes one token of an account; `false` when the account holds no
@@ -136,8 +139,13 @@ impl Store for AnyStore {
         dispatch!(self, s => s.lookup(token_id, now))
     }
 
-    async fn touch(&self, token_id: &TokenId, at: UnixMillis) -> Result<(), StoreError> {
-        dispatch!(self, s => s.touch(token_id, at))
+    async fn touch(
+        &self,
+        token_id: &TokenId,
+        at: UnixMillis,
+        min_interval: Duration,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch(token_id, at, min_interval))
     }
 
     async fn revoke(

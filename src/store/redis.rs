@@ -190,10 +190,17 @@ impl Store for RedisStore {
         self.read_token(token_id, now).await
     }
 
-    async fn touch(&self, token_id: &TokenId, at: UnixMillis) -> Result<(), StoreError> {
+    async fn touch(
+        &self,
+        token_id: &TokenId,
+        at: UnixMillis,
+        min_interval: Duration,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut call = self.scripts.touch.prepare_invoke();
-        call.key(self.keys.token(token_id)).arg(at.0);
+        call.key(self.keys.token(token_id))
+            .arg(at.0)
+            .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX));
         let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -229,13 +236,13 @@ impl Store for RedisStore {
             let mut call = self.scripts.revoke_all.prepare_invoke();
             call.key(&index);
             for member in &members {
-                // Index members were written by issue.lua from valid ids;
-                // anything else cannot name a token key of ours.
-                let id = TokenId::parse(member.clone()).map_err(|_| StoreError::Corrupt {
-                    token_id: member.clone(),
-                    reason: "index member is not a token id".into(),
-                })?;
-                call.key(self.keys.token(&id)).arg(member);
+                call.arg(member);
+                // A member that is no token id (written by hand) names no
+                // token key of ours; the emergency button must still work,
+                // so it is only listed, and goes with the index.
+                if let Ok(id) = TokenId::parse(member.clone()) {
+                    call.key(self.keys.token(&id));
+                }
             }
             let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
             if let Ok(n) = u32::try_from(revoked) {
@@ -275,8 +282,11 @@ impl Store for RedisStore {
         let rows: Vec<Vec<Option<String>>> = self.timed(pipe.query_async(&mut conn)).await?;
         let mut tokens = Vec::with_capacity(ids.len());
         for (id, row) in ids.iter().zip(rows) {
-            if let Some(t) = decode_record(id, row, now)? {
-                tokens.push(t.info);
+            // One bad record must not hide the account's other tokens.
+            match decode_record(id, row, now) {
+                Ok(Some(t)) => tokens.push(t.info),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping a corrupt token record in List"),
             }
         }
         Ok(tokens)

@@ -274,6 +274,16 @@ async fn huge_or_slow_request_heads_cannot_pin_a_connection() {
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the connection was still open after 30 s");
+    // Connect and say nothing at all: dropped too.
+    let mut silent = tokio::net::TcpStream::connect(patd.http_addr)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection was still open after 30 s"
+    );
     // The server is still fine.
     assert_eq!(get(patd.http_addr, "/healthz", &[]).await.status, 200);
 }

@@ -301,3 +301,51 @@ async fn an_expired_token_is_inactive_and_frees_its_slot_in_memory() {
     .await;
     expiry_frees_the_slot(&patd).await;
 }
+
+/// The emergency button works even when the index holds something that is
+/// not a token id (written by hand), and List skips a corrupt record.
+#[tokio::test]
+async fn revoke_all_and_list_survive_a_corrupt_index_or_record() {
+    let redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let mut client = patd.client().await;
+    let account = random_name("acct-");
+    let (first, first_id) = issue(&mut client, &account, 600).await;
+    let (second, _) = issue(&mut client, &account, 600).await;
+    let tag = &first_id[..3];
+    let index = format!("{}:{{{tag}}}:a:{account}", patd.key_prefix);
+    let mut conn = redis.conn();
+    let far_future = 4_000_000_000_000u64;
+    let _: () = redis::cmd("ZADD")
+        .arg(&index)
+        .arg(far_future)
+        .arg("not a token id")
+        .query(&mut conn)
+        .unwrap();
+    // A record whose note breaks the rules.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}:{{{tag}}}:t:{first_id}", patd.key_prefix))
+        .arg("note")
+        .arg("x".repeat(300))
+        .query(&mut conn)
+        .unwrap();
+    let listed = client
+        .list(ListRequest {
+            account_id: account.clone(),
+        })
+        .await
+        .expect("List skips what it cannot read")
+        .into_inner();
+    assert_eq!(listed.tokens.len(), 1);
+    let all = client
+        .revoke_all(RevokeAllRequest {
+            account_id: account.clone(),
+        })
+        .await
+        .expect("RevokeAll despite the bad member")
+        .into_inner();
+    assert_eq!(all.revoked, 2);
+    assert!(!is_active(&mut client, &first).await);
+    assert!(!is_active(&mut client, &second).await);
+    assert_eq!(redis.dbsize(), 0);
+}

@@ -200,6 +200,29 @@ fn a_public_bind_without_callers_is_refused_unless_explicitly_allowed() {
     assert!(warned, "no start-up warning");
 }
 
+#[test]
+fn certificate_callers_without_a_client_ca_stop_patd_at_start() {
+    let path = std::env::temp_dir().join(random_name("patd-callers-"));
+    std::fs::write(
+        &path,
+        "[[caller]]\nname = \"mesh\"\nroles = [\"manage\"]\ncert_san = \"spiffe://x/y\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "PATD_CALLERS_FILE".to_owned(),
+            path.to_string_lossy().into_owned(),
+        ),
+    ];
+    let out = patd_command(&env).output().expect("run patd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PATD_TLS_CLIENT_CA"), "{stderr}");
+    let _ = std::fs::remove_file(path);
+}
+
 /// The hash of a token as `redis-cli` would see it.
 fn record(
     redis: &RedisServer,
@@ -369,6 +392,16 @@ async fn overload_gets_fast_refusals_and_patd_keeps_serving() {
             )
         }));
     }
+    // With every slot taken, the probes still answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut health = HealthClient::new(patd.channel().await);
+    let probe = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers under overload");
+    assert_eq!(probe.into_inner().status, 1, "SERVING");
     let mut refused = 0;
     let mut refused_fast = 0;
     let mut served = 0;

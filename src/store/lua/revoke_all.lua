@@ -3,8 +3,8 @@
 -- refuses if the index changed in between; the caller then reads again.
 --
 -- KEYS[1]      the account's index
--- KEYS[2..n]   the hashes of the tokens listed in ARGV, in the same order
--- ARGV[1..n-1] the index members as returned by ZRANGE 0 -1
+-- KEYS[2..]    the hashes of those members that are token ids
+-- ARGV[1..]    the index members as returned by ZRANGE 0 -1
 -- Returns      the number of live tokens revoked, or -1 when the index no
 --              longer matches ARGV (nothing was changed)
 
