@@ -15,6 +15,19 @@ pub fn from_authorization(value: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// `WWW-Authenticate` when no credential was presented.
+pub const CHALLENGE_MISSING: &str = r#"Bearer realm="patd""#;
+/// `WWW-Authenticate` for a credential that is not a live token.
+pub const CHALLENGE_INVALID: &str = r#"Bearer realm="patd", error="invalid_token""#;
+
+/// `WWW-Authenticate` for a live token lacking some of `required`.
+pub fn challenge_insufficient_scope(required: &Scopes) -> String {
+    format!(
+        r#"Bearer realm="patd", error="insufficient_scope", scope="{}""#,
+        required.joined()
+    )
+}
+
 /// Scopes a route requires, from space-separated lists (a query string's
 /// repeated `scope` values, or an ext_authz context extension).
 ///

@@ -39,9 +39,6 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// A client must send its whole request head within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-const REALM: &str = r#"Bearer realm="patd""#;
-const INVALID_TOKEN: &str = r#"Bearer realm="patd", error="invalid_token""#;
-const INSUFFICIENT_SCOPE: &str = r#"Bearer realm="patd", error="insufficient_scope""#;
 const NO_STORE: &str = "no-store";
 /// Where a gateway presents its own caller key (`Authorization` carries the
 /// end user's token).
@@ -66,23 +63,23 @@ pub struct Limits {
     pub http2_keepalive: Duration,
 }
 
+/// A peer that leaves a keepalive ping unanswered this long is dropped.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Limits {
+    /// The keepalive ping interval, `None` when pings are off.
+    pub fn http2_keepalive_interval(&self) -> Option<Duration> {
+        (!self.http2_keepalive.is_zero()).then_some(self.http2_keepalive)
+    }
+}
+
+#[derive(Clone)]
 struct AppState<S> {
     tokens: Tokens<S>,
     settings: ForwardAuth,
     callers: Arc<Callers>,
     /// Cancelled once shutdown begins: `/readyz` then says 503.
     shutdown: CancellationToken,
-}
-
-impl<S: Clone> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            tokens: self.tokens.clone(),
-            settings: self.settings.clone(),
-            callers: self.callers.clone(),
-            shutdown: self.shutdown.clone(),
-        }
-    }
 }
 
 /// The HTTP routes over the token service, inside the same guards as gRPC,
@@ -276,20 +273,17 @@ fn respond(
         }
         Ok(Decision::Missing) => deny(
             StatusCode::UNAUTHORIZED,
-            Some(REALM.into()),
+            Some(bearer::CHALLENGE_MISSING.into()),
             "missing bearer token\n".into(),
         ),
         Ok(Decision::Invalid(_)) => deny(
             StatusCode::UNAUTHORIZED,
-            Some(INVALID_TOKEN.into()),
+            Some(bearer::CHALLENGE_INVALID.into()),
             "invalid token\n".into(),
         ),
         Ok(Decision::InsufficientScope(_)) => deny(
             StatusCode::FORBIDDEN,
-            Some(format!(
-                r#"{INSUFFICIENT_SCOPE}, scope="{}""#,
-                required.joined()
-            )),
+            Some(bearer::challenge_insufficient_scope(required)),
             "insufficient scope\n".into(),
         ),
         Err(_) => deny(
@@ -338,14 +332,13 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);
-    let keepalive = (!limits.http2_keepalive.is_zero()).then_some(limits.http2_keepalive);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .keep_alive_interval(keepalive)
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_interval(limits.http2_keepalive_interval())
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

@@ -206,16 +206,15 @@ impl Application {
                 limits.max_concurrent_requests,
             ))
             .layer(CallerGateLayer::new(self.callers.clone()));
-        let keepalive = *self.config.http2_keepalive;
         let mut builder = Server::builder();
         if let Some((material, _)) = &self.tls {
             builder = builder.tls_config(material.grpc())?;
         }
         let serve = builder
-            .max_concurrent_streams(self.config.http2_max_concurrent_streams)
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .http2_max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
-            .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(limits.http2_keepalive_interval())
+            .http2_keepalive_timeout(Some(crate::http::HTTP2_KEEPALIVE_TIMEOUT))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -139,10 +139,6 @@ impl<S: Store + Clone> Tokens<S> {
         Self { store, rules }
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
     /// Issues a token.
     ///
     /// # Errors

@@ -25,9 +25,6 @@ pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 /// Context extension naming the scopes a route requires.
 pub const SCOPES_EXTENSION: &str = "patd_scopes";
 
-const REALM: &str = r#"Bearer realm="patd""#;
-const INVALID_TOKEN: &str = r#"Bearer realm="patd", error="invalid_token""#;
-
 /// The ext_authz service over the token use cases.
 pub struct ExtAuthz<S> {
     tokens: Tokens<S>,
@@ -78,19 +75,16 @@ impl<S: Store + Clone> Authorization for ExtAuthz<S> {
             }
             Ok(Decision::Missing) => denied(
                 HttpStatusCode::Unauthorized,
-                Some(REALM),
+                Some(bearer::CHALLENGE_MISSING),
                 "missing bearer token",
             ),
             Ok(Decision::Invalid(_)) => denied(
                 HttpStatusCode::Unauthorized,
-                Some(INVALID_TOKEN),
+                Some(bearer::CHALLENGE_INVALID),
                 "invalid token",
             ),
             Ok(Decision::InsufficientScope(_)) => {
-                let challenge = format!(
-                    r#"Bearer realm="patd", error="insufficient_scope", scope="{}""#,
-                    required.joined()
-                );
+                let challenge = bearer::challenge_insufficient_scope(&required);
                 denied(
                     HttpStatusCode::Forbidden,
                     Some(&challenge),

@@ -79,23 +79,6 @@ impl RedisStore {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
-
-    async fn read_token(
-        &self,
-        token_id: &TokenId,
-        now: UnixMillis,
-    ) -> Result<Option<StoredToken>, StoreError> {
-        let mut conn = self.conn.clone();
-        let values: Vec<Option<String>> = self
-            .timed(
-                redis::cmd("HMGET")
-                    .arg(self.keys.token(token_id))
-                    .arg(&FIELDS)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        decode_record(token_id, values, now)
-    }
 }
 
 /// Rebuilds a stored token from its hash fields; a record is re-validated
@@ -187,7 +170,16 @@ impl Store for RedisStore {
         token_id: &TokenId,
         now: UnixMillis,
     ) -> Result<Option<StoredToken>, StoreError> {
-        self.read_token(token_id, now).await
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.token(token_id))
+                    .arg(&FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        decode_record(token_id, values, now)
     }
 
     async fn touch(
