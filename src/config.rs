@@ -165,6 +165,13 @@ pub struct Config {
     #[arg(long, env = "PATD_HTTP2_KEEPALIVE", default_value = "30s")]
     pub http2_keepalive: humantime::Duration,
 
+    /// Once both listeners are bound, write their addresses here as JSON
+    /// (`{"grpc_addr":"127.0.0.1:50051","http_addr":"127.0.0.1:8080"}`),
+    /// for scripts and tests that start patd on port 0. Written atomically
+    /// (a temporary file renamed into place).
+    #[arg(long, env = "PATD_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// On SIGTERM, how long health reports NOT_SERVING before the listeners
     /// stop accepting (lets load balancers drain).
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", default_value = "0s")]

@@ -3,6 +3,7 @@
 //! same code (on port 0 in tests).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,11 @@ pub enum StartError {
     },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot write the ready file {path}: {source}")]
+    ReadyFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -165,6 +171,9 @@ impl Application {
             tls = self.tls.is_some(),
             "patd listening"
         );
+        if let Some(path) = &self.config.ready_file {
+            write_ready_file(path, self.grpc_addr, self.http_addr)?;
+        }
         let grace = *self.config.shutdown_grace;
         // In-flight requests get their own timeout to finish; a client that
         // never lets its connection close must not keep patd alive.
@@ -236,6 +245,24 @@ impl Application {
         tracing::info!("patd stopped");
         Ok(())
     }
+}
+
+/// The bound addresses, as the JSON object `--ready-file` documents. A
+/// reader never sees a half-written file: it is renamed into place.
+fn write_ready_file(path: &Path, grpc: SocketAddr, http: SocketAddr) -> Result<(), StartError> {
+    let body = serde_json::json!({
+        "grpc_addr": grpc.to_string(),
+        "http_addr": http.to_string(),
+    });
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, format!("{body}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|source| StartError::ReadyFile {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Start-up warnings for a patd reachable beyond loopback.
