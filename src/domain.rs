@@ -3,9 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use crate::token::{TAG_LEN, TOKEN_ID_LEN, shard_tag};
+/// Characters of the shard tag: 62^3 tags spread accounts over all slots.
+pub const TAG_LEN: usize = 3;
+/// Characters of a token id: the tag plus 13 random characters (77 bits).
+pub const TOKEN_ID_LEN: usize = 16;
 
 /// Most bytes in an account id.
 pub const MAX_ACCOUNT_ID_BYTES: usize = 128;
@@ -69,6 +73,17 @@ impl AccountId {
     pub fn shard_tag(&self) -> String {
         shard_tag(&self.0)
     }
+}
+
+/// The shard tag of an account: both of its Redis keys and every token id it
+/// owns start with it, so they share one Redis Cluster slot. `TAG_LEN`
+/// base62 characters from the account id's SHA-256.
+pub fn shard_tag(account: &str) -> String {
+    let hash = Sha256::digest(account.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    let n = u64::from_be_bytes(first) % 62u64.pow(TAG_LEN as u32);
+    format!("{:0>width$}", base62::encode(n), width = TAG_LEN)
 }
 
 /// The public id of a token: 16 base62 characters, the first three being
@@ -428,5 +443,15 @@ mod tests {
         assert_eq!(err(ExpiryRequest::At(UnixMillis(10))), "expires_at");
         let too_far = now.saturating_add(Duration::from_secs(366 * 86_400));
         assert_eq!(err(ExpiryRequest::At(too_far)), "expires_at");
+    }
+
+    #[test]
+    fn shard_tags_are_fixed_width_base62() {
+        for a in ["", "a", "account-with-a-long-name", "ü"] {
+            let tag = shard_tag(a);
+            assert_eq!(tag.len(), TAG_LEN);
+            assert!(tag.bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+        assert_eq!(shard_tag("same"), shard_tag("same"));
     }
 }

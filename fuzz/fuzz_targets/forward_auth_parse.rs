@@ -1,4 +1,4 @@
-//! `patd::http::parse_forward_auth` on arbitrary request headers and query.
+//! `patd::forward_auth::parse_forward_auth` on arbitrary request headers and query.
 //!
 //! The input is a list of (name, value) header pairs, an optional raw query
 //! string and an optional extra token header name. Pairs whose name or value
@@ -68,7 +68,7 @@ fuzz_target!(|input: Input| {
         }
     }
 
-    let result = patd::http::parse_forward_auth(&headers, input.query.as_deref(), extra.as_ref());
+    let result = patd::forward_auth::parse_forward_auth(&headers, input.query.as_deref(), extra.as_ref());
 
     if input.query.is_none() {
         assert!(result.is_ok(), "no query, yet {result:?}");

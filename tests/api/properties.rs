@@ -22,10 +22,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use patd::bearer::from_authorization;
 use patd::domain::AccountId;
-use patd::http::parse_forward_auth;
-use patd::token::{
-    CHECKSUM_LEN, ParseError, SECRET_LEN, TOKEN_ID_LEN, TokenDigest, TokenFormat, shard_tag,
-};
+use patd::domain::shard_tag;
+use patd::forward_auth::parse_forward_auth;
+use patd::token::{CHECKSUM_LEN, ParseError, SECRET_LEN, TOKEN_ID_LEN, TokenDigest, TokenFormat};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

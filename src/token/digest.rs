@@ -1,0 +1,262 @@
+//! Token digests at rest: plain SHA-256, or HMAC-SHA256 under one of the
+//! `PATD_TOKEN_HASH_KEYS` (a key id stored with each record). Only a digest
+//! of a token value is ever stored; comparisons are constant-time.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+/// SHA-256 of a token value: what the store keeps instead of the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// Digest of a token value.
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Lowercase hex, the form kept in the store.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Reads the stored hex form; `None` for anything else.
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_digest, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// Constant-time comparison, so timing never tells how much matched.
+    pub fn matches(&self, other: &TokenDigest) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+/// Id of a digest key, stored beside each keyed digest so verification
+/// knows which key made it.
+pub type KeyId = String;
+
+/// Why `PATD_TOKEN_HASH_KEYS` is unusable. Never shows key material.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HashKeyError {
+    #[error("entry {0}: expected id:base64key")]
+    Shape(usize),
+    #[error("entry {0}: key id must be 1..=32 of [A-Za-z0-9_-]")]
+    Id(usize),
+    #[error("entry {0}: key is not valid base64")]
+    Base64(usize),
+    #[error("entry {0}: key must be at least 32 bytes")]
+    Short(usize),
+    #[error("key id {0:?} appears twice")]
+    Duplicate(String),
+}
+
+/// How token values are turned into the digests kept at rest.
+///
+/// Without keys: plain SHA-256. With keys: HMAC-SHA256 under the current
+/// (first) key, its id stored in the record; verification uses the record's
+/// key id, so older keys keep verifying until they are removed, and a record
+/// whose key is gone (or that carries no key id) is never accepted. Someone
+/// who can write Redis but does not hold a key cannot mint a token.
+#[derive(Clone)]
+pub enum TokenHasher {
+    Plain,
+    Keyed(Vec<(KeyId, Vec<u8>)>),
+}
+
+impl fmt::Debug for TokenHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenHasher::Plain => f.write_str("TokenHasher::Plain"),
+            TokenHasher::Keyed(keys) => {
+                let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+                write!(f, "TokenHasher::Keyed({ids:?})")
+            }
+        }
+    }
+}
+
+impl TokenHasher {
+    /// Parses `id:base64key,id:base64key` (first = current); an empty
+    /// setting means plain SHA-256.
+    ///
+    /// # Errors
+    /// A malformed entry, a short key or a repeated id.
+    pub fn from_setting(setting: &str) -> Result<Self, HashKeyError> {
+        use base64::Engine as _;
+        let mut keys: Vec<(KeyId, Vec<u8>)> = Vec::new();
+        for (i, entry) in setting
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (id, encoded) = entry.split_once(':').ok_or(HashKeyError::Shape(i + 1))?;
+            let id_ok = !id.is_empty()
+                && id.len() <= 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !id_ok {
+                return Err(HashKeyError::Id(i + 1));
+            }
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| HashKeyError::Base64(i + 1))?;
+            if key.len() < 32 {
+                return Err(HashKeyError::Short(i + 1));
+            }
+            if keys.iter().any(|(known, _)| known == id) {
+                return Err(HashKeyError::Duplicate(id.to_owned()));
+            }
+            keys.push((id.to_owned(), key));
+        }
+        Ok(if keys.is_empty() {
+            TokenHasher::Plain
+        } else {
+            TokenHasher::Keyed(keys)
+        })
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, TokenHasher::Keyed(_))
+    }
+
+    /// The digest (and key id) to store for a new token.
+    pub fn for_new(&self, value: &str, plain: &TokenDigest) -> (Option<KeyId>, TokenDigest) {
+        match self {
+            TokenHasher::Plain => (None, plain.clone()),
+            TokenHasher::Keyed(keys) => match keys.first() {
+                Some((id, key)) => (Some(id.clone()), hmac(key, value)),
+                None => (None, plain.clone()),
+            },
+        }
+    }
+
+    /// Whether `value` matches a stored digest made with `stored_key`.
+    /// Constant time in the digest comparison.
+    pub fn verify(
+        &self,
+        value: &str,
+        plain: &TokenDigest,
+        stored_key: Option<&str>,
+        stored: &TokenDigest,
+    ) -> bool {
+        match (self, stored_key) {
+            (TokenHasher::Plain, None) => plain.matches(stored),
+            (TokenHasher::Keyed(keys), Some(kid)) => keys
+                .iter()
+                .find(|(id, _)| id == kid)
+                .is_some_and(|(_, key)| hmac(key, value).matches(stored)),
+            // A keyed record without keys, or an unkeyed record once keys
+            // are configured: never accepted.
+            _ => false,
+        }
+    }
+}
+
+fn hmac(key: &[u8], value: &str) -> TokenDigest {
+    use hmac::{Hmac, Mac as _};
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(value.as_bytes());
+            TokenDigest(mac.finalize().into_bytes().into())
+        }
+        Err(_) => TokenDigest([0; 32]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_round_trip_through_hex_and_compare_by_value() {
+        let d = TokenDigest::of("pat_x");
+        let back = TokenDigest::from_hex(&d.to_hex()).unwrap();
+        assert!(back.matches(&d));
+        assert!(!TokenDigest::of("pat_y").matches(&d));
+        assert!(TokenDigest::from_hex("zz").is_none());
+    }
+
+    fn key(byte: u8) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    }
+
+    #[test]
+    fn keyed_digests_differ_from_sha256_and_survive_rotation() {
+        let value = "pat_example";
+        let plain = TokenDigest::of(value);
+        let old = TokenHasher::from_setting(&format!("k1:{}", key(1))).unwrap();
+        let (kid, stored) = old.for_new(value, &plain);
+        assert_eq!(kid.as_deref(), Some("k1"));
+        assert!(!stored.matches(&plain));
+        assert!(old.verify(value, &plain, Some("k1"), &stored));
+        assert!(!old.verify(
+            "pat_other",
+            &TokenDigest::of("pat_other"),
+            Some("k1"),
+            &stored
+        ));
+        // Rotation: k2 is current, k1 still verifies.
+        let rotated = TokenHasher::from_setting(&format!("k2:{},k1:{}", key(2), key(1))).unwrap();
+        assert!(rotated.verify(value, &plain, Some("k1"), &stored));
+        assert_eq!(rotated.for_new(value, &plain).0.as_deref(), Some("k2"));
+        // k1 removed: its records are dead (emergency mass revocation).
+        let dropped = TokenHasher::from_setting(&format!("k2:{}", key(2))).unwrap();
+        assert!(!dropped.verify(value, &plain, Some("k1"), &stored));
+    }
+
+    #[test]
+    fn unkeyed_records_are_refused_once_keys_exist_and_vice_versa() {
+        let value = "pat_example";
+        let plain = TokenDigest::of(value);
+        let keyed = TokenHasher::from_setting(&format!("k1:{}", key(1))).unwrap();
+        assert!(!keyed.verify(value, &plain, None, &plain));
+        assert!(TokenHasher::Plain.verify(value, &plain, None, &plain));
+        assert!(!TokenHasher::Plain.verify(value, &plain, Some("k1"), &plain));
+    }
+
+    #[test]
+    fn bad_key_settings_are_refused_without_echoing_keys() {
+        assert!(matches!(
+            TokenHasher::from_setting(""),
+            Ok(TokenHasher::Plain)
+        ));
+        assert_eq!(
+            TokenHasher::from_setting("nokey").unwrap_err(),
+            HashKeyError::Shape(1)
+        );
+        assert_eq!(
+            TokenHasher::from_setting("k:!!").unwrap_err(),
+            HashKeyError::Base64(1)
+        );
+        assert_eq!(
+            TokenHasher::from_setting("k:c2hvcnQ=").unwrap_err(),
+            HashKeyError::Short(1)
+        );
+        assert_eq!(
+            TokenHasher::from_setting(&format!("a b:{}", key(1))).unwrap_err(),
+            HashKeyError::Id(1)
+        );
+        let twice = format!("k:{},k:{}", key(1), key(2));
+        assert_eq!(
+            TokenHasher::from_setting(&twice).unwrap_err(),
+            HashKeyError::Duplicate("k".into())
+        );
+        let keyed = TokenHasher::from_setting(&format!("k1:{}", key(7))).unwrap();
+        assert!(!format!("{keyed:?}").contains(&key(7)));
+    }
+}
