@@ -2,8 +2,9 @@
 //! file holding only SHA-256 digests of their keys (or a client-certificate
 //! SAN); each has roles: `introspect` (Introspect, ext_authz Check, HTTP
 //! forward-auth) and `manage` (Issue, List, Revoke, RevokeAll). Health and
-//! reflection stay open. Without a callers file everything is open, which
-//! patd only allows on loopback (see `server.rs`).
+//! reflection stay open (which gRPC method needs which role is decided in
+//! `grpc::guard`). Without a callers file everything is open, which patd
+//! only allows on loopback (see `settings`).
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 /// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Check tokens: Introspect, ext_authz Check, HTTP forward-auth.
@@ -23,6 +24,10 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order `--help` lists them.
+    pub const ALL: [Role; 2] = [Role::Introspect, Role::Manage];
+
+    /// The role's name in callers files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Introspect => "introspect",
@@ -31,17 +36,16 @@ impl Role {
     }
 }
 
-/// The role a gRPC method needs; `None` for open services (health,
-/// reflection) and unknown paths (which answer UNIMPLEMENTED anyway).
-pub fn role_for_grpc_path(path: &str) -> Option<Role> {
-    if path == "/patd.v1.TokenService/Introspect"
-        || path.starts_with("/envoy.service.auth.v3.Authorization/")
-    {
-        Some(Role::Introspect)
-    } else if path.starts_with("/patd.v1.TokenService/") {
-        Some(Role::Manage)
-    } else {
-        None
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    /// # Errors
+    /// Not a role name; the message lists the valid ones.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| "expected one of: introspect, manage".to_owned())
     }
 }
 
@@ -313,31 +317,6 @@ mod tests {
             "spiffe://acme/patd-client".to_owned(),
         ];
         assert_eq!(c.authorize(None, &sans, Role::Manage).unwrap().name, "mesh");
-    }
-
-    #[test]
-    fn grpc_paths_map_to_roles() {
-        assert_eq!(
-            role_for_grpc_path("/patd.v1.TokenService/Introspect"),
-            Some(Role::Introspect)
-        );
-        assert_eq!(
-            role_for_grpc_path("/patd.v1.TokenService/Issue"),
-            Some(Role::Manage)
-        );
-        assert_eq!(
-            role_for_grpc_path("/patd.v1.TokenService/RevokeAll"),
-            Some(Role::Manage)
-        );
-        assert_eq!(
-            role_for_grpc_path("/envoy.service.auth.v3.Authorization/Check"),
-            Some(Role::Introspect)
-        );
-        assert_eq!(role_for_grpc_path("/grpc.health.v1.Health/Check"), None);
-        assert_eq!(
-            role_for_grpc_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
-            None
-        );
     }
 
     #[test]

@@ -1,40 +1,39 @@
-//! Configuration: command-line flags, each with a `PATD_*` environment
-//! variable fallback. Everything is checked before anything starts, so a bad
-//! setting stops patd with a one-line reason instead of a half-working
-//! service.
+//! The command line: flags, each with a `PATD_*` environment variable
+//! fallback, as clap parses them (this is also `--help` and the README's
+//! settings table). Nothing here is checked beyond its type: `settings`
+//! turns a `Config` into the typed `Settings` the rest of patd takes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
-use axum::http;
 use clap::Parser;
-use thiserror::Error;
+use secrecy::SecretString;
 
-use crate::auth::Callers;
-use crate::domain::LifetimePolicy;
-use crate::tls::TlsFiles;
-use crate::token::{TokenFormat, TokenHasher};
+use crate::auth::Role;
 
 /// Where tokens live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StoreKind {
     /// In-process; tokens are lost on restart. For development and a single
     /// instance.
     Memory,
-    /// A `redis://` or `rediss://` URL.
-    Redis(String),
+    /// A `redis://` or `rediss://` URL; it may hold a password, so it is
+    /// kept secret (`Debug` prints `[REDACTED]`).
+    Redis(SecretString),
 }
 
 impl FromStr for StoreKind {
     type Err = String;
 
+    /// # Errors
+    /// Neither `memory` nor a redis URL; the message never echoes the
+    /// value, which may hold a password.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "memory" {
             Ok(Self::Memory)
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
-            Ok(Self::Redis(s.to_owned()))
+            Ok(Self::Redis(SecretString::from(s)))
         } else {
             Err("expected `memory` or a redis:// or rediss:// URL".to_owned())
         }
@@ -78,7 +77,12 @@ pub struct Config {
     pub forward_auth_max_age: humantime::Duration,
 
     /// `memory`, or a redis:// / rediss:// URL.
-    #[arg(long, env = "PATD_STORE", default_value = "memory")]
+    #[arg(
+        long,
+        env = "PATD_STORE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
     pub store: StoreKind,
 
     /// Prefix of every Redis key.
@@ -145,9 +149,11 @@ pub struct Config {
         long,
         env = "PATD_TOKEN_HASH_KEYS",
         hide_env_values = true,
-        default_value = ""
+        hide_default_value = true,
+        default_value = "",
+        value_parser = secret
     )]
-    pub token_hash_keys: String,
+    pub token_hash_keys: SecretString,
 
     /// Requests served at once per listener; beyond it new requests are
     /// refused at once (RESOURCE_EXHAUSTED / HTTP 503) instead of queueing.
@@ -189,184 +195,12 @@ pub enum Command {
         name: String,
         /// Roles to grant, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
-        roles: Vec<crate::auth::Role>,
+        roles: Vec<Role>,
     },
 }
 
-/// A setting that parsed but makes no sense.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("PATD_TOKEN_PREFIX: {0}")]
-    TokenPrefix(#[from] crate::token::PrefixError),
-    #[error("PATD_KEY_PREFIX must be 1..=64 characters without spaces or braces")]
-    KeyPrefix,
-    #[error("PATD_DEFAULT_TTL must be positive and at most PATD_MAX_TTL")]
-    DefaultTtl,
-    #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
-    Timeout,
-    #[error("PATD_TOKEN_HASH_KEYS: {0}")]
-    HashKeys(#[from] crate::token::HashKeyError),
-    #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("PATD_CALLERS_FILE names cert_san callers, but PATD_TLS_CLIENT_CA is not set")]
-    CertCallersWithoutCa,
-    #[error("PATD_CALLERS_FILE: {0}")]
-    Callers(#[from] crate::auth::CallersError),
-    #[error(
-        "refusing to serve {0} without caller authentication: set PATD_CALLERS_FILE, \
-         listen on loopback, or set PATD_ALLOW_UNAUTHENTICATED=true"
-    )]
-    Exposed(SocketAddr),
-}
-
-impl Config {
-    /// The token format this configuration asks for.
-    ///
-    /// # Errors
-    /// The token prefix is unusable.
-    pub fn token_format(&self) -> Result<TokenFormat, ConfigError> {
-        Ok(TokenFormat::new(&self.token_prefix)?)
-    }
-
-    /// # Errors
-    /// A malformed `PATD_TOKEN_HASH_KEYS`.
-    pub fn token_hasher(&self) -> Result<TokenHasher, ConfigError> {
-        Ok(TokenHasher::from_setting(&self.token_hash_keys)?)
-    }
-
-    /// The callers file, loaded; empty when none is configured.
-    ///
-    /// # Errors
-    /// An unreadable or malformed file.
-    pub fn callers(&self) -> Result<Callers, ConfigError> {
-        match &self.callers_file {
-            Some(path) => Ok(Callers::load(path)?),
-            None => Ok(Callers::default()),
-        }
-    }
-
-    /// The TLS files, when TLS is on.
-    pub fn tls_files(&self) -> Option<TlsFiles> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Listeners bound beyond loopback.
-    pub fn exposed_addrs(&self) -> Vec<SocketAddr> {
-        [self.grpc_addr, self.http_addr]
-            .into_iter()
-            .filter(|a| !a.ip().is_loopback())
-            .collect()
-    }
-
-    pub fn lifetime(&self) -> LifetimePolicy {
-        LifetimePolicy {
-            default_ttl: *self.default_ttl,
-            max_ttl: *self.max_ttl,
-        }
-    }
-
-    /// Checks what the types alone cannot.
-    ///
-    /// # Errors
-    /// The first setting that makes no sense.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.token_format()?;
-        self.token_hasher()?;
-        let key_ok = !self.key_prefix.is_empty()
-            && self.key_prefix.len() <= 64
-            && !self
-                .key_prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}');
-        if !key_ok {
-            return Err(ConfigError::KeyPrefix);
-        }
-        if self.default_ttl.is_zero() || *self.default_ttl > *self.max_ttl {
-            return Err(ConfigError::DefaultTtl);
-        }
-        if self.redis_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err(ConfigError::Timeout);
-        }
-        // Secure by default, like Redis's protected mode: open to anyone
-        // only where only this machine can reach it.
-        let exposed = self.exposed_addrs();
-        if let (None, false, Some(addr)) = (
-            &self.callers_file,
-            self.allow_unauthenticated,
-            exposed.first(),
-        ) {
-            return Err(ConfigError::Exposed(*addr));
-        }
-        Ok(())
-    }
-
-    pub fn redis_timeout(&self) -> Duration {
-        *self.redis_timeout
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_public_address_needs_callers_or_an_explicit_opt_out() {
-        let exposed = parse(&["--grpc-addr", "0.0.0.0:50051"]).unwrap();
-        assert!(matches!(exposed.validate(), Err(ConfigError::Exposed(_))));
-        let http = parse(&["--http-addr", "10.1.2.3:8080"]).unwrap();
-        assert!(matches!(http.validate(), Err(ConfigError::Exposed(_))));
-        let opted_out =
-            parse(&["--grpc-addr", "0.0.0.0:50051", "--allow-unauthenticated"]).unwrap();
-        assert!(opted_out.validate().is_ok());
-        let v6_loopback = parse(&["--grpc-addr", "[::1]:50051"]).unwrap();
-        assert!(v6_loopback.validate().is_ok());
-    }
-
-    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("patd").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn the_defaults_are_loopback_memory_and_fifty_tokens() {
-        let c = parse(&[]).unwrap();
-        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
-        assert!(c.forward_auth_token_header.is_none());
-        assert_eq!(c.store, StoreKind::Memory);
-        assert_eq!(c.max_tokens_per_account, 50);
-        assert_eq!(*c.default_ttl, Duration::from_secs(30 * 86_400));
-        assert_eq!(*c.max_ttl, Duration::from_secs(365 * 86_400));
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn stores_are_memory_or_redis_urls() {
-        assert!(parse(&["--store", "redis://127.0.0.1:6379/0"]).is_ok());
-        assert!(parse(&["--store", "rediss://h:6380"]).is_ok());
-        assert!(parse(&["--store", "postgres://x"]).is_err());
-    }
-
-    #[test]
-    fn nonsense_settings_are_refused() {
-        let bad = |args: &[&str]| parse(args).map(|c| c.validate().is_err()).unwrap_or(true);
-        assert!(bad(&["--default-ttl", "400d"]));
-        assert!(bad(&["--default-ttl", "0s"]));
-        assert!(bad(&["--token-prefix", "Bad_"]));
-        assert!(bad(&["--key-prefix", "a b"]));
-        assert!(bad(&["--key-prefix", "{x}"]));
-        assert!(bad(&["--max-tokens-per-account", "0"]));
-        assert!(bad(&["--max-ttl", "soon"]));
-        assert!(bad(&["--forward-auth-token-header", "bad header"]));
-        assert!(!bad(&["--forward-auth-token-header", "X-API-Key"]));
-        assert!(!bad(&["--token-prefix", "acme"]));
-        assert!(bad(&["--token-hash-keys", "k1:short"]));
-        assert!(bad(&["--max-concurrent-requests", "0"]));
-    }
+/// A flag value that must never be printed, kept as a secret from the
+/// moment it is parsed.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }

@@ -2,38 +2,76 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: transport -> service -> store.
+//! Data flows one way: transport -> service -> store. Each module below
+//! lists the crate modules it uses; `tests/architecture.rs` checks the list
+//! against the `use crate::` lines and that the graph has no cycle.
 //!
-//! - [`config`]: flags and `PATD_*` variables, checked before start.
-//! - [`telemetry`]: the tracing subscriber and error-chain formatting.
-//! - [`token`]: the token format: generate, parse, checksum, digest.
-//! - [`domain`]: validated types (`AccountId`, `Note`, `Scopes`, expiry).
-//! - [`store`]: the `Store` trait, the memory and Redis implementations, key
-//!   names and the Lua scripts.
-//! - [`service`]: the use cases and their rules (limit, lifetime, digest
-//!   comparison), with one error enum.
-//! - [`auth`]: callers, their roles and keys (who may call which RPC).
-//! - [`bearer`]: reading a presented token out of request headers, shared
-//!   by both gateway transports.
-//! - [`grpc`]: `patd.v1.TokenService` and Envoy ext_authz over the service;
-//!   the one mapping of errors to `tonic::Status`.
-//! - [`http`]: forward-auth for HTTP gateways, `/healthz`, `/readyz`.
-//! - [`tls`]: TLS and mutual TLS for both listeners; client-certificate
-//!   SANs for caller authentication.
-//! - [`server`]: wiring, listeners, health, reflection, graceful shutdown.
+//! Start-up:
+//! - [`config`] (uses `auth`): the command line, flags with `PATD_*`
+//!   variable fallbacks.
+//! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
+//!   `listener`, `service`, `tls`, `token`): `Settings`, parsed once from
+//!   `Config`; every rule about settings; secrets wrapped.
+//! - [`server`] (uses `forward_auth`, `grpc`, `listener`, `pb`, `service`,
+//!   `settings`, `store`): wiring, health, reflection, the staged shutdown,
+//!   the readiness watch and `--ready-file`.
+//! - [`telemetry`] (uses nothing): the tracing subscriber, error chains and
+//!   panic messages for the log.
+//!
+//! Transport (the doors):
+//! - [`grpc`] (uses `auth`, `bearer`, `domain`, `pb`, `service`, `store`,
+//!   `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
+//!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
+//!   deadline, load shedding, caller gate) and the method -> role rule.
+//! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
+//!   `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
+//!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
+//! - [`listener`] (uses `tls`): limits shared by both listeners (head size
+//!   and time, HTTP/2 streams and keepalive) and the HTTP accept loop
+//!   (TCP_NODELAY, first-bytes deadline, TLS handshake, drain).
+//! - [`tls`] (uses nothing): TLS and mutual TLS; client-certificate SANs.
+//! - [`verdict`] (uses `auth`, `bearer`, `domain`, `service`): the one table
+//!   of answers a caller can see and its rendering for every door (gRPC
+//!   status, forward-auth response, ext_authz `CheckResponse`).
+//! - [`bearer`] (uses `domain`): the credential rule both gateway doors
+//!   share (RFC 6750), challenges, required scopes.
+//! - [`auth`] (uses `token`): callers, their roles and keys.
+//!
+//! Core:
+//! - [`service`] (uses `domain`, `store`, `telemetry`, `token`): the use
+//!   cases and their rules (limit, lifetime, digest check, the gateway
+//!   decision), with one error enum, and the one log line per request.
+//! - [`store`] (uses `domain`, `token`): the `Store` trait, memory and
+//!   Redis implementations, key names and the Lua scripts.
+//! - [`token`] (uses `domain`): the token format and the digests at rest.
+//! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
+//!   `Note`, `Scopes`, expiry) and the shard tag.
+//!
+//! # Where cross-cutting behaviour lives
+//!
+//! - Guards (panic, deadline, load shedding, caller authentication):
+//!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
+//! - Every status, challenge and body a caller sees: `verdict`.
+//! - The one log line per request: `service` (`log_rpc`).
+//! - Listener limits (head size and time, HTTP/2): `listener`.
+//! - The shard tag that keeps an account in one Cluster slot:
+//!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).
 
 pub mod auth;
 pub mod bearer;
 pub mod config;
 pub mod domain;
+pub mod forward_auth;
 pub mod grpc;
-pub mod http;
+pub mod listener;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod verdict;
 
 /// Generated protobuf types and the descriptor set served by reflection.
 pub mod pb {

@@ -7,6 +7,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use patd::config::{Command, Config};
 use patd::server::Application;
+use patd::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// glibc's allocator was ~15% of patd's CPU under Introspect load (many
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
         print!("{entry}");
         return ExitCode::SUCCESS;
     }
+    let settings = match Settings::try_from(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&patd::telemetry::error_chain(&e)),
+    };
     // Held to the end of main: dropping it flushes the log.
     let _log_guard = patd::telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let app = match Application::build(config).await {
+        let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => return fail(&patd::telemetry::error_chain(&e)),
         };

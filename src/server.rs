@@ -1,6 +1,8 @@
-//! Wiring: builds the store, the service and the listeners from a `Config`,
-//! and runs them until shutdown. `main` and the tests start patd through this
-//! same code (on port 0 in tests).
+//! Wiring: builds the store, the service and the listeners from checked
+//! `Settings`, and runs them until shutdown: health, reflection, the guard
+//! layers around gRPC, the staged shutdown (health NOT_SERVING, grace, stop
+//! accepting, drain, hard stop) and the readiness watch that ties health
+//! to the store. `main` starts patd through this code.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,19 +17,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::Callers;
-use crate::config::{Config, ConfigError, StoreKind};
+use secrecy::ExposeSecret as _;
+
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
-use crate::http::{ForwardAuth, Limits};
-use crate::service::{Rules, Tokens};
+use crate::listener::{HEADER_READ_TIMEOUT, HTTP2_KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
+use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
+use crate::service::Tokens;
+use crate::settings::{Settings, SettingsError, StoreSettings};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
-use crate::tls::TlsMaterial;
-use tokio_rustls::TlsAcceptor;
-
-/// The service name health reports on for store readiness.
-const TOKEN_SERVICE: &str = "patd.v1.TokenService";
 /// How often the store is pinged for the health status.
 const READINESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -35,7 +34,7 @@ const READINESS_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Settings(#[from] SettingsError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -56,63 +55,42 @@ pub enum StartError {
 
 /// A built, bound, not yet running patd.
 pub struct Application {
-    config: Config,
+    settings: Settings,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
     http_listener: TcpListener,
     http_addr: SocketAddr,
     tokens: Tokens<AnyStore>,
-    callers: Arc<Callers>,
-    tls: Option<(TlsMaterial, TlsAcceptor)>,
 }
 
 impl Application {
-    /// Checks the config, prepares the store and binds the listeners.
+    /// Prepares the store and binds the listeners.
     ///
     /// # Errors
-    /// A bad setting, an unusable store URL, or an address that cannot be
-    /// bound.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
-        config.validate()?;
-        let store = match &config.store {
-            StoreKind::Memory => AnyStore::Memory(MemoryStore::new()),
-            StoreKind::Redis(url) => AnyStore::Redis(RedisStore::connect(
+    /// An unusable store URL, or an address that cannot be bound.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let store = match &settings.store {
+            StoreSettings::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreSettings::Redis {
                 url,
-                &config.key_prefix,
-                config.redis_timeout(),
+                key_prefix,
+                timeout,
+            } => AnyStore::Redis(RedisStore::connect(
+                url.expose_secret(),
+                key_prefix.as_str(),
+                *timeout,
             )?),
         };
-        let rules = Rules {
-            format: config.token_format()?,
-            hasher: config.token_hasher()?,
-            max_tokens_per_account: config.max_tokens_per_account,
-            lifetime: config.lifetime(),
-        };
-        let callers = Arc::new(config.callers()?);
-        // Such callers could never be identified: say so now, not at 3 am.
-        if callers.uses_certificates() && config.tls_client_ca.is_none() {
-            return Err(ConfigError::CertCallersWithoutCa.into());
-        }
-        let tls = match config.tls_files() {
-            Some(files) => {
-                let material = TlsMaterial::load(&files).map_err(ConfigError::from)?;
-                let acceptor = material.http_acceptor(&files).map_err(ConfigError::from)?;
-                Some((material, acceptor))
-            }
-            None => None,
-        };
-        warn_about_exposure(&config, &callers, &rules);
-        let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
-        let (http_listener, http_addr) = bind(config.http_addr).await?;
+        warn_about_exposure(&settings);
+        let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;
+        let (http_listener, http_addr) = bind(settings.http_addr).await?;
         Ok(Self {
-            tokens: Tokens::new(store, rules),
-            config,
+            tokens: Tokens::new(store, settings.rules.clone()),
+            settings,
             grpc_listener,
             grpc_addr,
             http_listener,
             http_addr,
-            callers,
-            tls,
         })
     }
 
@@ -136,24 +114,18 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let max_request = self.config.max_request_bytes as usize;
+        let settings = self.settings;
+        let max_request = settings.max_request_bytes;
+        let limits = settings.limits;
+        let callers = Arc::new(settings.callers);
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
         let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
-        let limits = Limits {
-            request_timeout: *self.config.request_timeout,
-            max_concurrent_requests: self.config.max_concurrent_requests as usize,
-            http2_max_concurrent_streams: self.config.http2_max_concurrent_streams,
-            http2_keepalive: *self.config.http2_keepalive,
-        };
-        let http_app = crate::http::router(
+        let http_app = crate::forward_auth::router(
             self.tokens.clone(),
-            ForwardAuth {
-                token_header: self.config.forward_auth_token_header.clone(),
-                max_age: *self.config.forward_auth_max_age,
-            },
-            self.callers.clone(),
+            settings.forward_auth,
+            callers.clone(),
             limits,
             shutdown.clone(),
         );
@@ -167,17 +139,17 @@ impl Application {
         tracing::info!(
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
-            store = self.config.store.name(),
-            tls = self.tls.is_some(),
+            store = settings.store.name(),
+            tls = settings.tls.is_some(),
             "patd listening"
         );
-        if let Some(path) = &self.config.ready_file {
+        if let Some(path) = &settings.ready_file {
             write_ready_file(path, self.grpc_addr, self.http_addr)?;
         }
-        let grace = *self.config.shutdown_grace;
+        let grace = settings.shutdown_grace;
         // In-flight requests get their own timeout to finish; a client that
         // never lets its connection close must not keep patd alive.
-        let drain = *self.config.request_timeout + Duration::from_secs(1);
+        let drain = limits.request_timeout + Duration::from_secs(1);
         let hard_stop = grace + drain;
         // Cancelled once the grace period after the shutdown signal is over:
         // then both listeners stop accepting.
@@ -194,10 +166,10 @@ impl Application {
                 stop_accepting.cancel();
             }
         });
-        let http = tokio::spawn(crate::http::serve(
+        let http = tokio::spawn(crate::listener::serve(
             self.http_listener,
             http_app,
-            self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
+            settings.tls.as_ref().map(|tls| tls.acceptor.clone()),
             limits,
             stop_accepting.clone(),
             drain,
@@ -214,16 +186,16 @@ impl Application {
                 limits.request_timeout,
                 limits.max_concurrent_requests,
             ))
-            .layer(CallerGateLayer::new(self.callers.clone()));
+            .layer(CallerGateLayer::new(callers));
         let mut builder = Server::builder();
-        if let Some((material, _)) = &self.tls {
-            builder = builder.tls_config(material.grpc())?;
+        if let Some(tls) = &settings.tls {
+            builder = builder.tls_config(tls.material.grpc(HEADER_READ_TIMEOUT))?;
         }
         let serve = builder
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .http2_max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
+            .http2_max_header_list_size(MAX_HEADER_BYTES as u32)
             .http2_keepalive_interval(limits.http2_keepalive_interval())
-            .http2_keepalive_timeout(Some(crate::http::HTTP2_KEEPALIVE_TIMEOUT))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -266,15 +238,15 @@ fn write_ready_file(path: &Path, grpc: SocketAddr, http: SocketAddr) -> Result<(
 }
 
 /// Start-up warnings for a patd reachable beyond loopback.
-fn warn_about_exposure(config: &Config, callers: &Callers, rules: &Rules) {
-    let exposed = config.exposed_addrs();
+fn warn_about_exposure(settings: &Settings) {
+    let exposed = settings.exposed_addrs();
     let Some(addr) = exposed.first() else {
         return;
     };
-    if !callers.is_enabled() {
+    if !settings.callers.is_enabled() {
         tracing::warn!(%addr, "serving beyond loopback WITHOUT caller authentication (PATD_ALLOW_UNAUTHENTICATED)");
     }
-    if !rules.hasher.is_keyed() {
+    if !settings.rules.hasher.is_keyed() {
         tracing::warn!(%addr, "tokens are stored as plain SHA-256: set PATD_TOKEN_HASH_KEYS so a Redis writer cannot mint tokens");
     }
 }

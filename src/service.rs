@@ -134,7 +134,7 @@ pub struct Tokens<S> {
     rules: Rules,
 }
 
-impl<S: Store + Clone> Tokens<S> {
+impl<S: Store> Tokens<S> {
     pub fn new(store: S, rules: Rules) -> Self {
         Self { store, rules }
     }

@@ -1,4 +1,5 @@
-//! Logging set-up: one place that knows the tracing subscriber. `RUST_LOG`
+//! Logging set-up: one place that knows the tracing subscriber, plus the
+//! helpers that turn errors and panics into log text. `RUST_LOG`
 //! picks the levels (default `info`); lines go to stderr through a
 //! background writer, so a request never waits on a `write(2)`.
 
@@ -38,4 +39,13 @@ pub fn error_chain(e: &dyn Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// The text of a panic payload, for the log only (never sent to a caller).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-text panic payload")
 }

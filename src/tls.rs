@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
@@ -63,14 +64,15 @@ impl TlsMaterial {
         })
     }
 
-    /// The tonic configuration for the gRPC listener.
-    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
+    /// The tonic configuration for the gRPC listener; a client must finish
+    /// its handshake within `handshake_timeout`.
+    pub fn grpc(&self, handshake_timeout: Duration) -> tonic::transport::ServerTlsConfig {
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
         // A client that never finishes its handshake must not hold a
         // connection forever.
         let config = tonic::transport::ServerTlsConfig::new()
             .identity(identity)
-            .timeout(crate::http::HEADER_READ_TIMEOUT);
+            .timeout(handshake_timeout);
         match &self.client_ca_pem {
             Some(ca) => config
                 .client_ca_root(tonic::transport::Certificate::from_pem(ca))

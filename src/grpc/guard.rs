@@ -4,9 +4,10 @@
 //! token-service call is refused at once with RESOURCE_EXHAUSTED), then
 //! `CallerGate` (UNAUTHENTICATED / PERMISSION_DENIED by role). Health and
 //! reflection are never counted against the limit, so an overloaded or
-//! attacked patd still answers its probes.
+//! attacked patd still answers its probes. Which method needs which role
+//! is decided here too ([`role_for_grpc_path`]); refusals are rendered by
+//! `verdict`.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -17,14 +18,30 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::future::{Either, Ready, ready};
 use tokio::sync::Semaphore;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{BoxError, Layer, Service};
 
-use crate::auth::{Callers, Refusal, role_for_grpc_path};
+use crate::auth::{Callers, Role};
 use crate::bearer;
+use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
+use crate::telemetry::panic_message;
 use crate::tls::client_sans;
+use crate::verdict::Verdict;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as EXT_AUTHZ_SERVICE;
+
+/// The role a gRPC method needs; `None` for open services (health,
+/// reflection) and unknown paths (which answer UNIMPLEMENTED anyway).
+/// `path` is `/<service>/<method>` (gRPC over HTTP/2).
+pub fn role_for_grpc_path(path: &str) -> Option<Role> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    match service {
+        TOKEN_SERVICE if method == "Introspect" => Some(Role::Introspect),
+        TOKEN_SERVICE => Some(Role::Manage),
+        EXT_AUTHZ_SERVICE => Some(Role::Introspect),
+        _ => None,
+    }
+}
 
 type HttpResponse = http::Response<Body>;
 
@@ -85,8 +102,7 @@ where
             Some(_) => match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    let refused =
-                        Status::resource_exhausted("overloaded: too many requests in flight");
+                    let refused = Verdict::Overloaded.to_status();
                     return Box::pin(ready(Ok(refused.into_http())));
                 }
             },
@@ -106,21 +122,12 @@ where
                         panic = panic_message(&*panic),
                         "handler panicked"
                     );
-                    Ok(Status::internal("internal error").into_http())
+                    Ok(Verdict::Internal.to_status().into_http())
                 }
-                Err(_) => Ok(Status::deadline_exceeded("request timed out").into_http()),
+                Err(_) => Ok(Verdict::Deadline.to_status().into_http()),
             }
         })
     }
-}
-
-/// The text of a panic payload, for the log only.
-pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-text panic payload")
 }
 
 /// Refuses calls from callers without the method's role.
@@ -198,10 +205,7 @@ where
             refusal = %refusal,
             "caller refused"
         );
-        let status = match refusal {
-            Refusal::Unauthenticated => Status::unauthenticated(refusal.to_string()),
-            Refusal::PermissionDenied(_) => Status::permission_denied(refusal.to_string()),
-        };
+        let status = Verdict::from(refusal).to_status();
         Either::Left(ready(Ok(status.into_http())))
     }
 }
@@ -256,6 +260,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(grpc_status(&response), Some("4"));
+    }
+
+    #[test]
+    fn grpc_paths_map_to_roles() {
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/Introspect"),
+            Some(Role::Introspect)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/Issue"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/RevokeAll"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/envoy.service.auth.v3.Authorization/Check"),
+            Some(Role::Introspect)
+        );
+        assert_eq!(role_for_grpc_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            role_for_grpc_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(role_for_grpc_path("/patd.v1.TokenServiceX/Issue"), None);
+        assert_eq!(role_for_grpc_path("patd.v1.TokenService/Issue"), None);
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ fn account(raw: String) -> Result<AccountId, Status> {
 }
 
 #[tonic::async_trait]
-impl<S: Store + Clone> TokenService for TokenApi<S> {
+impl<S: Store> TokenService for TokenApi<S> {
     async fn issue(
         &self,
         request: Request<pb::IssueRequest>,

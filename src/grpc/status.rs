@@ -1,18 +1,14 @@
-//! The one mapping from service errors to gRPC status codes. Internal causes
-//! are logged by the service layer and never sent to the caller.
+//! Service errors as gRPC statuses, through the one table in `verdict`.
+//! Internal causes are logged by the service layer and never sent.
 
 use tonic::Status;
 
 use crate::service::ServiceError;
+use crate::verdict::Verdict;
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::InvalidArgument(field) => Status::invalid_argument(field.to_string()),
-            ServiceError::LimitReached { .. } => Status::resource_exhausted(e.to_string()),
-            ServiceError::NotFound => Status::not_found(e.to_string()),
-            ServiceError::Unavailable(_) => Status::unavailable("the token store is unavailable"),
-        }
+        Verdict::from(e).to_status()
     }
 }
 

@@ -51,8 +51,10 @@ pub enum IssueOutcome {
     IdTaken,
 }
 
-/// Persistence of tokens. Every method is one atomic step.
-pub trait Store: Send + Sync + 'static {
+/// Persistence of tokens. Every method is one atomic step. Implementations
+/// are cheap handles (`Clone` shares the underlying store), so background
+/// work such as the last-used write can take its own copy.
+pub trait Store: Clone + Send + Sync + 'static {
     /// Prunes the account's expired tokens, refuses at `limit` live ones,
     /// otherwise stores `token`.
     fn issue(

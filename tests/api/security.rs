@@ -303,7 +303,7 @@ async fn keyed_digests_differ_from_sha256_and_survive_rotation() {
 /// Writes a token record by hand, as someone with Redis write access but no
 /// digest key would, and returns the token value it stands for.
 fn forge(redis: &RedisServer, prefix: &str, account: &str) -> String {
-    let tag = patd::token::shard_tag(account);
+    let tag = patd::domain::shard_tag(account);
     let token_id = format!("{tag}ForgedToken00");
     let signed = format!("pat_{token_id}{}", "S".repeat(32));
     let token = format!(
@@ -463,7 +463,7 @@ async fn http_overload_answers_503_at_once() {
     for task in tasks {
         let reply = task.await.expect("task");
         if reply.status == 503 {
-            assert_eq!(reply.body, "overloaded\n");
+            assert!(reply.body.starts_with("overloaded"), "{}", reply.body);
         }
         statuses.push(reply.status);
     }

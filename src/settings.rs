@@ -1,0 +1,331 @@
+//! Typed settings, parsed once at start from the command line (`Config`):
+//! every rule about what makes sense lives here, so a bad setting stops
+//! patd with a one-line reason before anything starts, and nothing later
+//! re-parses a string. Secrets (digest keys, the Redis URL's password) stay
+//! wrapped: `Debug` shows neither.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Callers, CallersError};
+use crate::config::{Config, StoreKind};
+use crate::domain::LifetimePolicy;
+use crate::forward_auth::ForwardAuth;
+use crate::listener::Limits;
+use crate::service::Rules;
+use crate::tls::{TlsError, TlsFiles, TlsMaterial};
+use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
+
+/// A setting that parsed but makes no sense. Names the variable; never
+/// shows a secret.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("PATD_TOKEN_PREFIX: {0}")]
+    TokenPrefix(#[from] PrefixError),
+    #[error("PATD_KEY_PREFIX must be 1..=64 characters without spaces or braces")]
+    KeyPrefix,
+    #[error("PATD_DEFAULT_TTL must be positive and at most PATD_MAX_TTL")]
+    DefaultTtl,
+    #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
+    Timeout,
+    #[error("PATD_TOKEN_HASH_KEYS: {0}")]
+    HashKeys(#[from] HashKeyError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("PATD_CALLERS_FILE names cert_san callers, but PATD_TLS_CLIENT_CA is not set")]
+    CertCallersWithoutCa,
+    #[error("PATD_CALLERS_FILE: {0}")]
+    Callers(#[from] CallersError),
+    #[error(
+        "refusing to serve {0} without caller authentication: set PATD_CALLERS_FILE, \
+         listen on loopback, or set PATD_ALLOW_UNAUTHENTICATED=true"
+    )]
+    Exposed(SocketAddr),
+}
+
+/// A Redis key prefix: 1..=64 characters, no whitespace, control
+/// characters or braces (braces would break the `{tag}` hash tags that keep
+/// an account's keys in one Cluster slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// # Errors
+    /// `SettingsError::KeyPrefix`.
+    pub fn parse(raw: &str) -> Result<Self, SettingsError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && !raw
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(SettingsError::KeyPrefix)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The store to open.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// The embedded memory store.
+    Memory,
+    /// Redis at `url` (secret: it may carry a password), every key under
+    /// `key_prefix`, every call bounded by `timeout`.
+    Redis {
+        url: SecretString,
+        key_prefix: KeyPrefix,
+        timeout: Duration,
+    },
+}
+
+impl StoreSettings {
+    /// A name safe to log (no URL, which may hold a password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreSettings::Memory => "memory",
+            StoreSettings::Redis { .. } => "redis",
+        }
+    }
+}
+
+/// TLS for both listeners: the PEM material (for tonic) and the rustls
+/// acceptor built from it (for the HTTP listener).
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub material: TlsMaterial,
+    pub acceptor: TlsAcceptor,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The material holds a private key.
+        f.write_str("TlsSettings(..)")
+    }
+}
+
+/// Everything patd runs with, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: StoreSettings,
+    /// Token format, digests, the per-account limit and lifetimes.
+    pub rules: Rules,
+    /// Caller authentication; empty = off (loopback only, or opted out).
+    pub callers: Callers,
+    pub tls: Option<TlsSettings>,
+    pub limits: Limits,
+    pub forward_auth: ForwardAuth,
+    /// Largest gRPC request message, in bytes.
+    pub max_request_bytes: usize,
+    /// How long health says NOT_SERVING before the listeners stop.
+    pub shutdown_grace: Duration,
+    /// Where to write the bound addresses once listening.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl TryFrom<Config> for Settings {
+    type Error = SettingsError;
+
+    /// Checks every setting and loads the files they name (callers, TLS).
+    ///
+    /// # Errors
+    /// The first setting that makes no sense.
+    fn try_from(config: Config) -> Result<Self, SettingsError> {
+        let format = TokenFormat::new(&config.token_prefix)?;
+        let hasher = TokenHasher::from_setting(config.token_hash_keys.expose_secret())?;
+        if config.default_ttl.is_zero() || *config.default_ttl > *config.max_ttl {
+            return Err(SettingsError::DefaultTtl);
+        }
+        if config.redis_timeout.is_zero() || config.request_timeout.is_zero() {
+            return Err(SettingsError::Timeout);
+        }
+        let key_prefix = KeyPrefix::parse(&config.key_prefix)?;
+        let store = match config.store {
+            StoreKind::Memory => StoreSettings::Memory,
+            StoreKind::Redis(url) => StoreSettings::Redis {
+                url,
+                key_prefix,
+                timeout: *config.redis_timeout,
+            },
+        };
+        // Secure by default, like Redis's protected mode: open to anyone
+        // only where only this machine can reach it.
+        let exposed = [config.grpc_addr, config.http_addr]
+            .into_iter()
+            .find(|a| !a.ip().is_loopback());
+        if let (None, false, Some(addr)) =
+            (&config.callers_file, config.allow_unauthenticated, exposed)
+        {
+            return Err(SettingsError::Exposed(addr));
+        }
+        let callers = match &config.callers_file {
+            Some(path) => Callers::load(path)?,
+            None => Callers::default(),
+        };
+        // Such callers could never be identified: say so now, not at 3 am.
+        if callers.uses_certificates() && config.tls_client_ca.is_none() {
+            return Err(SettingsError::CertCallersWithoutCa);
+        }
+        let tls = match (config.tls_cert, config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert,
+                    key,
+                    client_ca: config.tls_client_ca,
+                };
+                let material = TlsMaterial::load(&files)?;
+                let acceptor = material.http_acceptor(&files)?;
+                Some(TlsSettings { material, acceptor })
+            }
+            _ => None,
+        };
+        Ok(Self {
+            grpc_addr: config.grpc_addr,
+            http_addr: config.http_addr,
+            store,
+            rules: Rules {
+                format,
+                hasher,
+                max_tokens_per_account: config.max_tokens_per_account,
+                lifetime: LifetimePolicy {
+                    default_ttl: *config.default_ttl,
+                    max_ttl: *config.max_ttl,
+                },
+            },
+            callers,
+            tls,
+            limits: Limits {
+                request_timeout: *config.request_timeout,
+                max_concurrent_requests: config.max_concurrent_requests as usize,
+                http2_max_concurrent_streams: config.http2_max_concurrent_streams,
+                http2_keepalive: *config.http2_keepalive,
+            },
+            forward_auth: ForwardAuth {
+                token_header: config.forward_auth_token_header,
+                max_age: *config.forward_auth_max_age,
+            },
+            max_request_bytes: config.max_request_bytes as usize,
+            shutdown_grace: *config.shutdown_grace,
+            ready_file: config.ready_file,
+        })
+    }
+}
+
+impl Settings {
+    /// Listeners bound beyond loopback.
+    pub fn exposed_addrs(&self) -> Vec<SocketAddr> {
+        [self.grpc_addr, self.http_addr]
+            .into_iter()
+            .filter(|a| !a.ip().is_loopback())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("patd").chain(args.iter().copied()))
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, SettingsError> {
+        Settings::try_from(parse(args).unwrap())
+    }
+
+    #[test]
+    fn a_public_address_needs_callers_or_an_explicit_opt_out() {
+        let exposed = settings(&["--grpc-addr", "0.0.0.0:50051"]);
+        assert!(matches!(exposed, Err(SettingsError::Exposed(_))));
+        let http = settings(&["--http-addr", "10.1.2.3:8080"]);
+        assert!(matches!(http, Err(SettingsError::Exposed(_))));
+        let opted_out = settings(&["--grpc-addr", "0.0.0.0:50051", "--allow-unauthenticated"]);
+        assert_eq!(opted_out.unwrap().exposed_addrs().len(), 1);
+        let v6_loopback = settings(&["--grpc-addr", "[::1]:50051"]);
+        assert!(v6_loopback.unwrap().exposed_addrs().is_empty());
+    }
+
+    #[test]
+    fn the_defaults_are_loopback_memory_and_fifty_tokens() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(s.forward_auth.token_header.is_none());
+        assert!(matches!(s.store, StoreSettings::Memory));
+        assert_eq!(s.rules.max_tokens_per_account, 50);
+        assert_eq!(
+            s.rules.lifetime.default_ttl,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(s.rules.lifetime.max_ttl, Duration::from_secs(365 * 86_400));
+        assert!(!s.rules.hasher.is_keyed());
+    }
+
+    #[test]
+    fn stores_are_memory_or_redis_urls() {
+        let s = settings(&["--store", "redis://127.0.0.1:6379/0"]).unwrap();
+        assert_eq!(s.store.name(), "redis");
+        assert!(parse(&["--store", "rediss://h:6380"]).is_ok());
+        assert!(parse(&["--store", "postgres://x"]).is_err());
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused() {
+        let bad = |args: &[&str]| {
+            parse(args)
+                .map(|c| Settings::try_from(c).is_err())
+                .unwrap_or(true)
+        };
+        assert!(bad(&["--default-ttl", "400d"]));
+        assert!(bad(&["--default-ttl", "0s"]));
+        assert!(bad(&["--token-prefix", "Bad_"]));
+        assert!(bad(&["--key-prefix", "a b"]));
+        assert!(bad(&["--key-prefix", "{x}"]));
+        assert!(bad(&["--key-prefix", ""]));
+        assert!(bad(&["--max-tokens-per-account", "0"]));
+        assert!(bad(&["--max-ttl", "soon"]));
+        assert!(bad(&["--forward-auth-token-header", "bad header"]));
+        assert!(!bad(&["--forward-auth-token-header", "X-API-Key"]));
+        assert!(!bad(&["--token-prefix", "acme"]));
+        assert!(bad(&["--token-hash-keys", "k1:short"]));
+        assert!(bad(&["--max-concurrent-requests", "0"]));
+        assert!(bad(&["--redis-timeout", "0s"]));
+    }
+
+    #[test]
+    fn debug_never_shows_the_redis_password_or_a_digest_key() {
+        use base64::Engine as _;
+        let password = "hunter2-very-secret";
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let url = format!("redis://patd:{password}@127.0.0.1:6379/0");
+        let keys = format!("k1:{key}");
+        let config = parse(&["--store", &url, "--token-hash-keys", &keys]).unwrap();
+        let config_debug = format!("{config:?}");
+        let settings = Settings::try_from(config).unwrap();
+        let settings_debug = format!("{settings:?} {:?}", settings.store);
+        for shown in [&config_debug, &settings_debug] {
+            assert!(!shown.contains(password), "{shown}");
+            assert!(!shown.contains(&key), "{shown}");
+        }
+        // The URL is still there for the store to use.
+        let StoreSettings::Redis { url: kept, .. } = &settings.store else {
+            panic!("not redis");
+        };
+        assert!(kept.expose_secret().contains(password));
+    }
+}

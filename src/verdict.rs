@@ -1,0 +1,387 @@
+//! The one table of answers a caller can see, and how each door renders
+//! it: gRPC (`tonic::Status`), HTTP forward-auth (status, `Cache-Control`,
+//! `WWW-Authenticate`, body) and Envoy ext_authz (`CheckResponse`). Every
+//! door converts its outcome into a [`Verdict`] and renders it here, so
+//! the doors cannot drift apart.
+//!
+//! | verdict | HTTP | gRPC | challenge (RFC 6750 §3) |
+//! |---|---|---|---|
+//! | allow | 200 | OK | |
+//! | missing credential | 401 | UNAUTHENTICATED | `Bearer realm="patd"` |
+//! | invalid token | 401 | UNAUTHENTICATED | `error="invalid_token"` |
+//! | insufficient scope | 403 | PERMISSION_DENIED | `error="insufficient_scope"` |
+//! | bad required scope | 500 | INTERNAL | |
+//! | unauthenticated caller | 401 | UNAUTHENTICATED | |
+//! | forbidden caller | 403 | PERMISSION_DENIED | |
+//! | overloaded | 503 | RESOURCE_EXHAUSTED | |
+//! | deadline | 504 | DEADLINE_EXCEEDED | |
+//! | store unavailable | 503 | UNAVAILABLE | |
+//! | internal | 500 | INTERNAL | |
+//! | invalid argument | 400 | INVALID_ARGUMENT | |
+//! | limit reached | 409 | RESOURCE_EXHAUSTED | |
+//! | not found | 404 | NOT_FOUND | |
+//!
+//! A malformed or unknown scope *requirement* comes from the route's
+//! configuration, not from the request: the gateway must not blame the
+//! user, so it is a server error (500), never a 4xx.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tonic::{Code, Status};
+
+use crate::auth::{Refusal, Role};
+use crate::bearer;
+use crate::domain::{FieldError, Scopes, TokenInfo, UnixMillis};
+use crate::service::{Decision, Inactive, ServiceError};
+
+/// Upstream header naming the token's account (forward-auth and ext_authz).
+pub const ACCOUNT_ID_HEADER: &str = "x-account-id";
+/// Upstream header naming the token's public id.
+pub const TOKEN_ID_HEADER: &str = "x-token-id";
+/// Upstream header listing the token's scopes, space-separated.
+pub const TOKEN_SCOPES_HEADER: &str = "x-token-scopes";
+
+const NO_STORE: &str = "no-store";
+
+/// Every answer patd gives, whichever door asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A live token holding every required scope.
+    Allow(TokenInfo),
+    /// No credential was presented.
+    MissingCredential,
+    /// A credential that is not a live token of ours (the reason is for
+    /// logs only).
+    InvalidToken(Inactive),
+    /// A live token lacking some of `required`.
+    InsufficientScope { required: Scopes },
+    /// The route asks for a malformed scope: the gateway's configuration
+    /// is wrong.
+    BadRequiredScope(FieldError),
+    /// The calling gateway or service did not authenticate as a caller.
+    UnauthenticatedCaller,
+    /// A known caller without the role this call needs.
+    ForbiddenCaller(Role),
+    /// Beyond the concurrency limit: refused at once, not queued.
+    Overloaded,
+    /// The request ran past `PATD_REQUEST_TIMEOUT`.
+    Deadline,
+    /// The store could not answer; every door fails closed.
+    StoreUnavailable,
+    /// A bug (a panic); details are in the log only.
+    Internal,
+    /// A request field failed validation; names the field.
+    InvalidArgument(FieldError),
+    /// The account holds its limit of live tokens.
+    LimitReached { limit: u32 },
+    /// The account holds no such live token.
+    NotFound,
+}
+
+impl Verdict {
+    /// The gateway decision for a route requiring `required`.
+    pub fn from_decision(decision: Result<Decision, ServiceError>, required: &Scopes) -> Self {
+        match decision {
+            Ok(Decision::Allow(info)) => Verdict::Allow(info),
+            Ok(Decision::Missing) => Verdict::MissingCredential,
+            Ok(Decision::Invalid(why)) => Verdict::InvalidToken(why),
+            Ok(Decision::InsufficientScope(_)) => Verdict::InsufficientScope {
+                required: required.clone(),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The HTTP status code (forward-auth, and ext_authz's denial).
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Verdict::Allow(_) => StatusCode::OK,
+            Verdict::MissingCredential
+            | Verdict::InvalidToken(_)
+            | Verdict::UnauthenticatedCaller => StatusCode::UNAUTHORIZED,
+            Verdict::InsufficientScope { .. } | Verdict::ForbiddenCaller(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Verdict::BadRequiredScope(_) | Verdict::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Verdict::Overloaded | Verdict::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Verdict::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            Verdict::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            Verdict::LimitReached { .. } => StatusCode::CONFLICT,
+            Verdict::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The gRPC status code (gRPC calls, and ext_authz's `CheckResponse`).
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            Verdict::Allow(_) => Code::Ok,
+            Verdict::MissingCredential
+            | Verdict::InvalidToken(_)
+            | Verdict::UnauthenticatedCaller => Code::Unauthenticated,
+            Verdict::InsufficientScope { .. } | Verdict::ForbiddenCaller(_) => {
+                Code::PermissionDenied
+            }
+            Verdict::BadRequiredScope(_) | Verdict::Internal => Code::Internal,
+            Verdict::Overloaded | Verdict::LimitReached { .. } => Code::ResourceExhausted,
+            Verdict::Deadline => Code::DeadlineExceeded,
+            Verdict::StoreUnavailable => Code::Unavailable,
+            Verdict::InvalidArgument(_) => Code::InvalidArgument,
+            Verdict::NotFound => Code::NotFound,
+        }
+    }
+
+    /// `WWW-Authenticate` (RFC 6750 §3), only for answers about the end
+    /// user's token: a refused caller is the gateway's problem, never the
+    /// user's.
+    pub fn challenge(&self) -> Option<Cow<'static, str>> {
+        match self {
+            Verdict::MissingCredential => Some(bearer::CHALLENGE_MISSING.into()),
+            Verdict::InvalidToken(_) => Some(bearer::CHALLENGE_INVALID.into()),
+            Verdict::InsufficientScope { required } => {
+                Some(bearer::challenge_insufficient_scope(required).into())
+            }
+            _ => None,
+        }
+    }
+
+    /// The public message. Never a cause: store errors and panics stay in
+    /// the log.
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Verdict::Allow(_) => "".into(),
+            Verdict::MissingCredential => "missing bearer token".into(),
+            Verdict::InvalidToken(_) => "invalid token".into(),
+            Verdict::InsufficientScope { .. } => "insufficient scope".into(),
+            Verdict::BadRequiredScope(e) => format!("route configuration: {e}").into(),
+            Verdict::UnauthenticatedCaller => Refusal::Unauthenticated.to_string().into(),
+            Verdict::ForbiddenCaller(role) => Refusal::PermissionDenied(*role).to_string().into(),
+            Verdict::Overloaded => "overloaded: too many requests in flight".into(),
+            Verdict::Deadline => "request timed out".into(),
+            Verdict::StoreUnavailable => "the token store is unavailable".into(),
+            Verdict::Internal => "internal error".into(),
+            Verdict::InvalidArgument(e) => e.to_string().into(),
+            Verdict::LimitReached { limit } => ServiceError::LimitReached { limit: *limit }
+                .to_string()
+                .into(),
+            Verdict::NotFound => ServiceError::NotFound.to_string().into(),
+        }
+    }
+
+    /// As a gRPC status.
+    pub fn to_status(&self) -> Status {
+        Status::new(self.grpc_code(), self.message())
+    }
+
+    /// As a forward-auth answer. An allow carries the identity headers and
+    /// may be cached by the gateway for `max_age` (never past the token's
+    /// expiry); everything else is `no-store`, with the challenge where
+    /// there is one and the message as a one-line body.
+    pub fn to_http(&self, max_age: Duration) -> Response {
+        let Verdict::Allow(info) = self else {
+            return self.http_denial();
+        };
+        let Some(identity) = identity_headers(info) else {
+            // Cannot happen for validated values; if it did, deny.
+            return Verdict::Internal.http_denial();
+        };
+        let mut response = StatusCode::OK.into_response();
+        let h = response.headers_mut();
+        for (name, value) in identity {
+            h.insert(name, value);
+        }
+        let remaining =
+            Duration::from_millis(info.expires_at.0.saturating_sub(UnixMillis::now().0));
+        let cache = match max_age.min(remaining).as_secs() {
+            0 => HeaderValue::from_static(NO_STORE),
+            secs => HeaderValue::from_str(&format!("private, max-age={secs}"))
+                .unwrap_or(HeaderValue::from_static(NO_STORE)),
+        };
+        h.insert(CACHE_CONTROL, cache);
+        response
+    }
+
+    fn http_denial(&self) -> Response {
+        let mut response = (self.http_status(), format!("{}\n", self.message())).into_response();
+        let h = response.headers_mut();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+        if let Some(challenge) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            h.insert(WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+
+    /// As an ext_authz answer. An allow sets the identity headers with
+    /// OVERWRITE_IF_EXISTS_OR_ADD, which replaces any client-sent copy (they
+    /// are deliberately not also in `headers_to_remove`: Envoy applies
+    /// removals after additions, which would strip patd's own values).
+    /// Anything else is a denial carrying the HTTP status Envoy sends to
+    /// the client: Envoy treats every non-OK `CheckResponse` as a denial
+    /// (403 unless told otherwise), so a store outage says 503 here.
+    pub fn to_check_response(&self) -> CheckResponse {
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        if let Verdict::Allow(info) = self {
+            let mut ok = OkHttpResponseBuilder::new();
+            ok.add_header(ACCOUNT_ID_HEADER, info.account_id.as_str(), overwrite, true)
+                .add_header(TOKEN_ID_HEADER, info.token_id.as_str(), overwrite, true)
+                .add_header(TOKEN_SCOPES_HEADER, info.scopes.joined(), overwrite, true);
+            let mut response = CheckResponse::with_status(Status::ok(""));
+            response.set_http_response(ok.build());
+            return response;
+        }
+        let message = self.message();
+        let http_status = HttpStatusCode::try_from(i32::from(self.http_status().as_u16()))
+            .unwrap_or(HttpStatusCode::InternalServerError);
+        let mut denied = DeniedHttpResponseBuilder::new();
+        denied
+            .set_http_status(http_status)
+            .set_body(message.as_ref());
+        denied.add_header(CACHE_CONTROL.as_str(), NO_STORE, overwrite, false);
+        if let Some(challenge) = self.challenge() {
+            denied.add_header(WWW_AUTHENTICATE.as_str(), challenge, overwrite, false);
+        }
+        let mut response = CheckResponse::with_status(self.to_status());
+        response.set_http_response(denied.build());
+        response
+    }
+}
+
+/// The three identity headers of an allow; `None` if a value is not a
+/// valid header value.
+fn identity_headers(info: &TokenInfo) -> Option<[(HeaderName, HeaderValue); 3]> {
+    Some([
+        (
+            HeaderName::from_static(ACCOUNT_ID_HEADER),
+            HeaderValue::from_bytes(info.account_id.as_str().as_bytes()).ok()?,
+        ),
+        (
+            HeaderName::from_static(TOKEN_ID_HEADER),
+            HeaderValue::from_str(info.token_id.as_str()).ok()?,
+        ),
+        (
+            HeaderName::from_static(TOKEN_SCOPES_HEADER),
+            HeaderValue::from_str(&info.scopes.joined()).ok()?,
+        ),
+    ])
+}
+
+impl From<ServiceError> for Verdict {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::InvalidArgument(field) => Verdict::InvalidArgument(field),
+            ServiceError::LimitReached { limit } => Verdict::LimitReached { limit },
+            ServiceError::NotFound => Verdict::NotFound,
+            ServiceError::Unavailable(_) => Verdict::StoreUnavailable,
+        }
+    }
+}
+
+impl From<Refusal> for Verdict {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated => Verdict::UnauthenticatedCaller,
+            Refusal::PermissionDenied(role) => Verdict::ForbiddenCaller(role),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn every_denial() -> Vec<Verdict> {
+        vec![
+            Verdict::MissingCredential,
+            Verdict::InvalidToken(Inactive::Unknown),
+            Verdict::InsufficientScope {
+                required: Scopes::parse(vec!["admin".into()]).unwrap(),
+            },
+            Verdict::BadRequiredScope(FieldError::new("scope", "bad")),
+            Verdict::UnauthenticatedCaller,
+            Verdict::ForbiddenCaller(Role::Manage),
+            Verdict::Overloaded,
+            Verdict::Deadline,
+            Verdict::StoreUnavailable,
+            Verdict::Internal,
+            Verdict::InvalidArgument(FieldError::new("note", "too long")),
+            Verdict::LimitReached { limit: 50 },
+            Verdict::NotFound,
+        ]
+    }
+
+    #[test]
+    fn every_door_renders_the_same_status_and_challenge() {
+        for v in every_denial() {
+            let http = v.to_http(Duration::from_secs(60));
+            let check = v.to_check_response();
+            assert_eq!(http.status(), v.http_status(), "{v:?}");
+            let grpc = v.to_status();
+            assert_eq!(grpc.code(), v.grpc_code(), "{v:?}");
+            assert_eq!(check.status.as_ref().unwrap().code, v.grpc_code() as i32);
+            let Some(envoy_types::ext_authz::v3::pb::HttpResponse::DeniedResponse(denied)) =
+                check.http_response
+            else {
+                panic!("{v:?}: not a denial");
+            };
+            let envoy_status = denied.status.unwrap().code;
+            assert_eq!(envoy_status, i32::from(v.http_status().as_u16()), "{v:?}");
+            let http_challenge = http
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .map(|h| h.to_str().unwrap().to_owned());
+            let envoy_challenge = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == "www-authenticate")
+                .map(|h| h.value.clone());
+            assert_eq!(http_challenge, envoy_challenge, "{v:?}");
+            assert_eq!(http_challenge.as_deref(), v.challenge().as_deref());
+            assert_eq!(
+                http.headers().get(CACHE_CONTROL).unwrap(),
+                NO_STORE,
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_route_requirement_never_blames_the_user() {
+        let v = Verdict::BadRequiredScope(FieldError::new("scope", "bad"));
+        assert!(v.http_status().is_server_error());
+        assert!(v.challenge().is_none());
+        assert!(v.message().contains("scope"));
+    }
+
+    #[test]
+    fn a_refused_caller_never_carries_the_users_challenge() {
+        for v in [
+            Verdict::UnauthenticatedCaller,
+            Verdict::ForbiddenCaller(Role::Introspect),
+        ] {
+            assert!(v.challenge().is_none());
+        }
+    }
+
+    #[test]
+    fn store_causes_never_reach_the_message() {
+        let cause = StoreError::Corrupt {
+            token_id: "abc".into(),
+            reason: "secret detail".into(),
+        };
+        let v = Verdict::from(ServiceError::Unavailable(cause));
+        assert_eq!(v, Verdict::StoreUnavailable);
+        assert!(!v.message().contains("secret"));
+    }
+}
