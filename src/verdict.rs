@@ -298,7 +298,6 @@ impl From<Refusal> for Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     fn every_denial() -> Vec<Verdict> {
         vec![
@@ -372,16 +371,5 @@ mod tests {
         ] {
             assert!(v.challenge().is_none());
         }
-    }
-
-    #[test]
-    fn store_causes_never_reach_the_message() {
-        let cause = StoreError::Corrupt {
-            token_id: "abc".into(),
-            reason: "secret detail".into(),
-        };
-        let v = Verdict::from(ServiceError::Unavailable(cause));
-        assert_eq!(v, Verdict::StoreUnavailable);
-        assert!(!v.message().contains("secret"));
     }
 }
