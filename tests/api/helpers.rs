@@ -6,8 +6,8 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use patd::pb::IssueRequest;
@@ -176,6 +176,86 @@ pub struct Patd {
     pub http_addr: SocketAddr,
     pub key_prefix: String,
     logs: Arc<Mutex<String>>,
+    _ready: ReadyFile,
+}
+
+/// How long patd may take to bind both listeners.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What patd writes to `PATD_READY_FILE` once both listeners are bound.
+#[derive(Debug, serde::Deserialize)]
+pub struct ReadyAddrs {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// A fresh path for `PATD_READY_FILE`, removed on drop.
+pub struct ReadyFile {
+    path: PathBuf,
+}
+
+impl ReadyFile {
+    pub fn new() -> Self {
+        let name = format!("{}.json", random_name("patd-ready-"));
+        Self {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    /// The `PATD_READY_FILE` setting that points patd here.
+    pub fn env(&self) -> (String, String) {
+        (
+            "PATD_READY_FILE".to_owned(),
+            self.path.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// `Ok` once the file is there, `Err` if `child` exited first, `None`
+    /// while neither. patd renames the file into place, so it is whole.
+    fn check(&self, child: &mut Child) -> Option<Result<ReadyAddrs, ExitStatus>> {
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            let addrs = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("ready file {}: {e}: {text:?}", self.path.display()));
+            return Some(Ok(addrs));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => Some(Err(status)),
+            _ => None,
+        }
+    }
+
+    /// Waits (up to 20 s) for the addresses; `Err` says why there are none.
+    pub async fn wait(&self, child: &mut Child) -> Result<ReadyAddrs, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.check(child) {
+                Some(Ok(addrs)) => return Ok(addrs),
+                Some(Err(status)) => return Err(format!("exited with {status}")),
+                None if Instant::now() >= deadline => return Err("timed out".to_owned()),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// [`Self::wait`] for tests outside a runtime.
+    pub fn wait_blocking(&self, child: &mut Child) -> Result<ReadyAddrs, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(self.wait(child))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        // patd writes `<path>.partial` first; gone unless it was killed
+        // mid-write.
+        let mut partial = self.path.clone().into_os_string();
+        partial.push(".partial");
+        let _ = std::fs::remove_file(partial);
+    }
 }
 
 /// Options for one patd process.
@@ -229,11 +309,13 @@ impl Patd {
             Backend::Memory => "memory".to_owned(),
             Backend::Redis { url } => url.clone(),
         };
+        let ready = ReadyFile::new();
         let mut env = vec![
             ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("PATD_STORE".to_owned(), store),
             ("PATD_KEY_PREFIX".to_owned(), opts.key_prefix.clone()),
+            ready.env(),
         ];
         env.extend(opts.env.iter().cloned());
         let mut child = patd_command(&env)
@@ -243,38 +325,38 @@ impl Patd {
             .expect("spawn patd");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let echo = std::env::var_os("TEST_LOG").is_some();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("[patd] {line}");
-                }
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = addr_tx.send(addr);
                 }
                 let mut logs = sink.lock().expect("log lock");
                 logs.push_str(&line);
                 logs.push('\n');
             }
         });
-        let (grpc_addr, http_addr) = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+        let addrs = match ready.wait(&mut child).await {
             Ok(addrs) => addrs,
-            Err(_) => {
+            Err(why) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                // stderr is closed now: the reader has every line.
+                let _ = reader.join();
                 panic!(
-                    "patd did not start; logs:\n{}",
+                    "patd did not start; logs:\n{}({why})",
                     logs.lock().expect("log lock")
                 );
             }
         };
         Self {
             child,
-            grpc_addr,
-            http_addr,
+            grpc_addr: addrs.grpc_addr,
+            http_addr: addrs.http_addr,
             key_prefix: opts.key_prefix,
             logs,
+            _ready: ready,
         }
     }
 
@@ -336,18 +418,6 @@ impl Drop for Patd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The (gRPC, HTTP) addresses from the "patd listening" line.
-fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    if !line.contains("patd listening") {
-        return None;
-    }
-    let field = |name: &str| -> Option<SocketAddr> {
-        let rest = line.split(&format!("{name}=")).nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    Some((field("grpc_addr")?, field("http_addr")?))
 }
 
 /// An Issue request for `account` with the given ttl in seconds.

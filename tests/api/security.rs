@@ -1,7 +1,9 @@
 //! Caller authentication, secure defaults, keyed digests and overload, each
 //! against the real binary.
 
-use std::time::Duration;
+use std::io::Read as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use patd::pb::{IntrospectRequest, ListRequest, RevokeAllRequest};
 use tonic::metadata::MetadataValue;
@@ -10,8 +12,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{
-    Backend, Client, Patd, PatdOptions, RedisServer, eventually, is_active, issue, issue_request,
-    patd_command, random_name,
+    Backend, Client, Patd, PatdOptions, ReadyFile, RedisServer, eventually, is_active, issue,
+    issue_request, patd_command, random_name,
 };
 use crate::http_helpers::get;
 
@@ -181,22 +183,33 @@ fn a_public_bind_without_callers_is_refused_unless_explicitly_allowed() {
     assert!(stderr.contains("PATD_CALLERS_FILE"), "{stderr}");
 
     // Explicitly allowed: it starts, with a warning.
-    let mut child = patd_command(&env(&[("PATD_ALLOW_UNAUTHENTICATED", "true")]))
+    let ready = ReadyFile::new();
+    let mut allowed = env(&[("PATD_ALLOW_UNAUTHENTICATED", "true")]);
+    allowed.push(ready.env());
+    let mut child = patd_command(&allowed)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut warned = false;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-        if line.contains("WITHOUT caller authentication") {
-            warned = true;
-        }
-        if line.contains("patd listening") {
-            break;
-        }
+    // Started or not, the question is the warning, which comes first.
+    let _ = ready.wait_blocking(&mut child);
+    // SIGTERM, not SIGKILL: patd's log writer runs in the background, and a
+    // clean exit flushes what it still holds.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    let warned = stderr.contains("WITHOUT caller authentication");
     assert!(warned, "no start-up warning");
 }
 
