@@ -10,11 +10,93 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use patd::pb::IssueRequest;
 use patd::pb::token_service_client::TokenServiceClient;
+use patd::pb::{
+    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListRequest, ListResponse,
+    RevokeAllRequest, RevokeAllResponse, RevokeRequest, RevokeResponse,
+};
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use tonic::{Request, Status};
 
-pub type Client = TokenServiceClient<Channel>;
+/// The generated TokenService client, for requests that are malformed or
+/// oversized on purpose.
+pub type RawClient = TokenServiceClient<Channel>;
+
+/// The TokenService client tests use: plain-string arguments, the answer
+/// without its tonic envelope, and optionally a caller key on every call.
+#[derive(Clone)]
+pub struct Client {
+    inner: RawClient,
+    caller_key: Option<String>,
+}
+
+impl Client {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            inner: TokenServiceClient::new(channel),
+            caller_key: None,
+        }
+    }
+
+    /// The same connection, each call sending `authorization: Bearer <key>`.
+    pub fn as_caller(&self, key: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            caller_key: Some(key.to_owned()),
+        }
+    }
+
+    /// The generated client underneath (no caller key).
+    pub fn raw(&mut self) -> &mut RawClient {
+        &mut self.inner
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(key) = &self.caller_key {
+            let value: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    pub async fn issue(&mut self, message: IssueRequest) -> Result<IssueResponse, Status> {
+        let request = self.request(message);
+        Ok(self.inner.issue(request).await?.into_inner())
+    }
+
+    pub async fn introspect(&mut self, token: &str) -> Result<IntrospectResponse, Status> {
+        let token = token.to_owned();
+        let request = self.request(IntrospectRequest { token });
+        Ok(self.inner.introspect(request).await?.into_inner())
+    }
+
+    pub async fn list(&mut self, account: &str) -> Result<ListResponse, Status> {
+        let account_id = account.to_owned();
+        let request = self.request(ListRequest { account_id });
+        Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    pub async fn revoke(
+        &mut self,
+        account: &str,
+        token_id: &str,
+    ) -> Result<RevokeResponse, Status> {
+        let (account_id, token_id) = (account.to_owned(), token_id.to_owned());
+        let request = self.request(RevokeRequest {
+            account_id,
+            token_id,
+        });
+        Ok(self.inner.revoke(request).await?.into_inner())
+    }
+
+    pub async fn revoke_all(&mut self, account: &str) -> Result<RevokeAllResponse, Status> {
+        let account_id = account.to_owned();
+        let request = self.request(RevokeAllRequest { account_id });
+        Ok(self.inner.revoke_all(request).await?.into_inner())
+    }
+}
 
 /// A random lowercase-hex string, for key prefixes and account ids.
 pub fn random_name(prefix: &str) -> String {
@@ -373,7 +455,7 @@ impl Patd {
     }
 
     pub async fn client(&self) -> Client {
-        TokenServiceClient::new(self.channel().await)
+        Client::new(self.channel().await)
     }
 
     /// Everything patd logged so far.
@@ -438,22 +520,14 @@ pub async fn issue(client: &mut Client, account: &str, ttl_secs: i64) -> (String
     let resp = client
         .issue(issue_request(account, ttl_secs))
         .await
-        .expect("issue")
-        .into_inner();
+        .expect("issue");
     let id = resp.info.expect("info").token_id;
     (resp.token, id)
 }
 
 /// Whether Introspect says the token is active.
 pub async fn is_active(client: &mut Client, token: &str) -> bool {
-    client
-        .introspect(patd::pb::IntrospectRequest {
-            token: token.to_owned(),
-        })
-        .await
-        .expect("introspect")
-        .into_inner()
-        .active
+    client.introspect(token).await.expect("introspect").active
 }
 
 /// Issues a token with `scopes` (default lifetime); returns its value.
@@ -466,20 +540,13 @@ pub async fn issue_scoped(client: &mut Client, account: &str, scopes: &[&str]) -
         })
         .await
         .expect("issue")
-        .into_inner()
         .token
 }
 
 /// Issues a token and revokes it at once; returns its value.
 pub async fn issue_revoked(client: &mut Client, account: &str) -> String {
     let (token, token_id) = issue(client, account, 600).await;
-    client
-        .revoke(patd::pb::RevokeRequest {
-            account_id: account.to_owned(),
-            token_id,
-        })
-        .await
-        .expect("revoke");
+    client.revoke(account, &token_id).await.expect("revoke");
     token
 }
 
