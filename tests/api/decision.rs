@@ -11,7 +11,6 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use patd::pb::IntrospectRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -56,11 +55,9 @@ fn check_request(authorization: Option<&str>, scopes: Option<&str>) -> CheckRequ
 async fn ask_all(patd: &Patd, token: Option<&str>, scope: Option<&str>) -> Answers {
     let mut client = patd.client().await;
     let introspect = client
-        .introspect(IntrospectRequest {
-            token: token.unwrap_or_default().to_owned(),
-        })
+        .introspect(token.unwrap_or_default())
         .await
-        .map(|r| r.into_inner().active)
+        .map(|r| r.active)
         .map_err(|s| s.code());
 
     let authorization = token.map(|t| format!("Bearer {t}"));

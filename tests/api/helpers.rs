@@ -6,15 +6,97 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use patd::pb::IssueRequest;
 use patd::pb::token_service_client::TokenServiceClient;
+use patd::pb::{
+    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListRequest, ListResponse,
+    RevokeAllRequest, RevokeAllResponse, RevokeRequest, RevokeResponse,
+};
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use tonic::{Request, Status};
 
-pub type Client = TokenServiceClient<Channel>;
+/// The generated TokenService client, for requests that are malformed or
+/// oversized on purpose.
+pub type RawClient = TokenServiceClient<Channel>;
+
+/// The TokenService client tests use: plain-string arguments, the answer
+/// without its tonic envelope, and optionally a caller key on every call.
+#[derive(Clone)]
+pub struct Client {
+    inner: RawClient,
+    caller_key: Option<String>,
+}
+
+impl Client {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            inner: TokenServiceClient::new(channel),
+            caller_key: None,
+        }
+    }
+
+    /// The same connection, each call sending `authorization: Bearer <key>`.
+    pub fn as_caller(&self, key: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            caller_key: Some(key.to_owned()),
+        }
+    }
+
+    /// The generated client underneath (no caller key).
+    pub fn raw(&mut self) -> &mut RawClient {
+        &mut self.inner
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(key) = &self.caller_key {
+            let value: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    pub async fn issue(&mut self, message: IssueRequest) -> Result<IssueResponse, Status> {
+        let request = self.request(message);
+        Ok(self.inner.issue(request).await?.into_inner())
+    }
+
+    pub async fn introspect(&mut self, token: &str) -> Result<IntrospectResponse, Status> {
+        let token = token.to_owned();
+        let request = self.request(IntrospectRequest { token });
+        Ok(self.inner.introspect(request).await?.into_inner())
+    }
+
+    pub async fn list(&mut self, account: &str) -> Result<ListResponse, Status> {
+        let account_id = account.to_owned();
+        let request = self.request(ListRequest { account_id });
+        Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    pub async fn revoke(
+        &mut self,
+        account: &str,
+        token_id: &str,
+    ) -> Result<RevokeResponse, Status> {
+        let (account_id, token_id) = (account.to_owned(), token_id.to_owned());
+        let request = self.request(RevokeRequest {
+            account_id,
+            token_id,
+        });
+        Ok(self.inner.revoke(request).await?.into_inner())
+    }
+
+    pub async fn revoke_all(&mut self, account: &str) -> Result<RevokeAllResponse, Status> {
+        let account_id = account.to_owned();
+        let request = self.request(RevokeAllRequest { account_id });
+        Ok(self.inner.revoke_all(request).await?.into_inner())
+    }
+}
 
 /// A random lowercase-hex string, for key prefixes and account ids.
 pub fn random_name(prefix: &str) -> String {
@@ -176,6 +258,86 @@ pub struct Patd {
     pub http_addr: SocketAddr,
     pub key_prefix: String,
     logs: Arc<Mutex<String>>,
+    _ready: ReadyFile,
+}
+
+/// How long patd may take to bind both listeners.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What patd writes to `PATD_READY_FILE` once both listeners are bound.
+#[derive(Debug, serde::Deserialize)]
+pub struct ReadyAddrs {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// A fresh path for `PATD_READY_FILE`, removed on drop.
+pub struct ReadyFile {
+    path: PathBuf,
+}
+
+impl ReadyFile {
+    pub fn new() -> Self {
+        let name = format!("{}.json", random_name("patd-ready-"));
+        Self {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    /// The `PATD_READY_FILE` setting that points patd here.
+    pub fn env(&self) -> (String, String) {
+        (
+            "PATD_READY_FILE".to_owned(),
+            self.path.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// `Ok` once the file is there, `Err` if `child` exited first, `None`
+    /// while neither. patd renames the file into place, so it is whole.
+    fn check(&self, child: &mut Child) -> Option<Result<ReadyAddrs, ExitStatus>> {
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            let addrs = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("ready file {}: {e}: {text:?}", self.path.display()));
+            return Some(Ok(addrs));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => Some(Err(status)),
+            _ => None,
+        }
+    }
+
+    /// Waits (up to 20 s) for the addresses; `Err` says why there are none.
+    pub async fn wait(&self, child: &mut Child) -> Result<ReadyAddrs, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.check(child) {
+                Some(Ok(addrs)) => return Ok(addrs),
+                Some(Err(status)) => return Err(format!("exited with {status}")),
+                None if Instant::now() >= deadline => return Err("timed out".to_owned()),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// [`Self::wait`] for tests outside a runtime.
+    pub fn wait_blocking(&self, child: &mut Child) -> Result<ReadyAddrs, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(self.wait(child))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        // patd writes `<path>.partial` first; gone unless it was killed
+        // mid-write.
+        let mut partial = self.path.clone().into_os_string();
+        partial.push(".partial");
+        let _ = std::fs::remove_file(partial);
+    }
 }
 
 /// Options for one patd process.
@@ -229,11 +391,13 @@ impl Patd {
             Backend::Memory => "memory".to_owned(),
             Backend::Redis { url } => url.clone(),
         };
+        let ready = ReadyFile::new();
         let mut env = vec![
             ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("PATD_STORE".to_owned(), store),
             ("PATD_KEY_PREFIX".to_owned(), opts.key_prefix.clone()),
+            ready.env(),
         ];
         env.extend(opts.env.iter().cloned());
         let mut child = patd_command(&env)
@@ -243,38 +407,38 @@ impl Patd {
             .expect("spawn patd");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let echo = std::env::var_os("TEST_LOG").is_some();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("[patd] {line}");
-                }
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = addr_tx.send(addr);
                 }
                 let mut logs = sink.lock().expect("log lock");
                 logs.push_str(&line);
                 logs.push('\n');
             }
         });
-        let (grpc_addr, http_addr) = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+        let addrs = match ready.wait(&mut child).await {
             Ok(addrs) => addrs,
-            Err(_) => {
+            Err(why) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                // stderr is closed now: the reader has every line.
+                let _ = reader.join();
                 panic!(
-                    "patd did not start; logs:\n{}",
+                    "patd did not start; logs:\n{}({why})",
                     logs.lock().expect("log lock")
                 );
             }
         };
         Self {
             child,
-            grpc_addr,
-            http_addr,
+            grpc_addr: addrs.grpc_addr,
+            http_addr: addrs.http_addr,
             key_prefix: opts.key_prefix,
             logs,
+            _ready: ready,
         }
     }
 
@@ -291,7 +455,7 @@ impl Patd {
     }
 
     pub async fn client(&self) -> Client {
-        TokenServiceClient::new(self.channel().await)
+        Client::new(self.channel().await)
     }
 
     /// Everything patd logged so far.
@@ -338,18 +502,6 @@ impl Drop for Patd {
     }
 }
 
-/// The (gRPC, HTTP) addresses from the "patd listening" line.
-fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    if !line.contains("patd listening") {
-        return None;
-    }
-    let field = |name: &str| -> Option<SocketAddr> {
-        let rest = line.split(&format!("{name}=")).nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    Some((field("grpc_addr")?, field("http_addr")?))
-}
-
 /// An Issue request for `account` with the given ttl in seconds.
 pub fn issue_request(account: &str, ttl_secs: i64) -> IssueRequest {
     IssueRequest {
@@ -368,22 +520,14 @@ pub async fn issue(client: &mut Client, account: &str, ttl_secs: i64) -> (String
     let resp = client
         .issue(issue_request(account, ttl_secs))
         .await
-        .expect("issue")
-        .into_inner();
+        .expect("issue");
     let id = resp.info.expect("info").token_id;
     (resp.token, id)
 }
 
 /// Whether Introspect says the token is active.
 pub async fn is_active(client: &mut Client, token: &str) -> bool {
-    client
-        .introspect(patd::pb::IntrospectRequest {
-            token: token.to_owned(),
-        })
-        .await
-        .expect("introspect")
-        .into_inner()
-        .active
+    client.introspect(token).await.expect("introspect").active
 }
 
 /// Issues a token with `scopes` (default lifetime); returns its value.
@@ -396,20 +540,13 @@ pub async fn issue_scoped(client: &mut Client, account: &str, scopes: &[&str]) -
         })
         .await
         .expect("issue")
-        .into_inner()
         .token
 }
 
 /// Issues a token and revokes it at once; returns its value.
 pub async fn issue_revoked(client: &mut Client, account: &str) -> String {
     let (token, token_id) = issue(client, account, 600).await;
-    client
-        .revoke(patd::pb::RevokeRequest {
-            account_id: account.to_owned(),
-            token_id,
-        })
-        .await
-        .expect("revoke");
+    client.revoke(account, &token_id).await.expect("revoke");
     token
 }
 

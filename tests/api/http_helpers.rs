@@ -1,6 +1,6 @@
-//! HTTP test fixtures: a minimal HTTP/1.1 client, an echo upstream that
-//! records what reached it, and real nginx / Caddy processes running the
-//! configs from deploy/gateways/ with only their ports replaced.
+//! HTTP test fixtures: GET on hyper's HTTP/1.1 client, an echo upstream
+//! that records what reached it, and real nginx / Caddy processes running
+//! the configs from deploy/gateways/ with only their ports replaced.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::HeaderMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::header::{CONNECTION, HOST};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::helpers::random_name;
@@ -38,69 +44,63 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
     get_over(stream, &addr.to_string(), path, headers).await
 }
 
-/// `GET path` over an already open stream (plain or TLS).
-pub async fn get_over<S>(mut stream: S, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply
+/// `GET path` over an already open stream (plain or TLS). No response at
+/// all (the peer hung up or broke the connection) is status 0.
+pub async fn get_over<S>(stream: S, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    // A TLS peer may close without close_notify; what arrived still counts.
-    let _ = stream.read_to_end(&mut raw).await;
-    parse(&raw)
-}
-
-fn parse(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        // Nothing (or half a head) came back: status 0 says so.
-        return Reply {
+    exchange(stream, host, path, headers)
+        .await
+        .unwrap_or_else(|e| Reply {
             status: 0,
             headers: Vec::new(),
-            body: text.into_owned(),
-        };
-    };
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
+            body: e.to_string(),
+        })
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = &after[n + 2..];
+async fn exchange<S>(
+    stream: S,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::get(path)
+        .header(HOST, host)
+        .header(CONNECTION, "close");
+    for (name, value) in headers {
+        // Appends: a name given twice is sent twice.
+        request = request.header(*name, *value);
     }
-    out
+    let request = request.body(Empty::<Bytes>::new()).expect("request");
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    // A TLS peer may close without close_notify; what arrived still counts.
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }
 
 /// An upstream API that records the headers of every request it gets.

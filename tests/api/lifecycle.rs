@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use patd::pb::{IntrospectRequest, IssueRequest, ListRequest, RevokeAllRequest, RevokeRequest};
+use patd::pb::IssueRequest;
 use tonic::Code;
 
 use crate::helpers::{Client, Patd, RedisServer, eventually, is_active, issue, random_name};
@@ -27,8 +27,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
             ..Default::default()
         })
         .await
-        .expect("issue")
-        .into_inner();
+        .expect("issue");
     let info = first.info.clone().expect("info");
     assert!(first.token.starts_with("pat_"));
     assert!(first.token.contains(&info.token_id));
@@ -42,13 +41,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
         info.note, info.scopes
     ));
 
-    let seen = client
-        .introspect(IntrospectRequest {
-            token: first.token.clone(),
-        })
-        .await
-        .expect("introspect")
-        .into_inner();
+    let seen = client.introspect(&first.token).await.expect("introspect");
     let seen_info = seen.info.expect("info when active");
     assert_eq!(seen_info.token_id, info.token_id);
     log.push(format!(
@@ -69,8 +62,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
             ..Default::default()
         })
         .await
-        .expect("issue with expires_at")
-        .into_inner();
+        .expect("issue with expires_at");
     let second_info = second.info.expect("info");
     assert_eq!(second_info.expires_at, Some(at));
     log.push(format!(
@@ -86,11 +78,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
         let alice = alice.clone();
         let id = info.token_id.clone();
         async move {
-            let list = c
-                .list(ListRequest { account_id: alice })
-                .await
-                .expect("list")
-                .into_inner();
+            let list = c.list(&alice).await.expect("list");
             list.tokens
                 .iter()
                 .any(|t| t.token_id == id && t.last_used_at.is_some())
@@ -99,14 +87,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
     .await;
     log.push(format!("last_used recorded={used}"));
 
-    let listed = client
-        .list(ListRequest {
-            account_id: alice.clone(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .tokens;
+    let listed = client.list(&alice).await.expect("list").tokens;
     let ids: Vec<&str> = listed.iter().map(|t| t.token_id.as_str()).collect();
     log.push(format!(
         "list count={} newest_first={}",
@@ -115,25 +96,18 @@ async fn scenario(client: &mut Client) -> Vec<String> {
             || (listed.len() == 2 && listed[0].created_at == listed[1].created_at)
     ));
 
-    let revoke = |account: &str, id: &str| RevokeRequest {
-        account_id: account.to_owned(),
-        token_id: id.to_owned(),
-    };
-    let r = client.revoke(revoke(&alice, &info.token_id)).await;
+    let r = client.revoke(&alice, &info.token_id).await;
     log.push(format!("revoke ok={}", r.is_ok()));
     log.push(format!(
         "introspect revoked active={}",
         is_active(client, &first.token).await
     ));
     let again = client
-        .revoke(revoke(&alice, &info.token_id))
+        .revoke(&alice, &info.token_id)
         .await
         .expect_err("twice");
     log.push(format!("revoke twice code={:?}", again.code()));
-    let foreign = client
-        .revoke(revoke(&alice, &bobs_id))
-        .await
-        .expect_err("foreign");
+    let foreign = client.revoke(&alice, &bobs_id).await.expect_err("foreign");
     log.push(format!(
         "revoke bob's id as alice code={:?}",
         foreign.code()
@@ -144,37 +118,19 @@ async fn scenario(client: &mut Client) -> Vec<String> {
     ));
 
     let (third, _) = issue(client, &alice, 60).await;
-    let all = client
-        .revoke_all(RevokeAllRequest {
-            account_id: alice.clone(),
-        })
-        .await
-        .expect("revoke all")
-        .into_inner();
+    let all = client.revoke_all(&alice).await.expect("revoke all");
     log.push(format!("revoke_all revoked={}", all.revoked));
     log.push(format!(
         "after revoke_all active={} {}",
         is_active(client, &second.token).await,
         is_active(client, &third).await
     ));
-    let empty = client
-        .list(ListRequest {
-            account_id: alice.clone(),
-        })
-        .await
-        .expect("list")
-        .into_inner();
+    let empty = client.list(&alice).await.expect("list");
     log.push(format!(
         "list after revoke_all count={}",
         empty.tokens.len()
     ));
-    let none = client
-        .revoke_all(RevokeAllRequest {
-            account_id: alice.clone(),
-        })
-        .await
-        .expect("revoke all again")
-        .into_inner();
+    let none = client.revoke_all(&alice).await.expect("revoke all again");
     log.push(format!("revoke_all again revoked={}", none.revoked));
     log.push(format!(
         "bob still active={}",
@@ -270,13 +226,7 @@ async fn expiry_frees_the_slot(patd: &Patd) {
     assert_eq!(refused.code(), Code::ResourceExhausted);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert!(!is_active(&mut client, &short).await);
-    let listed = client
-        .list(ListRequest {
-            account_id: account.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = client.list(&account).await.unwrap();
     assert_eq!(listed.tokens.len(), 2);
     issue(&mut client, &account, 3600).await;
 }
@@ -330,20 +280,14 @@ async fn revoke_all_and_list_survive_a_corrupt_index_or_record() {
         .query(&mut conn)
         .unwrap();
     let listed = client
-        .list(ListRequest {
-            account_id: account.clone(),
-        })
+        .list(&account)
         .await
-        .expect("List skips what it cannot read")
-        .into_inner();
+        .expect("List skips what it cannot read");
     assert_eq!(listed.tokens.len(), 1);
     let all = client
-        .revoke_all(RevokeAllRequest {
-            account_id: account.clone(),
-        })
+        .revoke_all(&account)
         .await
-        .expect("RevokeAll despite the bad member")
-        .into_inner();
+        .expect("RevokeAll despite the bad member");
     assert_eq!(all.revoked, 2);
     assert!(!is_active(&mut client, &first).await);
     assert!(!is_active(&mut client, &second).await);

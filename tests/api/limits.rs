@@ -1,6 +1,5 @@
 //! The live-token limit holds under concurrency, across patd instances.
 
-use patd::pb::{ListRequest, RevokeRequest};
 use tonic::Code;
 
 use crate::helpers::{
@@ -27,15 +26,7 @@ async fn race(clients: &[Client], account: &str, count: usize) -> (usize, usize)
 }
 
 async fn listed(client: &mut Client, account: &str) -> usize {
-    client
-        .list(ListRequest {
-            account_id: account.to_owned(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .tokens
-        .len()
+    client.list(account).await.expect("list").tokens.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -53,20 +44,9 @@ async fn two_instances_on_one_redis_never_exceed_the_limit() {
     assert_eq!(listed(&mut client, &account).await, 50);
 
     // Revoking one frees exactly one slot.
-    let first = client
-        .list(ListRequest {
-            account_id: account.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .remove(0);
+    let first = client.list(&account).await.unwrap().tokens.remove(0);
     client
-        .revoke(RevokeRequest {
-            account_id: account.clone(),
-            token_id: first.token_id,
-        })
+        .revoke(&account, &first.token_id)
         .await
         .expect("revoke");
     assert_eq!(race(&clients, &account, 10).await, (1, 9));

@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use patd::pb::ListRequest;
-use patd::pb::token_service_client::TokenServiceClient;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -14,7 +12,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::helpers::{Backend, Patd, PatdOptions, issue_request, random_name};
+use crate::helpers::{Backend, Client, Patd, PatdOptions, issue_request, random_name};
 use crate::http_helpers::get_over;
 
 const SAN: &str = "spiffe://patd.test/gateway";
@@ -86,7 +84,7 @@ async fn setup(ca: &Ca) -> Setup {
 async fn grpc(
     setup: &Setup,
     client_cert: Option<&(String, String)>,
-) -> Result<TokenServiceClient<Channel>, tonic::transport::Error> {
+) -> Result<Client, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&setup.ca_pem))
         .domain_name("localhost");
@@ -99,7 +97,7 @@ async fn grpc(
             .tls_config(tls)?
             .connect()
             .await?;
-    Ok(TokenServiceClient::new(channel))
+    Ok(Client::new(channel))
 }
 
 async fn https_status(
@@ -160,14 +158,8 @@ async fn a_client_certificate_with_a_known_san_is_a_caller() {
         .issue(issue_request("acct", 60))
         .await
         .expect("the known SAN may issue")
-        .into_inner()
         .token;
-    client
-        .list(ListRequest {
-            account_id: "acct".into(),
-        })
-        .await
-        .expect("and list");
+    client.list("acct").await.expect("and list");
     let mut anonymous = grpc(&setup, None)
         .await
         .expect("TLS without a client cert connects");

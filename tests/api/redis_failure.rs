@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use patd::pb::{IntrospectRequest, ListRequest};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -22,9 +21,7 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
 
     redis.kill();
     let introspect = client
-        .introspect(IntrospectRequest {
-            token: token.clone(),
-        })
+        .introspect(&token)
         .await
         .expect_err("no answer without the store");
     assert_eq!(introspect.code(), Code::Unavailable);
@@ -34,12 +31,7 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
         .await
         .expect_err("issue");
     assert_eq!(issue_err.code(), Code::Unavailable);
-    let list_err = client
-        .list(ListRequest {
-            account_id: account.clone(),
-        })
-        .await
-        .expect_err("list");
+    let list_err = client.list(&account).await.expect_err("list");
     assert_eq!(list_err.code(), Code::Unavailable);
     // Malformed tokens need no store: still a definite answer.
     assert!(!is_active(&mut client, "garbage").await);
@@ -84,13 +76,9 @@ async fn patd_starts_while_redis_is_down_and_serves_once_it_is_up() {
     redis.kill();
     let patd = Patd::redis(&redis).await;
     let mut client = patd.client().await;
-    let err = client
-        .introspect(IntrospectRequest {
-            token: "pat_x".repeat(11),
-        })
-        .await;
+    let err = client.introspect(&"pat_x".repeat(11)).await;
     // A malformed token is inactive even without a store.
-    assert!(!err.expect("malformed needs no store").into_inner().active);
+    assert!(!err.expect("malformed needs no store").active);
     let refused = client
         .issue(issue_request("acct", 60))
         .await
@@ -118,12 +106,7 @@ async fn a_stalled_redis_times_out_as_unavailable() {
     // Freeze Redis for 3 s: it accepts bytes but answers nothing.
     redis.pause(3000);
     let started = std::time::Instant::now();
-    let err = client
-        .introspect(IntrospectRequest {
-            token: token.clone(),
-        })
-        .await
-        .expect_err("stalled");
+    let err = client.introspect(&token).await.expect_err("stalled");
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
         started.elapsed() < Duration::from_millis(2900),
@@ -140,10 +123,8 @@ async fn a_stalled_redis_times_out_as_unavailable() {
 
 async fn is_active_ok(client: &mut crate::helpers::Client, token: &str) -> bool {
     client
-        .introspect(IntrospectRequest {
-            token: token.to_owned(),
-        })
+        .introspect(token)
         .await
-        .map(|r| r.into_inner().active)
+        .map(|r| r.active)
         .unwrap_or(false)
 }

@@ -1,8 +1,6 @@
 //! Nothing secret at rest or in logs: after driving every RPC, no token value
 //! (nor its secret part) appears in patd's log or anywhere in Redis.
 
-use patd::pb::{IntrospectRequest, ListRequest, RevokeAllRequest, RevokeRequest};
-
 use crate::helpers::{Patd, RedisServer, is_active, issue, issue_request, random_name};
 use crate::http_helpers::get;
 
@@ -26,33 +24,12 @@ async fn no_token_value_reaches_the_logs_or_redis() {
         assert!(!is_active(&mut client, &near).await);
         assert!(!is_active(&mut client, &format!("{token}x")).await);
     }
-    client
-        .list(ListRequest {
-            account_id: account.clone(),
-        })
-        .await
-        .unwrap();
-    client
-        .revoke(RevokeRequest {
-            account_id: account.clone(),
-            token_id: tokens[0].1.clone(),
-        })
-        .await
-        .unwrap();
-    client
-        .revoke_all(RevokeAllRequest {
-            account_id: account.clone(),
-        })
-        .await
-        .unwrap();
+    client.list(&account).await.unwrap();
+    client.revoke(&account, &tokens[0].1).await.unwrap();
+    client.revoke_all(&account).await.unwrap();
     let _ = client.issue(issue_request("", 60)).await.expect_err("bad");
     let kept = issue(&mut client, &account, 600).await;
-    client
-        .introspect(IntrospectRequest {
-            token: kept.0.clone(),
-        })
-        .await
-        .unwrap();
+    client.introspect(&kept.0).await.unwrap();
 
     let logs = patd.logs();
     assert!(
@@ -71,10 +48,6 @@ async fn no_token_value_reaches_the_logs_or_redis() {
     }
 }
 
-fn with_key_req<T>(key: &str, message: T) -> tonic::Request<T> {
-    crate::security::with_key(message, key)
-}
-
 /// The audit: with caller keys and digest keys configured, drive every RPC
 /// and endpoint, including refusals, errors and overload, then look for any
 /// token, caller key or key material in the log, in every error message and
@@ -82,7 +55,7 @@ fn with_key_req<T>(key: &str, message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_of_any_kind_leaks_anywhere() {
     use base64::Engine as _;
-    use patd::pb::{IntrospectRequest, IssueRequest, ListRequest, RevokeAllRequest, RevokeRequest};
+    use patd::pb::IssueRequest;
 
     let redis = RedisServer::start();
     let (file, console, gateway) = crate::security::callers_file();
@@ -94,48 +67,30 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             .env("PATD_MAX_CONCURRENT_REQUESTS", "2"),
     )
     .await;
-    let mut client = patd.client().await;
+    let client = patd.client().await;
+    let mut as_console = client.as_caller(&console);
+    let mut as_gateway = client.as_caller(&gateway);
     let account = random_name("acct-");
     let mut messages = Vec::new();
     let mut tokens = Vec::new();
     for _ in 0..3 {
-        let req = IssueRequest {
-            account_id: account.clone(),
-            ..issue_request(&account, 600)
-        };
-        let issued = client
-            .issue(with_key_req(&console, req))
+        let issued = as_console
+            .issue(issue_request(&account, 600))
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         tokens.push((issued.token, issued.info.unwrap().token_id));
     }
     for (token, _) in &tokens {
-        let seen = client
-            .introspect(with_key_req(
-                &gateway,
-                IntrospectRequest {
-                    token: token.clone(),
-                },
-            ))
-            .await
-            .unwrap();
-        assert!(seen.into_inner().active);
+        let seen = as_gateway.introspect(token).await.unwrap();
+        assert!(seen.active);
         // Wrong roles, no key, the user token used as a caller key.
         for key in [console.as_str(), token.as_str(), ""] {
-            let r = client
-                .introspect(with_key_req(
-                    key,
-                    IntrospectRequest {
-                        token: token.clone(),
-                    },
-                ))
-                .await
-                .unwrap_err();
+            let r = client.as_caller(key).introspect(token).await.unwrap_err();
             messages.push(r.message().to_owned());
         }
         let r = client
-            .issue(with_key_req(token, issue_request(&account, 60)))
+            .as_caller(token)
+            .issue(issue_request(&account, 60))
             .await
             .unwrap_err();
         messages.push(r.message().to_owned());
@@ -151,48 +106,23 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             messages.push(format!("{reply:?}"));
         }
     }
-    let bad = client
-        .issue(with_key_req(
-            &console,
-            IssueRequest {
-                account_id: String::new(),
-                ..Default::default()
-            },
-        ))
+    let bad = as_console
+        .issue(IssueRequest {
+            account_id: String::new(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     messages.push(bad.message().to_owned());
-    client
-        .list(with_key_req(
-            &console,
-            ListRequest {
-                account_id: account.clone(),
-            },
-        ))
-        .await
-        .unwrap();
-    client
-        .revoke(with_key_req(
-            &console,
-            RevokeRequest {
-                account_id: account.clone(),
-                token_id: tokens[0].1.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    as_console.list(&account).await.unwrap();
+    as_console.revoke(&account, &tokens[0].1).await.unwrap();
     // Overload: more concurrent calls than the limit of 2, with Redis stalled.
     redis.pause(800);
     let mut burst = Vec::new();
     for (token, _) in tokens.iter().cycle().take(12) {
-        let mut c = client.clone();
-        let req = with_key_req(
-            &gateway,
-            IntrospectRequest {
-                token: token.clone(),
-            },
-        );
-        burst.push(tokio::spawn(async move { c.introspect(req).await }));
+        let mut c = as_gateway.clone();
+        let t = token.clone();
+        burst.push(tokio::spawn(async move { c.introspect(&t).await }));
     }
     for task in burst {
         if let Err(status) = task.await.unwrap() {
@@ -201,15 +131,7 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(900)).await;
     let kept = tokens[1].0.clone();
-    client
-        .revoke_all(with_key_req(
-            &console,
-            RevokeAllRequest {
-                account_id: account.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    as_console.revoke_all(&account).await.unwrap();
 
     let logs = patd.logs();
     let dump = format!("{:?}", redis.dump(&patd.key_prefix));

@@ -1,17 +1,17 @@
 //! Caller authentication, secure defaults, keyed digests and overload, each
 //! against the real binary.
 
-use std::time::Duration;
+use std::io::Read as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use patd::pb::{IntrospectRequest, ListRequest, RevokeAllRequest};
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{
-    Backend, Client, Patd, PatdOptions, RedisServer, eventually, is_active, issue, issue_request,
-    patd_command, random_name,
+    Backend, Client, Patd, PatdOptions, ReadyFile, RedisServer, eventually, is_active, issue,
+    issue_request, patd_command, random_name,
 };
 use crate::http_helpers::get;
 
@@ -26,14 +26,7 @@ pub fn callers_file() -> (std::path::PathBuf, String, String) {
     (path, console_key, gateway_key)
 }
 
-pub fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-async fn code_of<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+async fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
@@ -55,64 +48,35 @@ async fn each_role_can_call_exactly_its_rpcs_over_grpc_and_http() {
         code_of(client.issue(issue_request(&account, 60)).await).await,
         Code::Unauthenticated
     );
-    let anonymous = client
-        .introspect(IntrospectRequest { token: "x".into() })
-        .await;
+    let anonymous = client.introspect("x").await;
     assert_eq!(code_of(anonymous).await, Code::Unauthenticated);
     let wrong = client
-        .issue(with_key(issue_request(&account, 60), "patdck_wrong"))
+        .as_caller("patdck_wrong")
+        .issue(issue_request(&account, 60))
         .await;
     assert_eq!(code_of(wrong).await, Code::Unauthenticated);
 
     // The console manages, and only manages.
-    let issued = client
-        .issue(with_key(issue_request(&account, 60), &console))
+    let mut as_console = client.as_caller(&console);
+    let issued = as_console
+        .issue(issue_request(&account, 60))
         .await
-        .expect("console issues")
-        .into_inner();
-    let listed = client
-        .list(with_key(
-            ListRequest {
-                account_id: account.clone(),
-            },
-            &console,
-        ))
-        .await;
+        .expect("console issues");
+    let listed = as_console.list(&account).await;
     assert_eq!(code_of(listed).await, Code::Ok);
-    let console_introspect = client
-        .introspect(with_key(
-            IntrospectRequest {
-                token: issued.token.clone(),
-            },
-            &console,
-        ))
-        .await;
+    let console_introspect = as_console.introspect(&issued.token).await;
     assert_eq!(code_of(console_introspect).await, Code::PermissionDenied);
 
     // The gateway checks, and only checks.
-    let seen = client
-        .introspect(with_key(
-            IntrospectRequest {
-                token: issued.token.clone(),
-            },
-            &gateway,
-        ))
+    let mut as_gateway = client.as_caller(&gateway);
+    let seen = as_gateway
+        .introspect(&issued.token)
         .await
-        .expect("gateway introspects")
-        .into_inner();
+        .expect("gateway introspects");
     assert!(seen.active);
-    let gateway_issue = client
-        .issue(with_key(issue_request(&account, 60), &gateway))
-        .await;
+    let gateway_issue = as_gateway.issue(issue_request(&account, 60)).await;
     assert_eq!(code_of(gateway_issue).await, Code::PermissionDenied);
-    let gateway_revoke_all = client
-        .revoke_all(with_key(
-            RevokeAllRequest {
-                account_id: account.clone(),
-            },
-            &gateway,
-        ))
-        .await;
+    let gateway_revoke_all = as_gateway.revoke_all(&account).await;
     assert_eq!(code_of(gateway_revoke_all).await, Code::PermissionDenied);
 
     // Health stays open.
@@ -181,22 +145,33 @@ fn a_public_bind_without_callers_is_refused_unless_explicitly_allowed() {
     assert!(stderr.contains("PATD_CALLERS_FILE"), "{stderr}");
 
     // Explicitly allowed: it starts, with a warning.
-    let mut child = patd_command(&env(&[("PATD_ALLOW_UNAUTHENTICATED", "true")]))
+    let ready = ReadyFile::new();
+    let mut allowed = env(&[("PATD_ALLOW_UNAUTHENTICATED", "true")]);
+    allowed.push(ready.env());
+    let mut child = patd_command(&allowed)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut warned = false;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-        if line.contains("WITHOUT caller authentication") {
-            warned = true;
-        }
-        if line.contains("patd listening") {
-            break;
-        }
+    // Started or not, the question is the warning, which comes first.
+    let _ = ready.wait_blocking(&mut child);
+    // SIGTERM, not SIGKILL: patd's log writer runs in the background, and a
+    // clean exit flushes what it still holds.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    let warned = stderr.contains("WITHOUT caller authentication");
     assert!(warned, "no start-up warning");
 }
 
@@ -385,9 +360,9 @@ async fn overload_gets_fast_refusals_and_patd_keeps_serving() {
         let t = token.clone();
         tasks.push(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = c.introspect(IntrospectRequest { token: t }).await;
+            let result = c.introspect(&t).await;
             (
-                result.map(|r| r.into_inner().active).map_err(|s| s.code()),
+                result.map(|r| r.active).map_err(|s| s.code()),
                 started.elapsed(),
             )
         }));
@@ -431,11 +406,7 @@ async fn overload_gets_fast_refusals_and_patd_keeps_serving() {
         })
         .await
     );
-    let listed = client
-        .list(ListRequest {
-            account_id: "acct".into(),
-        })
-        .await;
+    let listed = client.list("acct").await;
     assert_eq!(code_of(listed).await, Code::Ok);
 }
 

@@ -50,6 +50,7 @@ async fn tampered_tokens_are_inactive(client: &mut Client) {
     // Past the request size limit the transport refuses before parsing.
     let huge = "a".repeat(5 * 1024 * 1024);
     let err = client
+        .raw()
         .introspect(IntrospectRequest { token: huge })
         .await
         .expect_err("5 MB request");
