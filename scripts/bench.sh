@@ -52,8 +52,8 @@ for tool in redis-server redis-cli python3 cargo; do
   }
 done
 
-echo "bench.sh: cargo build --release --bins" >&2
-cargo build --release --bins
+echo "bench.sh: cargo build --release --bins -p patd -p patd-bench" >&2
+cargo build --release --bins -p patd -p patd-bench
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 WORK="$(mktemp -d -t patd-bench.XXXXXX)"
