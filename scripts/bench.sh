@@ -52,8 +52,8 @@ for tool in redis-server redis-cli python3 cargo; do
   }
 done
 
-echo "bench.sh: cargo build --release --bins" >&2
-cargo build --release --bins
+echo "bench.sh: cargo build --release --bins -p patd -p patd-bench" >&2
+cargo build --release --bins -p patd -p patd-bench
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 WORK="$(mktemp -d -t patd-bench.XXXXXX)"
@@ -97,6 +97,24 @@ wait_for() {
   return 1
 }
 
+# wait_for_file <pid> <file> <log>: until the file exists (10 s); on
+# failure, shows the process's log.
+wait_for_file() {
+  local pid="$1" file="$2" log="$3"
+  for _ in $(seq 100); do
+    if [ -s "$file" ]; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench.sh: process $pid exited before writing $file:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "bench.sh: no $file from process $pid after 10 s:" >&2
+  cat "$log" >&2
+  return 1
+}
+
 REDIS_PORT="$(free_port)"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -125,14 +143,18 @@ start_target() {
     HTTP=""
     return
   fi
-  local store=memory
+  local store=memory ready="$WORK/ready.$1.$2.json" addrs
   if [ "$target" = redis ]; then store="$REDIS_URL"; fi
+  # patd writes its bound addresses to the ready file, as JSON, once both
+  # listeners are up.
   PATD_GRPC_ADDR=127.0.0.1:0 PATD_HTTP_ADDR=127.0.0.1:0 PATD_STORE="$store" \
-    PATD_KEY_PREFIX="bench$round" RUST_LOG="$PATD_LOG" "$BIN/patd" 2>"$log" &
+    PATD_KEY_PREFIX="bench$round" PATD_READY_FILE="$ready" RUST_LOG="$PATD_LOG" \
+    "$BIN/patd" 2>"$log" &
   SERVER_PID=$!
-  wait_for "$SERVER_PID" "$log" 'patd listening'
-  GRPC="$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -n1 | cut -d= -f2)"
-  HTTP="$(grep -o 'http_addr=[0-9.:]*' "$log" | head -n1 | cut -d= -f2)"
+  wait_for_file "$SERVER_PID" "$ready" "$log"
+  addrs="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["grpc_addr"], r["http_addr"])' "$ready")"
+  GRPC="${addrs% *}"
+  HTTP="${addrs#* }"
 }
 
 stop_target() {

@@ -48,7 +48,7 @@ pub async fn run(args: RunArgs) -> Result<bool, String> {
     let table = report::table(&args, &summary, setup_secs);
     if args.json {
         eprint!("{table}");
-        println!("{}", report::json(&args, &summary, setup_secs));
+        println!("{}", report::json(&args, &summary, setup_secs)?);
     } else {
         print!("{table}");
     }

@@ -3,6 +3,8 @@
 //! with a wrong secret and a valid checksum: a store lookup, then a failed
 //! digest comparison).
 
+use patd::token::{CHECKSUM_LEN, SECRET_LEN, TOKEN_ID_LEN};
+
 /// A value derived from a real token that can never pass the offline
 /// checks (bad checksum, wrong length, wrong prefix, bad alphabet, empty).
 pub fn malformed(token: &str, variant: usize) -> String {
@@ -35,15 +37,12 @@ pub fn malformed(token: &str, variant: usize) -> String {
 /// the offline checks and the lookup, fails the digest comparison.
 /// `None` when the token is not `<prefix>_<16 id><32 secret><6 checksum>`.
 pub fn forge(token: &str) -> Option<String> {
-    const ID: usize = 16;
-    const SECRET: usize = 32;
-    const CHECKSUM: usize = 6;
     let body_at = token.find('_')? + 1;
-    if token.len() != body_at + ID + SECRET + CHECKSUM {
+    if token.len() != body_at + TOKEN_ID_LEN + SECRET_LEN + CHECKSUM_LEN {
         return None;
     }
-    let secret_at = body_at + ID;
-    let mut value = token[..token.len() - CHECKSUM].to_owned();
+    let secret_at = body_at + TOKEN_ID_LEN;
+    let mut value = token[..token.len() - CHECKSUM_LEN].to_owned();
     let flipped = if value.as_bytes()[secret_at] == b'a' {
         "b"
     } else {
@@ -51,7 +50,7 @@ pub fn forge(token: &str) -> Option<String> {
     };
     value.replace_range(secret_at..=secret_at, flipped);
     let crc = crc32fast::hash(value.as_bytes());
-    value.push_str(&format!("{:0>6}", base62::encode(crc)));
+    value.push_str(&format!("{:0>CHECKSUM_LEN$}", base62::encode(crc)));
     Some(value)
 }
 

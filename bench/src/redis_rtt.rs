@@ -6,10 +6,22 @@
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::cli::RedisRttArgs;
 
 const WARMUP_PINGS: u32 = 200;
+
+/// The `--json` output (`scripts/bench.sh` reads `p50_us`).
+#[derive(Serialize)]
+struct RttReport {
+    count: u64,
+    mean_us: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
 
 pub async fn run(args: RedisRttArgs) -> Result<(), String> {
     let client = redis::Client::open(args.url.as_str()).map_err(|e| format!("redis URL: {e}"))?;
@@ -36,12 +48,18 @@ pub async fn run(args: RedisRttArgs) -> Result<(), String> {
         hist.value_at_quantile(0.99),
     );
     if args.json {
-        println!(
-            "{{\"count\":{},\"mean_us\":{:.1},\"p50_us\":{p50},\"p90_us\":{p90},\"p99_us\":{p99},\"max_us\":{}}}",
-            hist.len(),
-            hist.mean(),
-            hist.max()
-        );
+        // serde_json writes a NaN mean as `null`, never invalid JSON.
+        let report = RttReport {
+            count: hist.len(),
+            mean_us: (hist.mean() * 10.0).round() / 10.0,
+            p50_us: p50,
+            p90_us: p90,
+            p99_us: p99,
+            max_us: hist.max(),
+        };
+        let line =
+            serde_json::to_string(&report).map_err(|e| format!("cannot encode the report: {e}"))?;
+        println!("{line}");
     } else {
         println!(
             "redis PING round trip over {} calls: mean {:.1} us, p50 {p50} us, p90 {p90} us, p99 {p99} us, max {} us",

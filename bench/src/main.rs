@@ -3,7 +3,7 @@
 //! This file owns only the entry point: parse the command line, start the
 //! runtime, hand over to the subcommand and turn its result into an exit
 //! code (0 all answers correct, 1 an unexpected outcome, 2 the run could
-//! not be set up). The work lives in `patd_bench/`.
+//! not be set up). The work lives in the modules next to this file.
 //!
 //! ```text
 //! patd-bench baseline-server --addr 127.0.0.1:0
@@ -11,33 +11,19 @@
 //! patd-bench redis-rtt --url redis://127.0.0.1:6379
 //! ```
 
-#[path = "patd_bench/baseline.rs"]
 mod baseline;
-#[path = "patd_bench/cli.rs"]
 mod cli;
-#[path = "patd_bench/derived.rs"]
 mod derived;
-#[path = "patd_bench/driver.rs"]
 mod driver;
-#[path = "patd_bench/forward_auth.rs"]
 mod forward_auth;
-#[path = "patd_bench/introspect.rs"]
 mod introspect;
-#[path = "patd_bench/issue.rs"]
 mod issue;
-#[path = "patd_bench/mixed.rs"]
 mod mixed;
-#[path = "patd_bench/redis_rtt.rs"]
 mod redis_rtt;
-#[path = "patd_bench/report.rs"]
 mod report;
-#[path = "patd_bench/rng.rs"]
 mod rng;
-#[path = "patd_bench/run.rs"]
 mod run;
-#[path = "patd_bench/setup.rs"]
 mod setup;
-#[path = "patd_bench/stats.rs"]
 mod stats;
 
 use std::process::ExitCode;
