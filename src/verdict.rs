@@ -10,7 +10,7 @@
 //! | missing credential | 401 | UNAUTHENTICATED | `Bearer realm="patd"` |
 //! | invalid token | 401 | UNAUTHENTICATED | `error="invalid_token"` |
 //! | insufficient scope | 403 | PERMISSION_DENIED | `error="insufficient_scope"` |
-//! | bad required scope | 500 | INTERNAL | |
+//! | route misconfigured | 500 | INTERNAL | |
 //! | unauthenticated caller | 401 | UNAUTHENTICATED | |
 //! | forbidden caller | 403 | PERMISSION_DENIED | |
 //! | overloaded | 503 | RESOURCE_EXHAUSTED | |
@@ -21,9 +21,9 @@
 //! | limit reached | 409 | RESOURCE_EXHAUSTED | |
 //! | not found | 404 | NOT_FOUND | |
 //!
-//! A malformed or unknown scope *requirement* comes from the route's
-//! configuration, not from the request: the gateway must not blame the
-//! user, so it is a server error (500), never a 4xx.
+//! A malformed, empty or misspelled scope *requirement* comes from the
+//! route's configuration, not from the request: the gateway must not blame
+//! the user, so it is a server error (500), never a 4xx.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -63,9 +63,9 @@ pub enum Verdict {
     InvalidToken(Inactive),
     /// A live token lacking some of `required`.
     InsufficientScope { required: Scopes },
-    /// The route asks for a malformed scope: the gateway's configuration
-    /// is wrong.
-    BadRequiredScope(FieldError),
+    /// The route's requirement is malformed, empty or misspelled: the
+    /// gateway's configuration is wrong, not the request.
+    RouteMisconfigured(FieldError),
     /// The calling gateway or service did not authenticate as a caller.
     UnauthenticatedCaller,
     /// A known caller without the role this call needs.
@@ -110,7 +110,7 @@ impl Verdict {
             Verdict::InsufficientScope { .. } | Verdict::ForbiddenCaller(_) => {
                 StatusCode::FORBIDDEN
             }
-            Verdict::BadRequiredScope(_) | Verdict::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Verdict::RouteMisconfigured(_) | Verdict::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Verdict::Overloaded | Verdict::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Verdict::Deadline => StatusCode::GATEWAY_TIMEOUT,
             Verdict::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -129,7 +129,7 @@ impl Verdict {
             Verdict::InsufficientScope { .. } | Verdict::ForbiddenCaller(_) => {
                 Code::PermissionDenied
             }
-            Verdict::BadRequiredScope(_) | Verdict::Internal => Code::Internal,
+            Verdict::RouteMisconfigured(_) | Verdict::Internal => Code::Internal,
             Verdict::Overloaded | Verdict::LimitReached { .. } => Code::ResourceExhausted,
             Verdict::Deadline => Code::DeadlineExceeded,
             Verdict::StoreUnavailable => Code::Unavailable,
@@ -160,7 +160,7 @@ impl Verdict {
             Verdict::MissingCredential => "missing bearer token".into(),
             Verdict::InvalidToken(_) => "invalid token".into(),
             Verdict::InsufficientScope { .. } => "insufficient scope".into(),
-            Verdict::BadRequiredScope(e) => format!("route configuration: {e}").into(),
+            Verdict::RouteMisconfigured(e) => format!("route configuration: {e}").into(),
             Verdict::UnauthenticatedCaller => Refusal::Unauthenticated.to_string().into(),
             Verdict::ForbiddenCaller(role) => Refusal::PermissionDenied(*role).to_string().into(),
             Verdict::Overloaded => "overloaded: too many requests in flight".into(),
@@ -306,7 +306,7 @@ mod tests {
             Verdict::InsufficientScope {
                 required: Scopes::parse(vec!["admin".into()]).unwrap(),
             },
-            Verdict::BadRequiredScope(FieldError::new("scope", "bad")),
+            Verdict::RouteMisconfigured(FieldError::new("scope", "bad")),
             Verdict::UnauthenticatedCaller,
             Verdict::ForbiddenCaller(Role::Manage),
             Verdict::Overloaded,
@@ -356,8 +356,8 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_route_requirement_never_blames_the_user() {
-        let v = Verdict::BadRequiredScope(FieldError::new("scope", "bad"));
+    fn a_misconfigured_route_never_blames_the_user() {
+        let v = Verdict::RouteMisconfigured(FieldError::new("scope", "bad"));
         assert!(v.http_status().is_server_error());
         assert!(v.challenge().is_none());
         assert!(v.message().contains("scope"));

@@ -1,7 +1,8 @@
 //! Envoy `envoy.service.auth.v3.Authorization/Check` (Envoy, Istio, Contour):
 //! the same gateway decision as HTTP forward-auth, rendered in ext_authz's
 //! terms by `verdict`. A route may require scopes through the context
-//! extension `patd_scopes` (space-separated).
+//! extension `patd_scopes` (space-separated; see
+//! `bearer::route_scopes_from_extensions`).
 
 use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
@@ -14,8 +15,7 @@ use crate::verdict::Verdict;
 
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
-/// Context extension naming the scopes a route requires.
-pub const SCOPES_EXTENSION: &str = "patd_scopes";
+pub use crate::bearer::SCOPES_EXTENSION;
 
 /// The ext_authz service over the token use cases.
 pub struct ExtAuthz<S> {
@@ -40,20 +40,20 @@ impl<S: Store> Authorization for ExtAuthz<S> {
             .and_then(|h| h.get("authorization"))
             .map(String::as_bytes);
         let presented = bearer::presented(authorization, std::iter::empty()).value();
-        let extension = request
+        let extensions = request
             .attributes
-            .as_ref()
-            .and_then(|a| a.context_extensions.get(SCOPES_EXTENSION))
-            .map(String::as_str);
-        let verdict = match bearer::required_scopes(extension) {
+            .iter()
+            .flat_map(|a| &a.context_extensions)
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let verdict = match bearer::route_scopes_from_extensions(extensions) {
             Ok(required) => {
                 let decision = self.tokens.authorize("Check", presented, &required).await;
                 Verdict::from_decision(decision, &required)
             }
             Err(e) => {
                 // The route's configuration is wrong, not the user's token.
-                tracing::warn!(error = %e, "ext_authz route requires a malformed scope");
-                Verdict::BadRequiredScope(e)
+                tracing::warn!(error = %e, "ext_authz route is misconfigured");
+                Verdict::RouteMisconfigured(e)
             }
         };
         Ok(Response::new(verdict.to_check_response()))

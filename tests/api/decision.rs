@@ -297,3 +297,101 @@ async fn huge_or_slow_request_heads_cannot_pin_a_connection() {
     // The server is still fine.
     assert_eq!(get(patd.http_addr, "/healthz", &[]).await.status, 200);
 }
+
+/// ext_authz Check with these context extensions; the denial's HTTP status
+/// (200 = let through).
+async fn check_with_extensions(patd: &Patd, token: &str, extensions: &[(&str, &str)]) -> u16 {
+    let mut request = check_request(Some(&format!("Bearer {token}")), None);
+    if let Some(attributes) = request.attributes.as_mut() {
+        for (key, value) in extensions {
+            attributes
+                .context_extensions
+                .insert((*key).to_owned(), (*value).to_owned());
+        }
+    }
+    let response = AuthorizationClient::new(patd.channel().await)
+        .check(request)
+        .await
+        .expect("Check answers in its response")
+        .into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(403, |s| s.code as u16),
+        other => panic!("unexpected http response {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_misspelled_or_empty_route_requirement_denies_at_both_doors_without_blaming_the_user() {
+    let patd = Patd::memory().await;
+    let mut client = patd.client().await;
+    // A token without `admin`: a silently dropped requirement would let it
+    // through.
+    let token = issue_scoped(&mut client, "acct", &["repo:read"]).await;
+    let bearer = format!("Bearer {token}");
+    for query in ["scopes=admin", "Scope=admin", "scope=", "scope=%20", "scope=admin&x=1"] {
+        let reply = get(
+            patd.http_addr,
+            &format!("/v1/forward-auth?{query}"),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(reply.status, 500, "?{query}: {reply:?}");
+        assert_eq!(reply.header("www-authenticate"), None, "?{query}");
+    }
+    for extensions in [
+        vec![("patd_scope", "admin")],
+        vec![("PATD_SCOPES", "admin")],
+        vec![("patd_scopes", "")],
+        vec![("patd_scopes", "  ")],
+    ] {
+        let status = check_with_extensions(&patd, &token, &extensions).await;
+        assert_eq!(status, 500, "{extensions:?}");
+    }
+    // Extensions of other filters are not ours to judge.
+    let other = check_with_extensions(&patd, &token, &[("virtual_host", "api")]).await;
+    assert_eq!(other, 200);
+    assert!(patd.logs().contains("route is misconfigured"));
+}
+
+#[tokio::test]
+async fn two_different_credentials_are_an_invalid_token_at_both_gateway_doors() {
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory).env("PATD_FORWARD_AUTH_TOKEN_HEADER", "X-API-Key"),
+    )
+    .await;
+    let mut client = patd.client().await;
+    let (mine, _) = issue(&mut client, "acct-a", 600).await;
+    let (theirs, _) = issue(&mut client, "acct-b", 600).await;
+    let bearer = format!("Bearer {mine}");
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "two X-API-Key headers",
+            vec![("X-API-Key", &mine), ("X-API-Key", &theirs)],
+        ),
+        (
+            "Bearer plus a different X-API-Key",
+            vec![("Authorization", &bearer), ("X-API-Key", &theirs)],
+        ),
+    ];
+    for (case, headers) in cases {
+        let reply = get(patd.http_addr, "/v1/forward-auth", &headers).await;
+        assert_eq!(reply.status, 401, "{case}");
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap_or_default()
+                .contains("invalid_token"),
+            "{case}"
+        );
+    }
+    // The same token twice over is not ambiguous.
+    let same = get(
+        patd.http_addr,
+        "/v1/forward-auth",
+        &[("Authorization", &bearer), ("X-API-Key", &mine)],
+    )
+    .await;
+    assert_eq!(same.status, 200);
+    assert_eq!(same.header("x-account-id"), Some("acct-a"));
+}
