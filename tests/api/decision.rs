@@ -329,7 +329,13 @@ async fn a_misspelled_or_empty_route_requirement_denies_at_both_doors_without_bl
     // through.
     let token = issue_scoped(&mut client, "acct", &["repo:read"]).await;
     let bearer = format!("Bearer {token}");
-    for query in ["scopes=admin", "Scope=admin", "scope=", "scope=%20", "scope=admin&x=1"] {
+    for query in [
+        "scopes=admin",
+        "Scope=admin",
+        "scope=",
+        "scope=%20",
+        "scope=admin&x=1",
+    ] {
         let reply = get(
             patd.http_addr,
             &format!("/v1/forward-auth?{query}"),
