@@ -94,7 +94,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         panic = crate::telemetry::panic_message(&*panic),
         "http handler panicked"
     );
-    Verdict::Internal.to_http(Duration::ZERO)
+    Verdict::Internal.to_forward_auth(Duration::ZERO)
 }
 
 async fn overloaded_or_late(error: BoxError) -> Response {
@@ -104,7 +104,7 @@ async fn overloaded_or_late(error: BoxError) -> Response {
         // Overloaded: refuse now rather than queue without bound.
         Verdict::Overloaded
     };
-    verdict.to_http(Duration::ZERO)
+    verdict.to_forward_auth(Duration::ZERO)
 }
 
 /// What a forward-auth request asks: the presented credential (if any) and
@@ -138,8 +138,13 @@ async fn forward_auth<S: Store>(
         let key = headers.get(CALLER_KEY_HEADER).and_then(|v| v.to_str().ok());
         let sans = peer.map(|p| p.0.0).unwrap_or_default();
         if let Err(refusal) = state.callers.authorize(key, &sans, Role::Introspect) {
-            tracing::info!(refusal = %refusal, "forward-auth caller refused");
-            return Verdict::from(refusal).to_http(max_age);
+            // The gateway's own credentials are wrong: the operator must
+            // see it, and end users must not be told their token is bad.
+            tracing::warn!(
+                refusal = %refusal,
+                "forward-auth caller refused: the gateway is not an authorized patd caller (check its X-Patd-Caller-Key or client certificate)"
+            );
+            return Verdict::from(refusal).to_forward_auth(max_age);
         }
     }
     let token_header = state.settings.token_header.as_ref();
@@ -148,14 +153,14 @@ async fn forward_auth<S: Store>(
         Err(e) => {
             // The gateway's configuration is wrong: deny, and say what to fix.
             tracing::warn!(error = %e, "forward-auth route is misconfigured");
-            return Verdict::RouteMisconfigured(e).to_http(max_age);
+            return Verdict::RouteMisconfigured(e).to_forward_auth(max_age);
         }
     };
     let decision = state
         .tokens
         .authorize("ForwardAuth", value, &required)
         .await;
-    Verdict::from_decision(decision, &required).to_http(max_age)
+    Verdict::from_decision(decision, &required).to_forward_auth(max_age)
 }
 
 async fn readyz<S: Store>(State(state): State<AppState<S>>) -> (StatusCode, &'static str) {

@@ -4,22 +4,29 @@
 //! door converts its outcome into a [`Verdict`] and renders it here, so
 //! the doors cannot drift apart.
 //!
-//! | verdict | HTTP | gRPC | challenge (RFC 6750 §3) |
-//! |---|---|---|---|
-//! | allow | 200 | OK | |
-//! | missing credential | 401 | UNAUTHENTICATED | `Bearer realm="patd"` |
-//! | invalid token | 401 | UNAUTHENTICATED | `error="invalid_token"` |
-//! | insufficient scope | 403 | PERMISSION_DENIED | `error="insufficient_scope"` |
-//! | route misconfigured | 500 | INTERNAL | |
-//! | unauthenticated caller | 401 | UNAUTHENTICATED | |
-//! | forbidden caller | 403 | PERMISSION_DENIED | |
-//! | overloaded | 503 | RESOURCE_EXHAUSTED | |
-//! | deadline | 504 | DEADLINE_EXCEEDED | |
-//! | store unavailable | 503 | UNAVAILABLE | |
-//! | internal | 500 | INTERNAL | |
-//! | invalid argument | 400 | INVALID_ARGUMENT | |
-//! | limit reached | 409 | RESOURCE_EXHAUSTED | |
-//! | not found | 404 | NOT_FOUND | |
+//! | verdict | HTTP | forward-auth | gRPC | challenge (RFC 6750 §3) |
+//! |---|---|---|---|---|
+//! | allow | 200 | 200 | OK | |
+//! | missing credential | 401 | 401 | UNAUTHENTICATED | `Bearer realm="patd"` |
+//! | invalid token | 401 | 401 | UNAUTHENTICATED | `error="invalid_token"` |
+//! | insufficient scope | 403 | 403 | PERMISSION_DENIED | `error="insufficient_scope"` |
+//! | route misconfigured | 500 | 500 | INTERNAL | |
+//! | unauthenticated caller | 401 | 500 | UNAUTHENTICATED | |
+//! | forbidden caller | 403 | 500 | PERMISSION_DENIED | |
+//! | overloaded | 503 | 503 | RESOURCE_EXHAUSTED | |
+//! | deadline | 504 | 504 | DEADLINE_EXCEEDED | |
+//! | store unavailable | 503 | 503 | UNAVAILABLE | |
+//! | internal | 500 | 500 | INTERNAL | |
+//! | invalid argument | 400 | 400 | INVALID_ARGUMENT | |
+//! | limit reached | 409 | 409 | RESOURCE_EXHAUSTED | |
+//! | not found | 404 | 404 | NOT_FOUND | |
+//!
+//! The forward-auth column differs only for refused callers: there the
+//! caller is a gateway relaying an end user's request, and the status
+//! reaches that user (Caddy and Traefik copy it, nginx passes 401 and 403
+//! through). A gateway without valid caller credentials is the operator's
+//! misconfiguration, so it answers 500, never a 401 the user would read
+//! as "your token is wrong".
 //!
 //! A malformed, empty or misspelled scope *requirement* comes from the
 //! route's configuration, not from the request: the gateway must not blame
@@ -100,7 +107,8 @@ impl Verdict {
         }
     }
 
-    /// The HTTP status code (forward-auth, and ext_authz's denial).
+    /// The HTTP status code for the caller's own request (ext_authz's
+    /// denial; forward-auth differs for refused callers).
     pub fn http_status(&self) -> StatusCode {
         match self {
             Verdict::Allow(_) => StatusCode::OK,
@@ -116,6 +124,16 @@ impl Verdict {
             Verdict::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             Verdict::LimitReached { .. } => StatusCode::CONFLICT,
             Verdict::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The HTTP status at the forward-auth door (see the module table).
+    pub fn forward_auth_status(&self) -> StatusCode {
+        match self {
+            Verdict::UnauthenticatedCaller | Verdict::ForbiddenCaller(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            other => other.http_status(),
         }
     }
 
@@ -184,13 +202,13 @@ impl Verdict {
     /// may be cached by the gateway for `max_age` (never past the token's
     /// expiry); everything else is `no-store`, with the challenge where
     /// there is one and the message as a one-line body.
-    pub fn to_http(&self, max_age: Duration) -> Response {
+    pub fn to_forward_auth(&self, max_age: Duration) -> Response {
         let Verdict::Allow(info) = self else {
-            return self.http_denial();
+            return self.forward_auth_denial();
         };
         let Some(identity) = identity_headers(info) else {
             // Cannot happen for validated values; if it did, deny.
-            return Verdict::Internal.http_denial();
+            return Verdict::Internal.forward_auth_denial();
         };
         let mut response = StatusCode::OK.into_response();
         let h = response.headers_mut();
@@ -208,8 +226,9 @@ impl Verdict {
         response
     }
 
-    fn http_denial(&self) -> Response {
-        let mut response = (self.http_status(), format!("{}\n", self.message())).into_response();
+    fn forward_auth_denial(&self) -> Response {
+        let status = self.forward_auth_status();
+        let mut response = (status, format!("{}\n", self.message())).into_response();
         let h = response.headers_mut();
         h.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
         if let Some(challenge) = self
@@ -322,9 +341,9 @@ mod tests {
     #[test]
     fn every_door_renders_the_same_status_and_challenge() {
         for v in every_denial() {
-            let http = v.to_http(Duration::from_secs(60));
+            let http = v.to_forward_auth(Duration::from_secs(60));
             let check = v.to_check_response();
-            assert_eq!(http.status(), v.http_status(), "{v:?}");
+            assert_eq!(http.status(), v.forward_auth_status(), "{v:?}");
             let grpc = v.to_status();
             assert_eq!(grpc.code(), v.grpc_code(), "{v:?}");
             assert_eq!(check.status.as_ref().unwrap().code, v.grpc_code() as i32);
@@ -364,12 +383,14 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_caller_never_carries_the_users_challenge() {
+    fn a_refused_caller_never_looks_like_the_users_bad_token() {
         for v in [
             Verdict::UnauthenticatedCaller,
             Verdict::ForbiddenCaller(Role::Introspect),
         ] {
             assert!(v.challenge().is_none());
+            assert!(v.forward_auth_status().is_server_error());
+            assert!(v.http_status().is_client_error());
         }
     }
 }
