@@ -7,6 +7,7 @@
 //! only allows on loopback (see `settings`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -65,10 +66,21 @@ struct CallerEntry {
     cert_san: Option<String>,
 }
 
+/// The name of the caller a request came from, as a request extension
+/// (set by the caller gate; absent without caller authentication). Logs
+/// name it; never a key.
+#[derive(Debug, Clone)]
+pub struct CallerName(pub Arc<str>);
+
+/// How the log names a request made without caller authentication (patd
+/// on loopback, or `PATD_ALLOW_UNAUTHENTICATED`).
+pub const ANONYMOUS: &str = "anonymous";
+
 /// One configured caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub name: String,
+    /// Shown in logs; shared, so naming a request's caller costs no copy.
+    pub name: Arc<str>,
     roles: Vec<Role>,
     key_digest: Option<[u8; 32]>,
     cert_san: Option<String>,
@@ -164,7 +176,7 @@ impl Callers {
                 return Err(bad("give exactly one of key_sha256 or cert_san"));
             }
             callers.push(Caller {
-                name: entry.name,
+                name: entry.name.into(),
                 roles: entry.roles,
                 key_digest,
                 cert_san,
@@ -270,7 +282,7 @@ mod tests {
     fn each_role_reaches_exactly_its_rpcs() {
         let (c, console, gateway) = callers();
         assert_eq!(
-            c.authorize(Some(&console), &[], Role::Manage).unwrap().name,
+            &*c.authorize(Some(&console), &[], Role::Manage).unwrap().name,
             "console"
         );
         assert_eq!(
@@ -279,7 +291,7 @@ mod tests {
             Refusal::PermissionDenied(Role::Introspect)
         );
         assert_eq!(
-            c.authorize(Some(&gateway), &[], Role::Introspect)
+            &*c.authorize(Some(&gateway), &[], Role::Introspect)
                 .unwrap()
                 .name,
             "gateway"
@@ -316,7 +328,10 @@ mod tests {
             "dns.example".to_owned(),
             "spiffe://acme/patd-client".to_owned(),
         ];
-        assert_eq!(c.authorize(None, &sans, Role::Manage).unwrap().name, "mesh");
+        assert_eq!(
+            &*c.authorize(None, &sans, Role::Manage).unwrap().name,
+            "mesh"
+        );
     }
 
     #[test]

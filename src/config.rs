@@ -3,52 +3,16 @@
 //! settings table). Nothing here is checked beyond its type: `settings`
 //! turns a `Config` into the typed `Settings` the rest of patd takes.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use secrecy::SecretString;
+use thiserror::Error;
 
 use crate::auth::Role;
-
-/// Where tokens live.
-#[derive(Debug, Clone)]
-pub enum StoreKind {
-    /// In-process; tokens are lost on restart. For development and a single
-    /// instance.
-    Memory,
-    /// A `redis://` or `rediss://` URL; it may hold a password, so it is
-    /// kept secret (`Debug` prints `[REDACTED]`).
-    Redis(SecretString),
-}
-
-impl FromStr for StoreKind {
-    type Err = String;
-
-    /// # Errors
-    /// Neither `memory` nor a redis URL; the message never echoes the
-    /// value, which may hold a password.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "memory" {
-            Ok(Self::Memory)
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
-            Ok(Self::Redis(SecretString::from(s)))
-        } else {
-            Err("expected `memory` or a redis:// or rediss:// URL".to_owned())
-        }
-    }
-}
-
-impl StoreKind {
-    /// A name safe to log (no URL, which may hold a password).
-    pub fn name(&self) -> &'static str {
-        match self {
-            StoreKind::Memory => "memory",
-            StoreKind::Redis(_) => "redis",
-        }
-    }
-}
 
 /// patd: personal access tokens over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -76,14 +40,20 @@ pub struct Config {
     #[arg(long, env = "PATD_FORWARD_AUTH_MAX_AGE", default_value = "0s")]
     pub forward_auth_max_age: humantime::Duration,
 
-    /// `memory`, or a redis:// / rediss:// URL.
+    /// `memory`, or a redis:// / rediss:// URL. Kept secret (it may hold a
+    /// password): never shown in `--help`, an error or a log line.
     #[arg(
         long,
         env = "PATD_STORE",
         default_value = "memory",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub store: StoreKind,
+    pub store: SecretString,
+
+    /// Whether `--store`/`PATD_STORE` was given, rather than defaulted.
+    #[arg(skip)]
+    pub store_given: bool,
 
     /// Prefix of every Redis key.
     #[arg(long, env = "PATD_KEY_PREFIX", default_value = "patd")]
@@ -138,8 +108,16 @@ pub struct Config {
     #[arg(long, env = "PATD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Serve a non-loopback address without caller authentication anyway.
-    #[arg(long, env = "PATD_ALLOW_UNAUTHENTICATED", action = clap::ArgAction::SetTrue)]
+    /// Serve a non-loopback address without caller authentication anyway
+    /// (`true`/`false`; also `yes`/`no`, `on`/`off`, `1`/`0`).
+    #[arg(
+        long,
+        env = "PATD_ALLOW_UNAUTHENTICATED",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = boolean
+    )]
     pub allow_unauthenticated: bool,
 
     /// Digest keys, `id:base64key,...` (first = current; each at least 32
@@ -178,6 +156,11 @@ pub struct Config {
     #[arg(long, env = "PATD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 
+    /// Log lines as text, or as one JSON object per line for log
+    /// pipelines. Levels come from `RUST_LOG` (default `info`).
+    #[arg(long, env = "PATD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+
     /// On SIGTERM, how long health reports NOT_SERVING before the listeners
     /// stop accepting (lets load balancers drain).
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", default_value = "0s")]
@@ -199,8 +182,103 @@ pub enum Command {
     },
 }
 
+/// A boolean in any of the usual spellings (case-insensitive).
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false (also yes/no, on/off, 1/0)".to_owned()),
+    }
+}
+
 /// A flag value that must never be printed, kept as a secret from the
 /// moment it is parsed.
 fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(value))
+}
+
+/// Why the command line or the environment cannot be used.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// clap's own message, whole (what is wrong, the usage, the hint).
+    #[error("{}", .0.render().to_string().trim_end().trim_start_matches("error: "))]
+    Cli(#[from] clap::Error),
+    /// A `PATD_*` variable patd does not know: most likely a typo that would
+    /// silently leave a setting at its default.
+    #[error("unknown variable {name}{}", suggestion(.closest.as_deref()))]
+    UnknownVariable {
+        name: String,
+        closest: Option<String>,
+    },
+}
+
+fn suggestion(closest: Option<&str>) -> String {
+    closest
+        .map(|c| format!(" (did you mean {c}?)"))
+        .unwrap_or_else(|| ": see `patd --help` for the settings".to_owned())
+}
+
+/// Every `PATD_*` variable patd reads, sorted.
+pub fn known_variables() -> Vec<String> {
+    let mut names: Vec<String> = Config::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// Refuses an environment holding a `PATD_*` variable patd does not know,
+/// naming the closest known one.
+///
+/// # Errors
+/// The first unknown variable.
+pub fn check_variables(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<(), LoadError> {
+    let known = known_variables();
+    for (name, _) in vars {
+        let name = name.to_string_lossy();
+        if !name.starts_with("PATD_") || known.iter().any(|k| *k == name) {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(k, &name), k))
+            .filter(|(distance, _)| *distance <= 3)
+            .min()
+            .map(|(_, k)| k.clone());
+        return Err(LoadError::UnknownVariable {
+            name: name.into_owned(),
+            closest,
+        });
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Parses `args` (the command line, with the program name first) and
+    /// the process environment, refusing unknown `PATD_*` variables.
+    ///
+    /// # Errors
+    /// A flag or variable clap refuses, with clap's whole message (help and
+    /// version requests come back as `LoadError::Cli` too), or an unknown
+    /// `PATD_*` variable.
+    pub fn load<I, T>(args: I) -> Result<Self, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.store_given = !matches!(
+            matches.value_source("store"),
+            None | Some(ValueSource::DefaultValue)
+        );
+        if config.command.is_none() {
+            check_variables(std::env::vars_os())?;
+        }
+        Ok(config)
+    }
 }

@@ -38,15 +38,47 @@ impl FieldError {
     }
 }
 
-/// The owner of tokens: 1..=128 bytes of UTF-8 without control characters.
+/// The owner of tokens: 1..=128 bytes of UTF-8 in Unicode Normalization
+/// Form C (UAX #15; other forms are normalized, so `jos\u{e9}` and
+/// `jose\u{301}` are one account), without control, invisible or
+/// bidirectional-control characters and without leading or trailing
+/// whitespace: two ids that look alike on a screen are the same id, or one
+/// of them is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(String);
 
+/// Characters that render as nothing or reorder text (zero-width spaces and
+/// joiners, bidirectional embeddings, overrides and isolates, the word
+/// joiner and invisible operators, the byte-order mark, the soft hyphen):
+/// in an identifier they only serve to make two ids look alike.
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 impl AccountId {
     /// # Errors
-    /// Empty, longer than 128 bytes, or holding a control character.
+    /// Empty, longer than 128 bytes (after NFC), holding a control,
+    /// invisible or bidirectional-control character, or starting or ending
+    /// with whitespace.
     pub fn parse(raw: String) -> Result<Self, FieldError> {
+        use unicode_normalization::UnicodeNormalization as _;
+        use unicode_normalization::is_nfc;
         const FIELD: &str = "account_id";
+        let raw = if is_nfc(&raw) {
+            raw
+        } else {
+            raw.nfc().collect()
+        };
         if raw.is_empty() {
             return Err(FieldError::new(FIELD, "must not be empty"));
         }
@@ -60,6 +92,20 @@ impl AccountId {
             return Err(FieldError::new(
                 FIELD,
                 "must not contain control characters",
+            ));
+        }
+        if raw.chars().any(is_invisible_or_bidi) {
+            return Err(FieldError::new(
+                FIELD,
+                "must not contain invisible or bidirectional-control characters",
+            ));
+        }
+        // A proxy or a console that trims would show " acct-admin " as
+        // someone else's account.
+        if raw.trim() != raw {
+            return Err(FieldError::new(
+                FIELD,
+                "must not start or end with whitespace",
             ));
         }
         Ok(Self(raw))
@@ -266,10 +312,7 @@ impl LifetimePolicy {
                 if d > self.max_ttl {
                     return Err(FieldError::new(
                         "ttl",
-                        format!(
-                            "must be at most {}",
-                            humantime::format_duration(self.max_ttl)
-                        ),
+                        format!("must be at most {}", format_duration(self.max_ttl)),
                     ));
                 }
                 ("ttl", now.saturating_add(d))
@@ -284,10 +327,7 @@ impl LifetimePolicy {
         if at > max {
             return Err(FieldError::new(
                 field,
-                format!(
-                    "must be at most {} from now",
-                    humantime::format_duration(self.max_ttl)
-                ),
+                format!("must be at most {} from now", format_duration(self.max_ttl)),
             ));
         }
         if at <= now {
@@ -295,6 +335,32 @@ impl LifetimePolicy {
         }
         Ok(at)
     }
+}
+
+/// A duration the way operators write it (`365d`, `36h`, `90s`, `1d 12h`):
+/// days, hours, minutes, seconds and milliseconds, largest first, zero
+/// parts left out. humantime's own format counts months of 30.44 days and
+/// prints 365 days as `11months 30days 3h 50m 24s`.
+pub fn format_duration(d: Duration) -> String {
+    const UNITS: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut left = d.as_millis();
+    if left == 0 {
+        return "0s".to_owned();
+    }
+    let mut parts = Vec::new();
+    for (size, unit) in UNITS {
+        if left >= size {
+            parts.push(format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    parts.join(" ")
 }
 
 /// The public, non-secret facts of one token.
@@ -324,6 +390,28 @@ mod tests {
         assert!(AccountId::parse("a".repeat(129)).is_err());
         assert!(AccountId::parse("a\nb".into()).is_err());
         assert!(AccountId::parse("a\u{7f}".into()).is_err());
+    }
+
+    #[test]
+    fn account_ids_that_look_alike_are_one_id_or_refused() {
+        let nfc = AccountId::parse("jos\u{e9}".into()).unwrap();
+        let nfd = AccountId::parse("jose\u{301}".into()).unwrap();
+        assert_eq!(nfc, nfd);
+        assert_eq!(nfc.shard_tag(), nfd.shard_tag());
+        for bad in [
+            " acct-admin ",
+            "acct-admin ",
+            "\u{3000}acct",
+            "acct\u{a0}",
+            "acct-\u{202e}nimda",
+            "acct\u{200b}admin",
+            "\u{feff}acct",
+            "acct\u{2066}x\u{2069}",
+        ] {
+            let e = AccountId::parse(bad.into()).unwrap_err();
+            assert_eq!(e.field, "account_id", "{bad:?}");
+        }
+        assert!(AccountId::parse("acct admin".into()).is_ok());
     }
 
     #[test]
@@ -443,6 +531,16 @@ mod tests {
         assert_eq!(err(ExpiryRequest::At(UnixMillis(10))), "expires_at");
         let too_far = now.saturating_add(Duration::from_secs(366 * 86_400));
         assert_eq!(err(ExpiryRequest::At(too_far)), "expires_at");
+    }
+
+    #[test]
+    fn durations_print_as_operators_write_them() {
+        let day = 86_400;
+        assert_eq!(format_duration(Duration::from_secs(365 * day)), "365d");
+        assert_eq!(format_duration(Duration::from_secs(30 * day)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(36 * 3600)), "1d 12h");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 
     #[test]

@@ -7,16 +7,16 @@
 //! against the `use crate::` lines and that the graph has no cycle.
 //!
 //! Start-up:
-//! - [`config`] (uses `auth`): the command line, flags with `PATD_*`
-//!   variable fallbacks.
+//! - [`config`] (uses `auth`, `telemetry`): the command line, flags with
+//!   `PATD_*` variable fallbacks; unknown `PATD_*` variables are refused.
 //! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
-//!   `listener`, `service`, `tls`, `token`): `Settings`, parsed once from
+//!   `listener`, `service`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
 //! - [`server`] (uses `forward_auth`, `grpc`, `listener`, `pb`, `service`,
-//!   `settings`, `store`): wiring, health, reflection, the staged shutdown,
+//!   `settings`, `store`, `telemetry`): wiring, health, reflection, the staged shutdown,
 //!   the readiness watch and `--ready-file`.
-//! - [`telemetry`] (uses nothing): the tracing subscriber, error chains and
-//!   panic messages for the log.
+//! - [`telemetry`] (uses nothing): the tracing subscriber (`RUST_LOG`,
+//!   text or JSON), error chains and panic messages for the log.
 //!
 //! Transport (the doors):
 //! - [`grpc`] (uses `auth`, `bearer`, `domain`, `pb`, `service`, `store`,

@@ -3,9 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
-use patd::config::{Command, Config};
+use patd::config::{Command, Config, LoadError};
 use patd::server::Application;
 use patd::settings::Settings;
 use tokio_util::sync::CancellationToken;
@@ -17,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::load(std::env::args_os()) {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+        Err(LoadError::Cli(e))
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
             e.exit()
         }
-        Err(e) => return fail(&first_line(&e.to_string())),
+        Err(e) => return fail(&e.to_string()),
     };
     if let Some(Command::CallerKey { name, roles }) = &config.command {
         let (key, entry) = patd::auth::new_caller_key(name, roles);
@@ -38,7 +39,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(&patd::telemetry::error_chain(&e)),
     };
     // Held to the end of main: dropping it flushes the log.
-    let _log_guard = patd::telemetry::init();
+    let _log_guard = match patd::telemetry::init(settings.log_format) {
+        Ok(guard) => guard,
+        Err(reason) => return fail(&reason),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -55,11 +59,6 @@ fn main() -> ExitCode {
             Err(e) => fail(&patd::telemetry::error_chain(&e)),
         }
     })
-}
-
-fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or("invalid arguments");
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 fn fail(reason: &str) -> ExitCode {

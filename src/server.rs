@@ -282,27 +282,49 @@ async fn watch_readiness(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(READINESS_EVERY);
-    let mut last = None;
+    // The status and, when not ready, its cause: a change of either is
+    // logged, so an operator sees why (wrong password, refused connection,
+    // missing permission) without sending a request.
+    let mut last: Option<(ServingStatus, String)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let status = match tokens.ready().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(_) => ServingStatus::NotServing,
+        let (status, cause) = match tokens.ready().await {
+            Ok(()) => (ServingStatus::Serving, String::new()),
+            Err(e) => (ServingStatus::NotServing, crate::telemetry::error_chain(&e)),
         };
         // Shutdown began during the ping: NOT_SERVING must stay.
         if shutdown.is_cancelled() {
             return;
         }
-        if last != Some(status) {
-            tracing::info!(
-                ready = status == ServingStatus::Serving,
-                "store readiness changed"
-            );
-            health.set_service_status(TOKEN_SERVICE, status).await;
-            last = Some(status);
+        let now = Some((status, cause));
+        if last == now {
+            continue;
         }
+        let status_changed = last.as_ref().map(|(s, _)| *s) != Some(status);
+        if let Some((status, cause)) = &now {
+            if *status == ServingStatus::Serving {
+                tracing::info!(
+                    ready = true,
+                    health = "SERVING",
+                    service = TOKEN_SERVICE,
+                    "store ready"
+                );
+            } else {
+                tracing::warn!(
+                    ready = false,
+                    health = "NOT_SERVING",
+                    service = TOKEN_SERVICE,
+                    cause = cause.as_str(),
+                    "store not ready"
+                );
+            }
+            if status_changed {
+                health.set_service_status(TOKEN_SERVICE, *status).await;
+            }
+        }
+        last = now;
     }
 }

@@ -144,13 +144,24 @@ impl<S: Store> Tokens<S> {
     /// # Errors
     /// `InvalidArgument` for an expiry outside the policy, `LimitReached`,
     /// `Unavailable`.
-    pub async fn issue(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
-        let started = Instant::now();
+    pub async fn issue(&self, caller: &str, cmd: IssueCommand) -> Result<Issued, ServiceError> {
+        let log = RpcLog::start("Issue", Some(caller));
         let account = cmd.account.clone();
         let result = self.issue_inner(cmd).await;
         let token_id = result.as_ref().ok().map(|i| &i.info.token_id);
-        log_rpc("Issue", started, Some(&account), token_id, &result, "ok");
+        log.account(Some(&account))
+            .token_id(token_id)
+            .finish(result.as_ref().map(|_| "ok"));
         result
+    }
+
+    /// Logs a request refused before it reached a use case (a field that
+    /// failed validation), so every refusal has its line too; returns the
+    /// error to send.
+    pub fn refuse(&self, rpc: &'static str, caller: &str, field: FieldError) -> ServiceError {
+        let refused = ServiceError::InvalidArgument(field);
+        RpcLog::start(rpc, Some(caller)).finish(Err(&refused));
+        refused
     }
 
     async fn issue_inner(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
@@ -212,21 +223,16 @@ impl<S: Store> Tokens<S> {
     /// # Errors
     /// `Unavailable`: the caller must deny, never guess.
     pub async fn introspect(&self, presented: &str) -> Result<Introspection, ServiceError> {
-        let started = Instant::now();
+        let log = RpcLog::start("Introspect", None);
         let (token_id, result) = self.introspect_inner(presented).await;
         let (account, label) = match &result {
             Ok(Introspection::Active(info)) => (Some(&info.account_id), "active"),
             Ok(Introspection::Inactive(why)) => (None, why.as_str()),
             Err(_) => (None, ""),
         };
-        log_rpc(
-            "Introspect",
-            started,
-            account,
-            token_id.as_ref(),
-            &result,
-            label,
-        );
+        log.account(account)
+            .token_id(token_id.as_ref())
+            .finish(result.as_ref().map(|_| label));
         result
     }
 
@@ -242,7 +248,7 @@ impl<S: Store> Tokens<S> {
         presented: Option<&str>,
         required: &Scopes,
     ) -> Result<Decision, ServiceError> {
-        let started = Instant::now();
+        let log = RpcLog::start(rpc, None);
         let (token_id, result) = match presented {
             None => (None, Ok(Decision::Missing)),
             Some(value) => {
@@ -264,7 +270,9 @@ impl<S: Store> Tokens<S> {
             Ok(d) => (None, d.label()),
             Err(_) => (None, ""),
         };
-        log_rpc(rpc, started, account, token_id.as_ref(), &result, label);
+        log.account(account)
+            .token_id(token_id.as_ref())
+            .finish(result.as_ref().map(|_| label));
         result
     }
 
@@ -324,8 +332,13 @@ impl<S: Store> Tokens<S> {
     ///
     /// # Errors
     /// `NotFound` when the account holds no such live token, `Unavailable`.
-    pub async fn revoke(&self, account: AccountId, token_id: TokenId) -> Result<(), ServiceError> {
-        let started = Instant::now();
+    pub async fn revoke(
+        &self,
+        caller: &str,
+        account: AccountId,
+        token_id: TokenId,
+    ) -> Result<(), ServiceError> {
+        let log = RpcLog::start("Revoke", Some(caller));
         // An id with another shard tag cannot be this account's: answer
         // without a round trip (in Redis Cluster it would also cross slots).
         let result = if token_id.shard_tag() != account.shard_tag() {
@@ -341,14 +354,9 @@ impl<S: Store> Tokens<S> {
                 Err(e) => Err(e.into()),
             }
         };
-        log_rpc(
-            "Revoke",
-            started,
-            Some(&account),
-            Some(&token_id),
-            &result,
-            "ok",
-        );
+        log.account(Some(&account))
+            .token_id(Some(&token_id))
+            .finish(result.as_ref().map(|_| "ok"));
         result
     }
 
@@ -356,14 +364,16 @@ impl<S: Store> Tokens<S> {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn revoke_all(&self, account: AccountId) -> Result<u32, ServiceError> {
-        let started = Instant::now();
+    pub async fn revoke_all(&self, caller: &str, account: AccountId) -> Result<u32, ServiceError> {
+        let mut log = RpcLog::start("RevokeAll", Some(caller));
         let result = self
             .store
             .revoke_all(&account, UnixMillis::now())
             .await
             .map_err(ServiceError::from);
-        log_rpc("RevokeAll", started, Some(&account), None, &result, "ok");
+        log.revoked = result.as_ref().ok().copied();
+        log.account(Some(&account))
+            .finish(result.as_ref().map(|_| "ok"));
         result
     }
 
@@ -371,8 +381,12 @@ impl<S: Store> Tokens<S> {
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn list(&self, account: AccountId) -> Result<Vec<TokenInfo>, ServiceError> {
-        let started = Instant::now();
+    pub async fn list(
+        &self,
+        caller: &str,
+        account: AccountId,
+    ) -> Result<Vec<TokenInfo>, ServiceError> {
+        let log = RpcLog::start("List", Some(caller));
         let result = self
             .store
             .list(&account, UnixMillis::now())
@@ -387,7 +401,8 @@ impl<S: Store> Tokens<S> {
                 tokens
             })
             .map_err(ServiceError::from);
-        log_rpc("List", started, Some(&account), None, &result, "ok");
+        log.account(Some(&account))
+            .finish(result.as_ref().map(|_| "ok"));
         result
     }
 
@@ -409,45 +424,95 @@ fn error_label(e: &ServiceError) -> &'static str {
     }
 }
 
-/// One line per call: what, for whom, which token id (public), how it
+/// One log line per call: what, by whom (the caller's name, for
+/// management calls), for which account, which token id (public), how it
 /// ended and how long it took. Never the token value. A store failure is a
 /// warning carrying its cause chain, which stays in the log.
-fn log_rpc<T>(
+struct RpcLog<'a> {
     rpc: &'static str,
+    caller: Option<&'a str>,
     started: Instant,
-    account: Option<&AccountId>,
-    token_id: Option<&TokenId>,
-    result: &Result<T, ServiceError>,
-    ok_label: &'static str,
-) {
-    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let account_id = account.map(AccountId::as_str);
-    let token_id = token_id.map(TokenId::as_str);
-    match result {
-        Ok(_) => tracing::info!(
+    account: Option<&'a AccountId>,
+    token_id: Option<&'a TokenId>,
+    /// How many tokens a RevokeAll ended.
+    revoked: Option<u32>,
+}
+
+impl<'a> RpcLog<'a> {
+    fn start(rpc: &'static str, caller: Option<&'a str>) -> Self {
+        Self {
             rpc,
-            account_id,
-            token_id,
-            outcome = ok_label,
-            latency_us,
-            "rpc"
-        ),
-        Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
+            caller,
+            started: Instant::now(),
+            account: None,
+            token_id: None,
+            revoked: None,
+        }
+    }
+
+    fn account(mut self, account: Option<&'a AccountId>) -> Self {
+        self.account = account;
+        self
+    }
+
+    fn token_id(mut self, token_id: Option<&'a TokenId>) -> Self {
+        self.token_id = token_id;
+        self
+    }
+
+    /// Writes the line: `outcome` is the success label, or the error.
+    fn finish(self, outcome: Result<&'static str, &ServiceError>) {
+        let RpcLog {
             rpc,
-            account_id,
+            caller,
+            started,
+            account,
             token_id,
-            outcome = error_label(e),
-            latency_us,
-            cause = %crate::telemetry::error_chain(cause),
-            "rpc"
-        ),
-        Err(e) => tracing::info!(
-            rpc,
-            account_id,
-            token_id,
-            outcome = error_label(e),
-            latency_us,
-            "rpc"
-        ),
+            revoked,
+        } = self;
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let account_id = account.map(AccountId::as_str);
+        let token_id = token_id.map(TokenId::as_str);
+        match outcome {
+            Ok(label) => tracing::info!(
+                rpc,
+                caller,
+                account_id,
+                token_id,
+                revoked,
+                outcome = label,
+                latency_us,
+                "rpc"
+            ),
+            Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
+                rpc,
+                caller,
+                account_id,
+                token_id,
+                outcome = error_label(e),
+                latency_us,
+                cause = %crate::telemetry::error_chain(cause),
+                "rpc"
+            ),
+            Err(e @ ServiceError::InvalidArgument(field)) => tracing::info!(
+                rpc,
+                caller,
+                account_id,
+                token_id,
+                outcome = error_label(e),
+                field = field.field,
+                latency_us,
+                "rpc"
+            ),
+            Err(e) => tracing::info!(
+                rpc,
+                caller,
+                account_id,
+                token_id,
+                outcome = error_label(e),
+                latency_us,
+                "rpc"
+            ),
+        }
     }
 }

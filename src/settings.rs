@@ -14,11 +14,12 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Callers, CallersError};
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::domain::LifetimePolicy;
 use crate::forward_auth::ForwardAuth;
 use crate::listener::Limits;
 use crate::service::Rules;
+use crate::telemetry::LogFormat;
 use crate::tls::{TlsError, TlsFiles, TlsMaterial};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
 
@@ -26,6 +27,17 @@ use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
 /// shows a secret.
 #[derive(Debug, Error)]
 pub enum SettingsError {
+    #[error(
+        "PATD_STORE: expected `memory` or a redis:// or rediss:// URL (the value is not \
+         shown: it may hold a password)"
+    )]
+    Store,
+    #[error(
+        "refusing to serve {0} on the embedded memory store, whose tokens vanish on restart \
+         and are not shared between instances: set PATD_STORE to a redis:// URL, or \
+         PATD_STORE=memory to mean it"
+    )]
+    MemoryExposed(SocketAddr),
     #[error("PATD_TOKEN_PREFIX: {0}")]
     TokenPrefix(#[from] PrefixError),
     #[error("PATD_KEY_PREFIX must be 1..=64 characters without spaces or braces")]
@@ -134,6 +146,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Where to write the bound addresses once listening.
     pub ready_file: Option<PathBuf>,
+    pub log_format: LogFormat,
 }
 
 impl TryFrom<Config> for Settings {
@@ -153,13 +166,17 @@ impl TryFrom<Config> for Settings {
             return Err(SettingsError::Timeout);
         }
         let key_prefix = KeyPrefix::parse(&config.key_prefix)?;
-        let store = match config.store {
-            StoreKind::Memory => StoreSettings::Memory,
-            StoreKind::Redis(url) => StoreSettings::Redis {
-                url,
+        let url = config.store.expose_secret();
+        let store = if url == "memory" {
+            StoreSettings::Memory
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            StoreSettings::Redis {
+                url: config.store.clone(),
                 key_prefix,
                 timeout: *config.redis_timeout,
-            },
+            }
+        } else {
+            return Err(SettingsError::Store);
         };
         // Secure by default, like Redis's protected mode: open to anyone
         // only where only this machine can reach it.
@@ -170,6 +187,11 @@ impl TryFrom<Config> for Settings {
             (&config.callers_file, config.allow_unauthenticated, exposed)
         {
             return Err(SettingsError::Exposed(addr));
+        }
+        // Beyond loopback, a defaulted memory store is almost certainly a
+        // forgotten (or misspelled) PATD_STORE.
+        if let (StoreSettings::Memory, false, Some(addr)) = (&store, config.store_given, exposed) {
+            return Err(SettingsError::MemoryExposed(addr));
         }
         let callers = match &config.callers_file {
             Some(path) => Callers::load(path)?,
@@ -220,6 +242,7 @@ impl TryFrom<Config> for Settings {
             max_request_bytes: config.max_request_bytes as usize,
             shutdown_grace: *config.shutdown_grace,
             ready_file: config.ready_file,
+            log_format: config.log_format,
         })
     }
 }
@@ -236,12 +259,10 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("patd").chain(args.iter().copied()))
+    fn parse(args: &[&str]) -> Result<Config, crate::config::LoadError> {
+        Config::load(std::iter::once("patd").chain(args.iter().copied()))
     }
 
     fn settings(args: &[&str]) -> Result<Settings, SettingsError> {
@@ -254,7 +275,13 @@ mod tests {
         assert!(matches!(exposed, Err(SettingsError::Exposed(_))));
         let http = settings(&["--http-addr", "10.1.2.3:8080"]);
         assert!(matches!(http, Err(SettingsError::Exposed(_))));
-        let opted_out = settings(&["--grpc-addr", "0.0.0.0:50051", "--allow-unauthenticated"]);
+        let opted_out = settings(&[
+            "--grpc-addr",
+            "0.0.0.0:50051",
+            "--allow-unauthenticated",
+            "--store",
+            "memory",
+        ]);
         assert_eq!(opted_out.unwrap().exposed_addrs().len(), 1);
         let v6_loopback = settings(&["--grpc-addr", "[::1]:50051"]);
         assert!(v6_loopback.unwrap().exposed_addrs().is_empty());
@@ -280,8 +307,70 @@ mod tests {
     fn stores_are_memory_or_redis_urls() {
         let s = settings(&["--store", "redis://127.0.0.1:6379/0"]).unwrap();
         assert_eq!(s.store.name(), "redis");
-        assert!(parse(&["--store", "rediss://h:6380"]).is_ok());
-        assert!(parse(&["--store", "postgres://x"]).is_err());
+        assert!(settings(&["--store", "rediss://h:6380"]).is_ok());
+        let refused = settings(&["--store", "postgres://u:hunter2@db"]).unwrap_err();
+        assert!(matches!(refused, SettingsError::Store));
+        assert!(!refused.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_defaulted_memory_store_is_refused_beyond_loopback() {
+        let public = ["--grpc-addr", "0.0.0.0:50051", "--allow-unauthenticated"];
+        let defaulted = settings(&public).unwrap_err();
+        assert!(matches!(defaulted, SettingsError::MemoryExposed(_)));
+        let meant: Vec<&str> = public
+            .iter()
+            .copied()
+            .chain(["--store", "memory"])
+            .collect();
+        assert!(settings(&meant).is_ok());
+        // On loopback the default is the development setup.
+        assert!(settings(&[]).is_ok());
+    }
+
+    #[test]
+    fn booleans_take_the_usual_spellings_and_say_which() {
+        for yes in ["true", "1", "yes", "on"] {
+            let c = parse(&[&format!("--allow-unauthenticated={yes}")]).unwrap();
+            assert!(c.allow_unauthenticated, "{yes}");
+        }
+        for no in ["false", "0", "no", "off"] {
+            let c = parse(&[&format!("--allow-unauthenticated={no}")]).unwrap();
+            assert!(!c.allow_unauthenticated, "{no}");
+        }
+        assert!(
+            parse(&["--allow-unauthenticated"])
+                .unwrap()
+                .allow_unauthenticated
+        );
+        let e = parse(&["--allow-unauthenticated=maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("true") && e.contains("false"), "{e}");
+    }
+
+    #[test]
+    fn unknown_patd_variables_are_refused_with_the_closest_name() {
+        use crate::config::{LoadError, check_variables};
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
+        let e = check_variables(vars(&[("PATD_STROE", "redis://x")])).unwrap_err();
+        assert!(
+            matches!(&e, LoadError::UnknownVariable { closest: Some(c), .. } if c == "PATD_STORE")
+        );
+        assert!(e.to_string().contains("did you mean PATD_STORE?"), "{e}");
+        let e = check_variables(vars(&[("PATD_XYZZY_PLUGH", "1")])).unwrap_err();
+        assert!(e.to_string().contains("patd --help"), "{e}");
+        let fine = vars(&[
+            ("PATD_STORE", "memory"),
+            ("HOME", "/root"),
+            ("RUST_LOG", "info"),
+        ]);
+        assert!(check_variables(fine).is_ok());
     }
 
     #[test]

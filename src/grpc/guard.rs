@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{BoxError, Layer, Service};
 
-use crate::auth::{Callers, Role};
+use crate::auth::{CallerName, Callers, Role};
 use crate::bearer;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::telemetry::panic_message;
@@ -171,7 +171,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let role = match role_for_grpc_path(request.uri().path()) {
             Some(role) if self.callers.is_enabled() => role,
             _ => return Either::Right(self.inner.call(request)),
@@ -192,10 +192,13 @@ where
         let refusal = match self.callers.authorize(key, &sans, role) {
             Ok(caller) => {
                 tracing::debug!(
-                    caller = caller.name,
+                    caller = &*caller.name,
                     role = role.as_str(),
                     "caller admitted"
                 );
+                // The handlers' log lines name who acted.
+                let name = CallerName(caller.name.clone());
+                request.extensions_mut().insert(name);
                 return Either::Right(self.inner.call(request));
             }
             Err(refusal) => refusal,

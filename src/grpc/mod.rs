@@ -7,12 +7,15 @@ pub mod ext_authz;
 pub mod guard;
 mod status;
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
-use crate::domain::{AccountId, TokenId};
+use crate::auth::{ANONYMOUS, CallerName};
+use crate::domain::{AccountId, FieldError, TokenId};
 use crate::pb;
 use crate::pb::token_service_server::TokenService;
-use crate::service::{Introspection, ServiceError, Tokens};
+use crate::service::{Introspection, Tokens};
 use crate::store::Store;
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -28,8 +31,25 @@ impl<S> TokenApi<S> {
     }
 }
 
-fn account(raw: String) -> Result<AccountId, Status> {
-    AccountId::parse(raw).map_err(|e| ServiceError::from(e).into())
+/// Who made a request, for the log: the caller gate's name for it, or
+/// `anonymous` without caller authentication.
+fn caller_of<T>(request: &Request<T>) -> Arc<str> {
+    request
+        .extensions()
+        .get::<CallerName>()
+        .map_or_else(|| Arc::from(ANONYMOUS), |c| c.0.clone())
+}
+
+impl<S: Store> TokenApi<S> {
+    /// Parses a field, or logs the refusal and answers INVALID_ARGUMENT.
+    fn parse<T>(
+        &self,
+        rpc: &'static str,
+        caller: &str,
+        parsed: Result<T, FieldError>,
+    ) -> Result<T, Status> {
+        parsed.map_err(|e| self.tokens.refuse(rpc, caller, e).into())
+    }
 }
 
 #[tonic::async_trait]
@@ -38,8 +58,13 @@ impl<S: Store> TokenService for TokenApi<S> {
         &self,
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
-        let cmd = convert::issue_command(request.into_inner()).map_err(ServiceError::from)?;
-        let issued = self.tokens.issue(cmd).await?;
+        let caller = caller_of(&request);
+        let cmd = self.parse(
+            "Issue",
+            &caller,
+            convert::issue_command(request.into_inner()),
+        )?;
+        let issued = self.tokens.issue(&caller, cmd).await?;
         Ok(Response::new(pb::IssueResponse {
             token: issued.token.into_exposed(),
             info: Some(convert::token_info(issued.info)),
@@ -65,13 +90,14 @@ impl<S: Store> TokenService for TokenApi<S> {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request);
         let pb::RevokeRequest {
             account_id,
             token_id,
         } = request.into_inner();
-        let account = account(account_id)?;
-        let token_id = TokenId::parse(token_id).map_err(ServiceError::from)?;
-        self.tokens.revoke(account, token_id).await?;
+        let account = self.parse("Revoke", &caller, AccountId::parse(account_id))?;
+        let token_id = self.parse("Revoke", &caller, TokenId::parse(token_id))?;
+        self.tokens.revoke(&caller, account, token_id).await?;
         Ok(Response::new(pb::RevokeResponse {}))
     }
 
@@ -79,8 +105,10 @@ impl<S: Store> TokenService for TokenApi<S> {
         &self,
         request: Request<pb::RevokeAllRequest>,
     ) -> Result<Response<pb::RevokeAllResponse>, Status> {
-        let account = account(request.into_inner().account_id)?;
-        let revoked = self.tokens.revoke_all(account).await?;
+        let caller = caller_of(&request);
+        let raw = request.into_inner().account_id;
+        let account = self.parse("RevokeAll", &caller, AccountId::parse(raw))?;
+        let revoked = self.tokens.revoke_all(&caller, account).await?;
         Ok(Response::new(pb::RevokeAllResponse { revoked }))
     }
 
@@ -88,8 +116,10 @@ impl<S: Store> TokenService for TokenApi<S> {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let account = account(request.into_inner().account_id)?;
-        let tokens = self.tokens.list(account).await?;
+        let caller = caller_of(&request);
+        let raw = request.into_inner().account_id;
+        let account = self.parse("List", &caller, AccountId::parse(raw))?;
+        let tokens = self.tokens.list(&caller, account).await?;
         Ok(Response::new(pb::ListResponse {
             tokens: tokens.into_iter().map(convert::token_info).collect(),
         }))
