@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
@@ -71,6 +73,11 @@ struct CallerEntry {
 /// name it; never a key.
 #[derive(Debug, Clone)]
 pub struct CallerName(pub Arc<str>);
+
+/// The callers in force, replaced whole on a reload (SIGHUP) without a
+/// lock on the request path: a request sees the old set or the new one,
+/// never a mix.
+pub type LiveCallers = Arc<ArcSwap<Callers>>;
 
 /// How the log names a request made without caller authentication (patd
 /// on loopback, or `PATD_ALLOW_UNAUTHENTICATED`).
@@ -194,6 +201,11 @@ impl Callers {
 
     pub fn is_enabled(&self) -> bool {
         !self.callers.is_empty()
+    }
+
+    /// The callers' names, for the log (never keys).
+    pub fn names(&self) -> Vec<&str> {
+        self.callers.iter().map(|c| &*c.name).collect()
     }
 
     /// Whether some caller is identified by a client certificate.

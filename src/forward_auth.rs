@@ -5,7 +5,6 @@
 //! store outage is 503, never 200. Statuses, challenges and bodies come
 //! from the one table in `verdict`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,7 +21,7 @@ use tower::timeout::TimeoutLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{Callers, Role};
+use crate::auth::{LiveCallers, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes};
 use crate::listener::Limits;
@@ -48,7 +47,7 @@ pub struct ForwardAuth {
 struct AppState<S> {
     tokens: Tokens<S>,
     settings: ForwardAuth,
-    callers: Arc<Callers>,
+    callers: LiveCallers,
     /// Cancelled once shutdown begins: `/readyz` then says 503.
     shutdown: CancellationToken,
 }
@@ -60,7 +59,7 @@ struct AppState<S> {
 pub fn router<S: Store>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
-    callers: Arc<Callers>,
+    callers: LiveCallers,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Router {
@@ -134,10 +133,11 @@ async fn forward_auth<S: Store>(
     RawQuery(query): RawQuery,
 ) -> Response {
     let max_age = state.settings.max_age;
-    if state.callers.is_enabled() {
+    let callers = state.callers.load();
+    if callers.is_enabled() {
         let key = headers.get(CALLER_KEY_HEADER).and_then(|v| v.to_str().ok());
         let sans = peer.map(|p| p.0.0).unwrap_or_default();
-        if let Err(refusal) = state.callers.authorize(key, &sans, Role::Introspect) {
+        if let Err(refusal) = callers.authorize(key, &sans, Role::Introspect) {
             // The gateway's own credentials are wrong: the operator must
             // see it, and end users must not be told their token is bad.
             tracing::warn!(

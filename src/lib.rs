@@ -12,9 +12,12 @@
 //! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
 //!   `listener`, `service`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
-//! - [`server`] (uses `forward_auth`, `grpc`, `listener`, `pb`, `service`,
-//!   `settings`, `store`, `telemetry`): wiring, health, reflection, the staged shutdown,
+//! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `listener`, `pb`, `service`,
+//!   `reload`, `settings`, `store`, `telemetry`): wiring, health, reflection, the staged shutdown,
 //!   the readiness watch and `--ready-file`.
+//! - [`reload`] (uses `auth`, `domain`, `telemetry`, `tls`): reloading the
+//!   callers file and TLS files on SIGHUP and when they change on disk;
+//!   certificate expiry warnings.
 //! - [`telemetry`] (uses nothing): the tracing subscriber (`RUST_LOG`,
 //!   text or JSON), error chains and panic messages for the log.
 //!
@@ -64,6 +67,7 @@ pub mod domain;
 pub mod forward_auth;
 pub mod grpc;
 pub mod listener;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod settings;

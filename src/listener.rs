@@ -1,21 +1,24 @@
 //! The listener plumbing both transports share: bounds on request heads
-//! and HTTP/2 (`Limits` and the constants here) and the HTTP listener's
-//! accept loop, with TCP_NODELAY, a first-bytes deadline, the TLS handshake
-//! and graceful drain. gRPC's tonic server takes the same limits in
-//! `server.rs`.
+//! and HTTP/2 (`Limits` and the constants here), the HTTP listener's accept
+//! loop (TCP_NODELAY, a first-bytes deadline, the TLS handshake, graceful
+//! drain) and the gRPC listener's TLS handshakes, both with the reloadable
+//! `TlsConfig`. gRPC's tonic server takes the same limits in `server.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{PeerSans, client_sans};
+use crate::tls::{PeerSans, TlsConfig, client_sans};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -42,6 +45,68 @@ impl Limits {
     }
 }
 
+/// The next accepted connection, with TCP_NODELAY (small answers must not
+/// wait for Nagle's algorithm); `None` after an accept error (out of file
+/// descriptors and the like), after a short back-off so the loop does not
+/// spin.
+async fn accept(listener: &TcpListener, which: &'static str) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Err(e) => {
+            tracing::warn!(listener = which, error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// The TLS handshake, bounded by `HEADER_READ_TIMEOUT` so a client that
+/// never finishes it cannot hold a connection.
+async fn handshake(stream: TcpStream, acceptor: &TlsAcceptor) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The gRPC listener's connections over TLS, handshaken here with the
+/// configuration current at accept time (a reload applies from the next
+/// connection on). Ends once `stop` is cancelled and the handshakes under
+/// way are over.
+pub fn grpc_tls_incoming(
+    listener: TcpListener,
+    tls: Arc<TlsConfig>,
+    stop: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => break,
+                stream = accept(&listener, "grpc") => stream,
+            };
+            let Some(stream) = stream else {
+                continue;
+            };
+            let acceptor = tls.grpc_acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(stream) = handshake(stream, &acceptor).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Serves `app` on `listener` (over TLS when an acceptor is given) until
 /// `stop` is cancelled, then lets open requests finish for at most `drain`.
 /// Request heads are bounded in size and time so a slow or huge request
@@ -49,7 +114,7 @@ impl Limits {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsConfig>>,
     limits: Limits,
     stop: CancellationToken,
     drain: Duration,
@@ -71,24 +136,17 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Small answers must not wait for Nagle's algorithm.
-                    let _ = stream.set_nodelay(true);
-                    stream
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            stream = accept(&listener, "http") => stream,
+        };
+        let Some(stream) = stream else {
+            continue;
         };
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let app = app.clone();
-        let tls = tls.clone();
+        // The configuration current now: a reload applies from the next
+        // connection on.
+        let tls = tls.as_ref().map(|tls| tls.http_acceptor());
         tokio::spawn(async move {
             // hyper's protocol sniffing has no timeout of its own: a client
             // that connects and says nothing is dropped here.
@@ -105,13 +163,8 @@ pub async fn serve(
                 let _ = watcher.watch(conn.into_owned()).await;
                 return;
             };
-            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let Some(stream) = handshake(stream, &tls).await else {
+                return;
             };
             let sans = PeerSans(
                 stream

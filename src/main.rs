@@ -1,5 +1,5 @@
 //! The `patd` binary: parse config, start logging, build the app, serve
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM; SIGHUP reloads the callers and TLS files.
 
 use std::process::ExitCode;
 
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
+        tokio::spawn(on_hangup(app.reloader()));
         match app.run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&patd::telemetry::error_chain(&e)),
@@ -64,6 +65,24 @@ fn main() -> ExitCode {
 fn fail(reason: &str) -> ExitCode {
     eprintln!("patd: {reason}");
     ExitCode::from(2)
+}
+
+/// Reloads the callers file and TLS files on every SIGHUP (whose default
+/// action would end the process).
+async fn on_hangup(reloader: patd::reload::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            reloader.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.

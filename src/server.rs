@@ -17,13 +17,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use arc_swap::ArcSwap;
 use secrecy::ExposeSecret as _;
 
+use crate::auth::LiveCallers;
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
-use crate::listener::{HEADER_READ_TIMEOUT, HTTP2_KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
+use crate::listener::{HTTP2_KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
+use crate::reload::Reloader;
 use crate::service::Tokens;
 use crate::settings::{Settings, SettingsError, StoreSettings};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
@@ -56,6 +59,8 @@ pub enum StartError {
 /// A built, bound, not yet running patd.
 pub struct Application {
     settings: Settings,
+    /// The callers in force; replaced whole by the reloader.
+    callers: LiveCallers,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
     http_listener: TcpListener,
@@ -86,12 +91,23 @@ impl Application {
         let (http_listener, http_addr) = bind(settings.http_addr).await?;
         Ok(Self {
             tokens: Tokens::new(store, settings.rules.clone()),
+            callers: Arc::new(ArcSwap::from_pointee(settings.callers.clone())),
             settings,
             grpc_listener,
             grpc_addr,
             http_listener,
             http_addr,
         })
+    }
+
+    /// What reloads the callers file and TLS files (on SIGHUP, from
+    /// `main`); shares the sets this application serves with.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(
+            self.settings.callers_file.clone(),
+            self.callers.clone(),
+            self.settings.tls.clone(),
+        )
     }
 
     /// The bound gRPC address (the real port when configured with port 0).
@@ -117,7 +133,7 @@ impl Application {
         let settings = self.settings;
         let max_request = settings.max_request_bytes;
         let limits = settings.limits;
-        let callers = Arc::new(settings.callers);
+        let callers = self.callers.clone();
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
         let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone()))
@@ -135,6 +151,14 @@ impl Application {
             health.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(
+            Reloader::new(
+                settings.callers_file.clone(),
+                callers.clone(),
+                settings.tls.clone(),
+            )
+            .watch(shutdown.clone()),
+        );
 
         tracing::info!(
             grpc_addr = %self.grpc_addr,
@@ -169,7 +193,7 @@ impl Application {
         let http = tokio::spawn(crate::listener::serve(
             self.http_listener,
             http_app,
-            settings.tls.as_ref().map(|tls| tls.acceptor.clone()),
+            settings.tls.clone(),
             limits,
             stop_accepting.clone(),
             drain,
@@ -187,11 +211,7 @@ impl Application {
                 limits.max_concurrent_requests,
             ))
             .layer(CallerGateLayer::new(callers));
-        let mut builder = Server::builder();
-        if let Some(tls) = &settings.tls {
-            builder = builder.tls_config(tls.material.grpc(HEADER_READ_TIMEOUT))?;
-        }
-        let serve = builder
+        let router = Server::builder()
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_BYTES as u32)
             .http2_keepalive_interval(limits.http2_keepalive_interval())
@@ -201,12 +221,26 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .add_service(ext_authz)
-            // Small unary answers must not wait for Nagle's algorithm.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
-                stop,
-            );
+            .add_service(ext_authz);
+        let serve = async move {
+            match &settings.tls {
+                // TLS handshakes happen in `listener`, with the certificate
+                // current at each accept, so a reload needs no restart.
+                Some(tls) => {
+                    let incoming = crate::listener::grpc_tls_incoming(
+                        self.grpc_listener,
+                        tls.clone(),
+                        stop_accepting.clone(),
+                    );
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                // Small unary answers must not wait for Nagle's algorithm.
+                None => {
+                    let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            }
+        };
         tokio::select! {
             served = serve => served?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(hard_stop).await } => {

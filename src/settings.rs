@@ -4,14 +4,13 @@
 //! re-parses a string. Secrets (digest keys, the Redis URL's password) stay
 //! wrapped: `Debug` shows neither.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret as _, SecretString};
 use thiserror::Error;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Callers, CallersError};
 use crate::config::Config;
@@ -20,7 +19,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::listener::Limits;
 use crate::service::Rules;
 use crate::telemetry::LogFormat;
-use crate::tls::{TlsError, TlsFiles, TlsMaterial};
+use crate::tls::{TlsConfig, TlsError, TlsFiles};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
 
 /// A setting that parsed but makes no sense. Names the variable; never
@@ -112,21 +111,6 @@ impl StoreSettings {
     }
 }
 
-/// TLS for both listeners: the PEM material (for tonic) and the rustls
-/// acceptor built from it (for the HTTP listener).
-#[derive(Clone)]
-pub struct TlsSettings {
-    pub material: TlsMaterial,
-    pub acceptor: TlsAcceptor,
-}
-
-impl fmt::Debug for TlsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The material holds a private key.
-        f.write_str("TlsSettings(..)")
-    }
-}
-
 /// Everything patd runs with, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -137,7 +121,10 @@ pub struct Settings {
     pub rules: Rules,
     /// Caller authentication; empty = off (loopback only, or opted out).
     pub callers: Callers,
-    pub tls: Option<TlsSettings>,
+    /// Where the callers came from, read again on SIGHUP.
+    pub callers_file: Option<PathBuf>,
+    /// TLS for both listeners (reloadable).
+    pub tls: Option<Arc<TlsConfig>>,
     pub limits: Limits,
     pub forward_auth: ForwardAuth,
     /// Largest gRPC request message, in bytes.
@@ -202,16 +189,11 @@ impl TryFrom<Config> for Settings {
             return Err(SettingsError::CertCallersWithoutCa);
         }
         let tls = match (config.tls_cert, config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let files = TlsFiles {
-                    cert,
-                    key,
-                    client_ca: config.tls_client_ca,
-                };
-                let material = TlsMaterial::load(&files)?;
-                let acceptor = material.http_acceptor(&files)?;
-                Some(TlsSettings { material, acceptor })
-            }
+            (Some(cert), Some(key)) => Some(Arc::new(TlsConfig::load(TlsFiles {
+                cert,
+                key,
+                client_ca: config.tls_client_ca,
+            })?)),
             _ => None,
         };
         Ok(Self {
@@ -228,6 +210,7 @@ impl TryFrom<Config> for Settings {
                 },
             },
             callers,
+            callers_file: config.callers_file,
             tls,
             limits: Limits {
                 request_timeout: *config.request_timeout,

@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{BoxError, Layer, Service};
 
-use crate::auth::{CallerName, Callers, Role};
+use crate::auth::{CallerName, LiveCallers, Role};
 use crate::bearer;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::telemetry::panic_message;
@@ -133,11 +133,11 @@ where
 /// Refuses calls from callers without the method's role.
 #[derive(Debug, Clone)]
 pub struct CallerGateLayer {
-    callers: Arc<Callers>,
+    callers: LiveCallers,
 }
 
 impl CallerGateLayer {
-    pub fn new(callers: Arc<Callers>) -> Self {
+    pub fn new(callers: LiveCallers) -> Self {
         Self { callers }
     }
 }
@@ -156,7 +156,7 @@ impl<S> Layer<S> for CallerGateLayer {
 #[derive(Debug, Clone)]
 pub struct CallerGate<S> {
     inner: S,
-    callers: Arc<Callers>,
+    callers: LiveCallers,
 }
 
 impl<S, B> Service<http::Request<B>> for CallerGate<S>
@@ -172,8 +172,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let callers = self.callers.load();
         let role = match role_for_grpc_path(request.uri().path()) {
-            Some(role) if self.callers.is_enabled() => role,
+            Some(role) if callers.is_enabled() => role,
             _ => return Either::Right(self.inner.call(request)),
         };
         let key = request
@@ -189,7 +190,7 @@ where
             .and_then(TlsConnectInfo::peer_certs)
             .map(|chain| client_sans(&chain))
             .unwrap_or_default();
-        let refusal = match self.callers.authorize(key, &sans, role) {
+        let refusal = match callers.authorize(key, &sans, role) {
             Ok(caller) => {
                 tracing::debug!(
                     caller = &*caller.name,
@@ -295,7 +296,9 @@ mod tests {
     #[tokio::test]
     async fn the_gate_only_guards_role_bound_methods() {
         let (key, entry) = crate::auth::new_caller_key("gw", &[crate::auth::Role::Introspect]);
-        let callers = Arc::new(Callers::parse(&entry, "f").unwrap());
+        let callers = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::auth::Callers::parse(&entry, "f").unwrap(),
+        ));
         let ok = service_fn(|_: http::Request<()>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });

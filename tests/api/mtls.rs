@@ -203,3 +203,124 @@ async fn a_client_certificate_with_a_known_san_is_a_caller() {
     );
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+/// The leaf certificate (DER) the server at `addr` presents, offering
+/// `alpn`; `None` if the handshake fails.
+async fn served_certificate(addr: SocketAddr, ca_pem: &str, alpn: &[u8]) -> Option<Vec<u8>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("root");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let stream = connector.connect(name, tcp).await.ok()?;
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    Some(leaf.as_ref().to_vec())
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .as_ref()
+        .to_vec()
+}
+
+fn sighup(patd: &Patd) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &patd.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits until both listeners present `expected`.
+async fn both_listeners_serve(setup: &Setup, expected: &[u8]) -> bool {
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        let grpc = served_certificate(setup.patd.grpc_addr, &setup.ca_pem, b"h2").await;
+        let http = served_certificate(setup.patd.http_addr, &setup.ca_pem, b"http/1.1").await;
+        grpc.as_deref() == Some(expected) && http.as_deref() == Some(expected)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sighup_reloads_certificates_and_callers_and_keeps_the_old_ones_if_the_new_are_bad() {
+    let ca = ca();
+    let mut setup = setup(&ca).await;
+    let original = std::fs::read_to_string(setup.dir.join("server.pem")).unwrap();
+    assert!(both_listeners_serve(&setup, &der_of(&original)).await);
+
+    // A renewed certificate: served on both listeners, no restart.
+    let (renewed, renewed_key) = leaf(&ca, &["localhost"], None);
+    std::fs::write(setup.dir.join("server.key"), &renewed_key).unwrap();
+    std::fs::write(setup.dir.join("server.pem"), &renewed).unwrap();
+    sighup(&setup.patd);
+    assert!(
+        both_listeners_serve(&setup, &der_of(&renewed)).await,
+        "the renewed certificate is served; logs:\n{}",
+        setup.patd.logs()
+    );
+
+    // A broken one: the renewed certificate stays.
+    std::fs::write(setup.dir.join("server.pem"), "not a certificate").unwrap();
+    sighup(&setup.patd);
+    let kept = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        setup.patd.logs().contains("TLS files not reloaded")
+    })
+    .await;
+    assert!(kept, "logs:\n{}", setup.patd.logs());
+    assert!(both_listeners_serve(&setup, &der_of(&renewed)).await);
+
+    // Callers: the certificate caller is replaced by a key caller.
+    let good = leaf(&ca, &[], Some(SAN));
+    let (key, entry) = patd::auth::new_caller_key("console", &[patd::auth::Role::Manage]);
+    std::fs::write(setup.dir.join("callers.toml"), &entry).unwrap();
+    sighup(&setup.patd);
+    let reloaded = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        setup.patd.logs().contains("callers reloaded")
+    })
+    .await;
+    assert!(reloaded, "logs:\n{}", setup.patd.logs());
+    let mut by_certificate = grpc(&setup, Some(&good)).await.expect("connects");
+    let refused = by_certificate
+        .issue(issue_request("acct", 60))
+        .await
+        .expect_err("the certificate caller is gone");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut by_key = grpc(&setup, None).await.expect("connects").as_caller(&key);
+    by_key
+        .issue(issue_request("acct", 60))
+        .await
+        .expect("the new key caller may issue");
+
+    // A broken callers file: the console stays.
+    std::fs::write(setup.dir.join("callers.toml"), "[[caller]]\nname = \"\"\n").unwrap();
+    sighup(&setup.patd);
+    let kept = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        setup.patd.logs().contains("callers file not reloaded")
+    })
+    .await;
+    assert!(kept, "logs:\n{}", setup.patd.logs());
+    by_key
+        .issue(issue_request("acct", 60))
+        .await
+        .expect("the console still may issue");
+
+    assert!(setup.patd.is_running(), "SIGHUP must not end patd");
+    let logs = setup.patd.logs();
+    assert!(logs.contains("console") && logs.contains("mesh-gateway"));
+    assert!(!logs.contains(&key), "a caller key reached the log");
+    assert!(
+        !logs.contains(renewed_key.trim()),
+        "key material in the log"
+    );
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
