@@ -229,6 +229,31 @@ pub fn known_variables() -> Vec<String> {
     names
 }
 
+/// Whether `name` has the shape of a variable Kubernetes sets for a
+/// Service (`<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<PORT>]`,
+/// `<SVC>_PORT[_<n>_<PROTO>[_PROTO|_PORT|_ADDR]]`): a Service named `patd`
+/// or `patd-redis` puts such `PATD_*` names in every pod of its namespace.
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") {
+        return true;
+    }
+    let Some((_, tail)) = name.rsplit_once("_PORT") else {
+        return false;
+    };
+    // `_PORT` alone, or `_PORT_<n>_<PROTO>` with an optional last part.
+    let mut parts = tail.split('_').skip(1);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (None, ..) => tail.is_empty(),
+        (Some(n), Some(proto), last, None) => {
+            n.bytes().all(|b| b.is_ascii_digit())
+                && !n.is_empty()
+                && matches!(proto, "TCP" | "UDP" | "SCTP")
+                && last.is_none_or(|l| matches!(l, "PROTO" | "PORT" | "ADDR"))
+        }
+        _ => false,
+    }
+}
+
 /// Refuses an environment holding a `PATD_*` variable patd does not know,
 /// naming the closest known one.
 ///
@@ -240,7 +265,8 @@ pub fn check_variables(
     let known = known_variables();
     for (name, _) in vars {
         let name = name.to_string_lossy();
-        if !name.starts_with("PATD_") || known.iter().any(|k| *k == name) {
+        if !name.starts_with("PATD_") || known.iter().any(|k| *k == name) || is_service_link(&name)
+        {
             continue;
         }
         let closest = known
