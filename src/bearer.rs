@@ -5,16 +5,25 @@
 
 use crate::domain::{FieldError, Scopes};
 
-/// The token in an `Authorization` header value: scheme `Bearer`, matched
-/// case-insensitively, then the token. `None` for any other scheme or an
-/// empty token, which gateways treat as "no credential".
+/// The token in an `Authorization` header value (RFC 6750 §2.1:
+/// `Bearer 1*SP b64token`): scheme `Bearer`, matched case-insensitively,
+/// then the token. `None` for any other scheme or an empty token, which
+/// gateways treat as "no credential". Only optional whitespace (space and
+/// tab, RFC 9110 §5.6.3) around the value is ignored: any other byte (a
+/// newline, a NUL, a no-break space) stays part of the token, which then
+/// fails to parse, exactly as `Introspect` of the same bytes would.
 pub fn from_authorization(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
+    let (scheme, rest) = trim_ows(value).split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let token = rest.trim();
+    let token = trim_ows(rest);
     (!token.is_empty()).then_some(token)
+}
+
+/// `value` without leading and trailing spaces and tabs (OWS).
+fn trim_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
 }
 
 /// What a request presented as a credential.
@@ -68,7 +77,7 @@ pub fn presented<'a>(
         (None, _) => None,
         (Some(_), Some(_)) => return Presented::Unreadable,
         (Some(value), None) => match header_text(value) {
-            Some(text) if !text.trim().is_empty() => Some(text.trim()),
+            Some(text) if !trim_ows(text).is_empty() => Some(trim_ows(text)),
             Some(_) => None,
             None => return Presented::Unreadable,
         },
@@ -192,6 +201,18 @@ mod tests {
         assert_eq!(from_authorization("Bearer pat_abc"), Some("pat_abc"));
         assert_eq!(from_authorization("bearer pat_abc"), Some("pat_abc"));
         assert_eq!(from_authorization("BEARER   pat_abc  "), Some("pat_abc"));
+    }
+
+    #[test]
+    fn only_spaces_and_tabs_around_the_token_are_ignored() {
+        assert_eq!(from_authorization("\tBearer  pat_abc\t "), Some("pat_abc"));
+        assert_eq!(from_authorization("Bearer pat_abc\n"), Some("pat_abc\n"));
+        assert_eq!(
+            from_authorization("Bearer pat_abc\u{a0}"),
+            Some("pat_abc\u{a0}")
+        );
+        let newline: &[u8] = b"Bearer pat_abc\n";
+        assert_eq!(presented([newline], []), Presented::Unreadable);
     }
 
     #[test]

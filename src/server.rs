@@ -136,8 +136,11 @@ impl Application {
         let callers = self.callers.clone();
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
-        let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone()))
-            .max_decoding_message_size(max_request);
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(
+            self.tokens.clone(),
+            settings.forward_auth.token_header.clone(),
+        ))
+        .max_decoding_message_size(max_request);
         let http_app = crate::forward_auth::router(
             self.tokens.clone(),
             settings.forward_auth,

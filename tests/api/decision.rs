@@ -401,3 +401,134 @@ async fn two_different_credentials_are_an_invalid_token_at_both_gateway_doors() 
     assert_eq!(same.status, 200);
     assert_eq!(same.header("x-account-id"), Some("acct-a"));
 }
+
+/// Whether Check lets the request through, with the `Authorization` value
+/// given in the `headers` map, or (Envoy's `encode_raw_headers`) as raw
+/// bytes in `header_map`.
+async fn check_allows(patd: &Patd, authorization: &[u8], raw: bool) -> bool {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let mut request = check_request(None, None);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("http attributes");
+    if raw {
+        http.header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "authorization".into(),
+                raw_value: authorization.to_vec(),
+                ..Default::default()
+            }],
+        });
+    } else {
+        let text = String::from_utf8(authorization.to_vec()).expect("utf-8");
+        http.headers.insert("authorization".into(), text);
+    }
+    let response = AuthorizationClient::new(patd.channel().await)
+        .check(request)
+        .await
+        .expect("Check answers in its response")
+        .into_inner();
+    matches!(response.http_response, Some(HttpResponse::OkResponse(_)))
+}
+
+/// Token-shaped strings around a valid token: characters appended,
+/// prepended or put in its place (newlines, NUL, no-break and ideographic
+/// spaces, zero-width space, commas, quotes, non-ASCII), truncation, and
+/// two tokens joined as a proxy joins repeated headers. Spaces and tabs at
+/// the ends are HTTP's optional whitespace, not token bytes, so they are
+/// only put inside.
+fn near_tokens(token: String) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    const ODD: [char; 14] = [
+        '\n', '\r', '\0', '\u{a0}', '\u{3000}', '\u{200b}', '\u{7f}', 'x', ',', '"', '=', 'é', ' ',
+        '\t',
+    ];
+    let edge = proptest::sample::select(&ODD[..12]);
+    let inner = proptest::sample::select(&ODD[..]);
+    let len = token.len();
+    let (t1, t2, t3, t4, t5) = (
+        token.clone(),
+        token.clone(),
+        token.clone(),
+        token.clone(),
+        token.clone(),
+    );
+    prop_oneof![
+        Just(token.clone()),
+        edge.clone().prop_map(move |c| format!("{t1}{c}")),
+        edge.prop_map(move |c| format!("{c}{t2}")),
+        (1..len - 1, inner).prop_map(move |(i, c)| {
+            let mut chars: Vec<char> = t3.chars().collect();
+            chars[i] = c;
+            chars.into_iter().collect()
+        }),
+        (1..len).prop_map(move |n| t4[..n].to_owned()),
+        Just(format!("{t5},{t5}")),
+        Just(token.to_uppercase()),
+    ]
+}
+
+#[test]
+fn the_three_doors_agree_on_generated_credentials() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (patd, token) = runtime.block_on(async {
+        let patd = Patd::memory().await;
+        let mut client = patd.client().await;
+        let (token, _) = issue(&mut client, "acct-doors", 3600).await;
+        (patd, token)
+    });
+    // The raw form Envoy sends with encode_raw_headers is read at all.
+    let bearer = format!("Bearer {token}");
+    assert!(runtime.block_on(check_allows(&patd, bearer.as_bytes(), true)));
+
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&near_tokens(token.clone()), |candidate| {
+        runtime.block_on(async {
+            let mut client = patd.client().await;
+            let introspect = client
+                .introspect(&candidate)
+                .await
+                .map_err(|s| TestCaseError::fail(format!("Introspect: {s}")))?
+                .active;
+            let value = format!("Bearer {candidate}");
+            let check = check_allows(&patd, value.as_bytes(), false).await;
+            let raw = check_allows(&patd, value.as_bytes(), true).await;
+            let forward_auth = match axum::http::HeaderValue::from_str(&value) {
+                Ok(_) => Some(
+                    get(
+                        patd.http_addr,
+                        "/v1/forward-auth",
+                        &[("Authorization", &value)],
+                    )
+                    .await
+                    .status
+                        == 200,
+                ),
+                // Not sendable over HTTP at all.
+                Err(_) => None,
+            };
+            let agree = check == introspect
+                && raw == introspect
+                && forward_auth.is_none_or(|f| f == introspect);
+            if agree {
+                Ok(())
+            } else {
+                Err(TestCaseError::fail(format!(
+                    "{candidate:?}: introspect {introspect}, check {check}, raw {raw}, \
+                     forward-auth {forward_auth:?}"
+                )))
+            }
+        })
+    });
+    if let Err(e) = result {
+        panic!("the doors disagree: {e}");
+    }
+}
