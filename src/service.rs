@@ -18,6 +18,9 @@ use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
 /// stays one read on the hot path.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a failed Issue's undo keeps retrying.
+const UNDO_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Fresh ids per Issue before giving up on random-id collisions.
 const ISSUE_ATTEMPTS: usize = 3;
 
@@ -33,6 +36,9 @@ pub enum ServiceError {
     /// Nothing to act on.
     #[error("the account holds no such live token")]
     NotFound,
+    /// Revoke tokens or give Redis more memory; nothing was written.
+    #[error("the token store is full: revoke tokens or raise Redis's maxmemory")]
+    StoreFull,
     /// Try again later; the store could not answer.
     #[error("the token store is unavailable")]
     Unavailable(#[source] StoreError),
@@ -40,7 +46,10 @@ pub enum ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        Self::Unavailable(e)
+        match e {
+            StoreError::Full => Self::StoreFull,
+            e => Self::Unavailable(e),
+        }
     }
 }
 
@@ -186,6 +195,8 @@ impl<S: Store> Tokens<S> {
             };
             let outcome = match self.store.issue(&stored, limit, now).await {
                 Ok(outcome) => outcome,
+                // Refused whole before any write: nothing to undo.
+                Err(StoreError::Full) => return Err(ServiceError::StoreFull),
                 Err(e) => {
                     self.undo_issue(&stored.info);
                     return Err(e.into());
@@ -206,14 +217,44 @@ impl<S: Store> Tokens<S> {
     }
 
     /// A failed or timed-out Issue may still have been applied by the store
-    /// (a timeout does not cancel a Redis script). Nobody saw that token's
-    /// value, so remove it, best effort, lest it hold a slot until expiry.
+    /// (a timeout does not cancel a Redis script, and the script may run
+    /// once a paused Redis resumes). Nobody saw that token's value, so it is
+    /// removed, lest it hold a slot until expiry: the revoke is retried with
+    /// back-off until the store gives a definite answer (revoked, or no such
+    /// token), for at most `UNDO_PATIENCE`.
     fn undo_issue(&self, info: &TokenInfo) {
         let store = self.store.clone();
         let account = info.account_id.clone();
         let token_id = info.token_id.clone();
         tokio::spawn(async move {
-            let _ = store.revoke(&account, &token_id, UnixMillis::now()).await;
+            let deadline = Instant::now() + UNDO_PATIENCE;
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match store.revoke(&account, &token_id, UnixMillis::now()).await {
+                    Ok(landed) => {
+                        tracing::info!(
+                            account_id = account.as_str(),
+                            token_id = token_id.as_str(),
+                            landed,
+                            "undid a failed Issue"
+                        );
+                        return;
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        tracing::error!(
+                            account_id = account.as_str(),
+                            token_id = token_id.as_str(),
+                            error = %crate::telemetry::error_chain(&e),
+                            "could not undo a failed Issue; revoke this token id by hand"
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
         });
     }
 
@@ -420,6 +461,7 @@ fn error_label(e: &ServiceError) -> &'static str {
         ServiceError::InvalidArgument(_) => "invalid_argument",
         ServiceError::LimitReached { .. } => "limit_reached",
         ServiceError::NotFound => "not_found",
+        ServiceError::StoreFull => "store_full",
         ServiceError::Unavailable(_) => "unavailable",
     }
 }

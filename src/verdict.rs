@@ -20,6 +20,7 @@
 //! | invalid argument | 400 | 400 | INVALID_ARGUMENT | |
 //! | limit reached | 409 | 409 | RESOURCE_EXHAUSTED | |
 //! | not found | 404 | 404 | NOT_FOUND | |
+//! | store full | 507 | 507 | RESOURCE_EXHAUSTED | |
 //!
 //! The forward-auth column differs only for refused callers: there the
 //! caller is a gateway relaying an end user's request, and the status
@@ -91,6 +92,8 @@ pub enum Verdict {
     LimitReached { limit: u32 },
     /// The account holds no such live token.
     NotFound,
+    /// Redis is at `maxmemory`: new tokens are refused, revocations work.
+    StoreFull,
 }
 
 impl Verdict {
@@ -124,6 +127,7 @@ impl Verdict {
             Verdict::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             Verdict::LimitReached { .. } => StatusCode::CONFLICT,
             Verdict::NotFound => StatusCode::NOT_FOUND,
+            Verdict::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -148,7 +152,9 @@ impl Verdict {
                 Code::PermissionDenied
             }
             Verdict::RouteMisconfigured(_) | Verdict::Internal => Code::Internal,
-            Verdict::Overloaded | Verdict::LimitReached { .. } => Code::ResourceExhausted,
+            Verdict::Overloaded | Verdict::LimitReached { .. } | Verdict::StoreFull => {
+                Code::ResourceExhausted
+            }
             Verdict::Deadline => Code::DeadlineExceeded,
             Verdict::StoreUnavailable => Code::Unavailable,
             Verdict::InvalidArgument(_) => Code::InvalidArgument,
@@ -190,6 +196,7 @@ impl Verdict {
                 .to_string()
                 .into(),
             Verdict::NotFound => ServiceError::NotFound.to_string().into(),
+            Verdict::StoreFull => ServiceError::StoreFull.to_string().into(),
         }
     }
 
@@ -300,6 +307,7 @@ impl From<ServiceError> for Verdict {
             ServiceError::InvalidArgument(field) => Verdict::InvalidArgument(field),
             ServiceError::LimitReached { limit } => Verdict::LimitReached { limit },
             ServiceError::NotFound => Verdict::NotFound,
+            ServiceError::StoreFull => Verdict::StoreFull,
             ServiceError::Unavailable(_) => Verdict::StoreUnavailable,
         }
     }
@@ -335,6 +343,7 @@ mod tests {
             Verdict::InvalidArgument(FieldError::new("note", "too long")),
             Verdict::LimitReached { limit: 50 },
             Verdict::NotFound,
+            Verdict::StoreFull,
         ]
     }
 

@@ -27,6 +27,10 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("the account's index kept changing; gave up")]
     Contended,
+    /// Redis is at `maxmemory` and refused a write (`OOM`); nothing was
+    /// written.
+    #[error("the store is full (Redis OOM: at maxmemory)")]
+    Full,
     #[error("corrupt record for token {token_id}: {reason}")]
     Corrupt { token_id: String, reason: String },
 }

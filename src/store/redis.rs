@@ -1,7 +1,11 @@
-//! The production store on Redis. Every multi-key change is one Lua script
-//! (see `lua/`), called by SHA and reloaded by the client after a restart or
-//! failover. The connection reconnects by itself, and every call is bounded
-//! by a timeout so a stalled Redis turns into UNAVAILABLE, never a hang.
+//! The production store on Redis (7.0 or newer: the scripts declare their
+//! flags in a `#!lua` line). Every multi-key change is one Lua script (see
+//! `lua/`), called by SHA and reloaded by the client after a restart or
+//! failover. Reads (Introspect, List, readiness) and writes (the scripts)
+//! use two connections, so a paused or slow write (`CLIENT PAUSE WRITE`,
+//! as `FAILOVER` does) never queues a read behind it. Connections reconnect
+//! by themselves, and every call is bounded by a timeout so a stalled Redis
+//! turns into UNAVAILABLE, never a hang.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +38,10 @@ struct Scripts {
 /// connection).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// HMGET, ZRANGE and PING.
+    reads: ConnectionManager,
+    /// The scripts.
+    writes: ConnectionManager,
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
@@ -56,9 +63,11 @@ impl RedisStore {
             .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let reads = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let writes = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
-            conn,
+            reads,
+            writes,
             keys: Keys::new(key_prefix),
             timeout,
             scripts: Arc::new(Scripts {
@@ -75,7 +84,10 @@ impl RedisStore {
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
+            Ok(Ok(value)) => Ok(value),
+            // Over maxmemory: a script without allow-oom was refused whole.
+            Ok(Err(e)) if e.code() == Some("OOM") => Err(StoreError::Full),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
@@ -143,7 +155,7 @@ impl Store for RedisStore {
         now: UnixMillis,
     ) -> Result<IssueOutcome, StoreError> {
         let info = &token.info;
-        let mut conn = self.conn.clone();
+        let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
         call.key(self.keys.account(&info.account_id))
             .key(self.keys.token(&info.token_id))
@@ -170,7 +182,7 @@ impl Store for RedisStore {
         token_id: &TokenId,
         now: UnixMillis,
     ) -> Result<Option<StoredToken>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         let values: Vec<Option<String>> = self
             .timed(
                 redis::cmd("HMGET")
@@ -188,7 +200,7 @@ impl Store for RedisStore {
         at: UnixMillis,
         min_interval: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.writes.clone();
         let mut call = self.scripts.touch.prepare_invoke();
         call.key(self.keys.token(token_id))
             .arg(at.0)
@@ -203,7 +215,7 @@ impl Store for RedisStore {
         token_id: &TokenId,
         _now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
@@ -214,7 +226,8 @@ impl Store for RedisStore {
 
     async fn revoke_all(&self, account: &AccountId, _now: UnixMillis) -> Result<u32, StoreError> {
         let index = self.keys.account(account);
-        let mut conn = self.conn.clone();
+        let mut reads = self.reads.clone();
+        let mut writes = self.writes.clone();
         for _ in 0..REVOKE_ALL_ATTEMPTS {
             let members: Vec<String> = self
                 .timed(
@@ -222,7 +235,7 @@ impl Store for RedisStore {
                         .arg(&index)
                         .arg(0)
                         .arg(-1)
-                        .query_async(&mut conn),
+                        .query_async(&mut reads),
                 )
                 .await?;
             let mut call = self.scripts.revoke_all.prepare_invoke();
@@ -236,7 +249,7 @@ impl Store for RedisStore {
                     call.key(self.keys.token(&id));
                 }
             }
-            let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+            let revoked: i64 = self.timed(call.invoke_async(&mut writes)).await?;
             if let Ok(n) = u32::try_from(revoked) {
                 return Ok(n);
             }
@@ -249,7 +262,7 @@ impl Store for RedisStore {
         account: &AccountId,
         now: UnixMillis,
     ) -> Result<Vec<TokenInfo>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         let members: Vec<String> = self
             .timed(
                 redis::cmd("ZRANGE")
@@ -285,7 +298,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         let _: String = self
             .timed(redis::cmd("PING").query_async(&mut conn))
             .await?;

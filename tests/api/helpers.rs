@@ -230,6 +230,16 @@ impl RedisServer {
             .expect("CLIENT PAUSE");
     }
 
+    /// Sends a signal to the server process (`STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     pub fn dbsize(&self) -> u64 {
         redis::cmd("DBSIZE")
             .query(&mut self.conn())

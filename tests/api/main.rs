@@ -15,6 +15,7 @@ mod mtls;
 mod operators;
 mod properties;
 mod redis_failure;
+mod redis_faults;
 mod secrets;
 mod security;
 mod tampered;

@@ -1,3 +1,4 @@
+#!lua
 -- Issue one token, atomically: prune the account's expired ids, refuse at
 -- the limit, write the record with its expiry, add it to the index.
 --
@@ -9,6 +10,9 @@
 -- ARGV[7]  note                    ARGV[8]  scopes, space-separated
 -- ARGV[9]  created, Unix ms        ARGV[10] digest key id ('' = plain SHA-256)
 -- Returns  1 issued, 0 limit reached, -1 token id already taken
+--
+-- Declared a writer without allow-oom: over maxmemory Redis refuses the
+-- whole script up front (OOM) rather than after its first write.
 
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then

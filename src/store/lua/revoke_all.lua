@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Revoke every token of an account, atomically. Token keys must be passed in
 -- KEYS (Redis Cluster), so the caller reads the index first and this script
 -- refuses if the index changed in between; the caller then reads again.
@@ -7,6 +8,8 @@
 -- ARGV[1..]    the index members as returned by ZRANGE 0 -1
 -- Returns      the number of live tokens revoked, or -1 when the index no
 --              longer matches ARGV (nothing was changed)
+--
+-- allow-oom: freeing memory must keep working when Redis is full.
 
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 if #members ~= #ARGV then

@@ -1,3 +1,4 @@
+#!lua
 -- Record the last use of a token, only if it still exists: a plain HSET on a
 -- revoked or expired token would recreate its key without an expiry.
 --
@@ -8,6 +9,8 @@
 -- ARGV[1]  time of use, Unix ms
 -- ARGV[2]  minimum interval between writes, ms
 -- Returns  1 when recorded, 0 when the token is gone or was just recorded
+--
+-- Declared a writer without allow-oom: a full Redis refuses it up front.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
