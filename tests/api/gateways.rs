@@ -1,8 +1,14 @@
 //! Real nginx and Caddy, running the configs from deploy/gateways/, in front
 //! of an echo upstream: patd decides, the gateway obeys, and the upstream
-//! only ever sees identities patd vouched for.
+//! only ever sees identities patd vouched for. Every patd here requires
+//! caller authentication (the configuration the README recommends), so the
+//! recipes run with their caller key, as deployed.
 
-use crate::helpers::{Patd, RedisServer, issue, random_name};
+use std::path::PathBuf;
+
+use patd::auth::{Role, new_caller_key};
+
+use crate::helpers::{Backend, Client, Patd, PatdOptions, RedisServer, issue, random_name};
 use crate::helpers::{issue_revoked, issue_scoped, wait_inactive};
 use crate::http_helpers::{Gateway, GatewayKind, Upstream, get};
 
@@ -10,20 +16,97 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The token id is the 16 characters after `pat_`.
+fn token_id(token: &str) -> String {
+    token[4..20].to_owned()
+}
+
+/// What a refused gateway makes patd log.
+const CALLER_REFUSED: &str = "the gateway is not an authorized patd caller";
+
+/// A callers file admitting the test itself (manage and introspect) and the
+/// gateway (introspect only), removed on drop.
+struct Callers {
+    path: PathBuf,
+    test_key: String,
+    gateway_key: String,
+}
+
+impl Callers {
+    fn new() -> Self {
+        let (test_key, test) = new_caller_key("tests", &[Role::Manage, Role::Introspect]);
+        let (gateway_key, gateway) = new_caller_key("gw", &[Role::Introspect]);
+        let path = std::env::temp_dir().join(random_name("patd-gateway-callers-"));
+        std::fs::write(&path, format!("{test}\n{gateway}")).expect("write callers file");
+        Self {
+            path,
+            test_key,
+            gateway_key,
+        }
+    }
+
+    fn options(&self, backend: Backend) -> PatdOptions {
+        let path = self.path.to_str().expect("utf-8 temp path");
+        PatdOptions::new(backend).env("PATD_CALLERS_FILE", path)
+    }
+}
+
+impl Drop for Callers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// patd (callers on), an echo upstream and a real gateway between them.
+struct Stack {
+    patd: Patd,
+    upstream: Upstream,
+    gateway: Gateway,
+    client: Client,
+    account: String,
+    _callers: Callers,
+}
+
+impl Stack {
+    /// The gateway with its own, valid caller key.
+    async fn start(kind: GatewayKind, backend: Backend) -> Self {
+        Self::start_keyed(kind, backend, None).await
+    }
+
+    /// `gateway_key` replaces the gateway's valid key when given.
+    async fn start_keyed(kind: GatewayKind, backend: Backend, gateway_key: Option<&str>) -> Self {
+        let callers = Callers::new();
+        let patd = Patd::spawn(callers.options(backend)).await;
+        let upstream = Upstream::start().await;
+        let key = gateway_key.unwrap_or(&callers.gateway_key);
+        let gateway = Gateway::start(kind, patd.http_addr, upstream.addr, key).await;
+        let client = patd.client().await.as_caller(&callers.test_key);
+        Self {
+            patd,
+            upstream,
+            gateway,
+            client,
+            account: random_name("acct-"),
+            _callers: callers,
+        }
+    }
+
+    async fn token(&mut self, scopes: &[&str]) -> String {
+        issue_scoped(&mut self.client, &self.account, scopes).await
+    }
+}
+
 async fn gateway_obeys_patd(kind: GatewayKind) {
     let mut redis = RedisServer::start();
-    let patd = Patd::redis(&redis).await;
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(kind, patd.http_addr, upstream.addr).await;
-    let mut client = patd.client().await;
-    let account = random_name("acct-");
+    let backend = Backend::Redis { url: redis.url() };
+    let mut stack = Stack::start(kind, backend).await;
+    let (gateway, upstream) = (&stack.gateway, &stack.upstream);
+    let account = stack.account.clone();
 
-    let (expiring, _) = issue(&mut client, &account, 1).await;
-    let valid = issue_scoped(&mut client, &account, &["repo:read", "repo:write"]).await;
-    // The token id is the 16 characters after `pat_`.
-    let valid_id = valid[4..20].to_owned();
-    let admin = issue_scoped(&mut client, &account, &["admin"]).await;
-    let revoked = issue_revoked(&mut client, &account).await;
+    let (expiring, _) = issue(&mut stack.client, &account, 1).await;
+    let valid = issue_scoped(&mut stack.client, &account, &["repo:read", "repo:write"]).await;
+    let admin = issue_scoped(&mut stack.client, &account, &["admin"]).await;
+    let revoked = issue_revoked(&mut stack.client, &account).await;
 
     // An active token reaches the upstream with patd's identity, and a
     // client-forged identity header is replaced, not passed along.
@@ -41,14 +124,14 @@ async fn gateway_obeys_patd(kind: GatewayKind) {
     assert_eq!(reply.body, "upstream reached\n");
     assert_eq!(upstream.calls(), 1);
     assert_eq!(upstream.last_values("x-account-id"), vec![account.as_str()]);
-    assert_eq!(upstream.last_values("x-token-id"), [valid_id]);
+    assert_eq!(upstream.last_values("x-token-id"), [token_id(&valid)]);
     assert_eq!(
         upstream.last_values("x-token-scopes"),
         ["repo:read repo:write"]
     );
 
     // Every denial stops at the gateway.
-    wait_inactive(&client, &expiring).await;
+    wait_inactive(&stack.client, &expiring).await;
     let garbage = "pat_garbage";
     for (what, headers, challenge) in [
         ("no token", vec![], r#"Bearer realm="patd""#),
@@ -134,4 +217,51 @@ async fn nginx_auth_request_obeys_patd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth_obeys_patd() {
     gateway_obeys_patd(GatewayKind::Caddy).await;
+}
+
+/// A gateway whose own caller key patd refuses (a wrong key, or none at
+/// all) is misconfigured: the end user gets a server error, never a 401
+/// that would blame their token, and patd's log names the caller problem.
+async fn refused_gateway_key_is_a_server_error(kind: GatewayKind) {
+    for (what, key) in [
+        (
+            "wrong key",
+            "patdck_NotTheKeyPatdKnowsForThisGateway0000000",
+        ),
+        ("no key", ""),
+    ] {
+        let mut stack = Stack::start_keyed(kind, Backend::Memory, Some(key)).await;
+        let valid = stack.token(&[]).await;
+        for (token, headers) in [
+            ("valid token", vec![("Authorization", bearer(&valid))]),
+            ("bad token", vec![("Authorization", bearer("pat_garbage"))]),
+            ("no token", vec![]),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = get(stack.gateway.addr, "/api/things", &headers).await;
+            assert!(
+                (500..600).contains(&reply.status),
+                "{kind:?} {what}, {token}: {reply:?}"
+            );
+            assert_eq!(
+                reply.header("www-authenticate"),
+                None,
+                "{kind:?} {what}, {token}: {reply:?}"
+            );
+        }
+        assert_eq!(stack.upstream.calls(), 0, "{kind:?} {what}");
+        let logs = stack.patd.logs();
+        assert!(logs.contains(CALLER_REFUSED), "{kind:?} {what}: {logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_a_refused_caller_key_answers_5xx_not_401() {
+    refused_gateway_key_is_a_server_error(GatewayKind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_with_a_refused_caller_key_answers_5xx_not_401() {
+    refused_gateway_key_is_a_server_error(GatewayKind::Caddy).await;
 }
