@@ -265,3 +265,47 @@ async fn nginx_with_a_refused_caller_key_answers_5xx_not_401() {
 async fn caddy_with_a_refused_caller_key_answers_5xx_not_401() {
     refused_gateway_key_is_a_server_error(GatewayKind::Caddy).await;
 }
+
+/// The upstream gets patd's identity headers, never the end user's token.
+async fn upstream_never_sees_the_token(kind: GatewayKind) {
+    let mut stack = Stack::start(kind, Backend::Memory).await;
+    let plain = stack.token(&["repo:read"]).await;
+    let admin = stack.token(&["admin"]).await;
+    for (path, token) in [("/api/things", &plain), ("/api/admin/users", &admin)] {
+        let reply = get(
+            stack.gateway.addr,
+            path,
+            &[("Authorization", &bearer(token))],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{kind:?} {path}: {reply:?}");
+        let authorization = stack.upstream.last_values("authorization");
+        assert!(
+            authorization.is_empty(),
+            "{kind:?} {path}: {authorization:?}"
+        );
+        assert_eq!(
+            stack.upstream.last_values("x-token-id"),
+            [token_id(token)],
+            "{kind:?} {path}"
+        );
+    }
+    assert_eq!(stack.upstream.calls(), 2);
+    for token in [&plain, &admin] {
+        let seen = stack.upstream.headers_containing(&token[20..]);
+        assert!(
+            seen.is_empty(),
+            "{kind:?}: the upstream saw the token: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_the_token_from_the_upstream() {
+    upstream_never_sees_the_token(GatewayKind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_keeps_the_token_from_the_upstream() {
+    upstream_never_sees_the_token(GatewayKind::Caddy).await;
+}

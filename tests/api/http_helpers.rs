@@ -150,6 +150,20 @@ impl Upstream {
             .map(|v| v.to_str().unwrap_or_default().to_owned())
             .collect()
     }
+
+    /// Every header of every request that reached the upstream whose name
+    /// or value contains `needle`.
+    pub fn headers_containing(&self, needle: &str) -> Vec<(String, String)> {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter()
+            .flat_map(|(_, headers)| headers.iter())
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .filter(|(k, v)| k.contains(needle) || v.contains(needle))
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
