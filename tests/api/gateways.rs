@@ -5,11 +5,12 @@
 //! recipes run with their caller key, as deployed.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use patd::auth::{Role, new_caller_key};
 
 use crate::helpers::{Backend, Client, Patd, PatdOptions, RedisServer, issue, random_name};
-use crate::helpers::{issue_revoked, issue_scoped, wait_inactive};
+use crate::helpers::{eventually, issue_revoked, issue_scoped, wait_inactive};
 use crate::http_helpers::{Gateway, GatewayKind, Upstream, get};
 
 fn bearer(token: &str) -> String {
@@ -251,8 +252,13 @@ async fn refused_gateway_key_is_a_server_error(kind: GatewayKind) {
             );
         }
         assert_eq!(stack.upstream.calls(), 0, "{kind:?} {what}");
-        let logs = stack.patd.logs();
-        assert!(logs.contains(CALLER_REFUSED), "{kind:?} {what}: {logs}");
+        // patd's log lines are read from its stderr as they come.
+        let patd = &stack.patd;
+        let named = eventually(Duration::from_secs(5), || async {
+            patd.logs().contains(CALLER_REFUSED)
+        })
+        .await;
+        assert!(named, "{kind:?} {what}: {}", patd.logs());
     }
 }
 
