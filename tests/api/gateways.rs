@@ -11,7 +11,7 @@ use patd::auth::{Role, new_caller_key};
 
 use crate::helpers::{Backend, Client, Patd, PatdOptions, RedisServer, issue, random_name};
 use crate::helpers::{eventually, issue_revoked, issue_scoped, wait_inactive};
-use crate::http_helpers::{Gateway, GatewayKind, Upstream, get};
+use crate::http_helpers::{Gateway, GatewayKind, Upstream, get, raw_get};
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -314,4 +314,64 @@ async fn nginx_keeps_the_token_from_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_keeps_the_token_from_the_upstream() {
     upstream_never_sees_the_token(GatewayKind::Caddy).await;
+}
+
+/// Every spelling of an identity header a WSGI/CGI upstream would read as
+/// patd's (any case, `-` or `_`) is dropped from the client request; the
+/// upstream sees exactly patd's one value.
+async fn forged_identity_spellings_never_reach_the_upstream(kind: GatewayKind) {
+    let mut stack = Stack::start(kind, Backend::Memory).await;
+    let valid = stack.token(&["repo:read"]).await;
+    let mut headers = vec![("Authorization".to_owned(), bearer(&valid))];
+    for name in ["X-Account-Id", "X-Token-Id", "X-Token-Scopes"] {
+        let lower = name.to_ascii_lowercase();
+        let upper = name.to_ascii_uppercase();
+        let underscored = name.replace('-', "_");
+        // One separator of each kind: X-Account_Id, X_Account-Id.
+        let first_dash = name.replacen('-', "_", 2).replacen('_', "-", 1);
+        let last_dash = {
+            let cut = name.rfind('-').expect("a dash");
+            format!("{}-{}", name[..cut].replace('-', "_"), &name[cut + 1..])
+        };
+        for spelling in [
+            name.to_owned(),
+            lower.clone(),
+            upper,
+            underscored.clone(),
+            underscored.to_ascii_lowercase(),
+            underscored.to_ascii_uppercase(),
+            first_dash,
+            last_dash,
+        ] {
+            headers.push((spelling, "victim".to_owned()));
+        }
+    }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let status = raw_get(stack.gateway.addr, "/api/things", &headers).await;
+    assert_eq!(status, 200, "{kind:?}");
+    assert_eq!(stack.upstream.calls(), 1);
+    for (name, want) in [
+        ("X-Account-Id", stack.account.clone()),
+        ("X-Token-Id", token_id(&valid)),
+        ("X-Token-Scopes", "repo:read".to_owned()),
+    ] {
+        assert_eq!(
+            stack.upstream.last_cgi_values(name),
+            [(name.to_ascii_lowercase(), want)],
+            "{kind:?}: what the upstream would read as {name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_drops_every_spelling_of_forged_identity_headers() {
+    forged_identity_spellings_never_reach_the_upstream(GatewayKind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_drops_every_spelling_of_forged_identity_headers() {
+    forged_identity_spellings_never_reach_the_upstream(GatewayKind::Caddy).await;
 }

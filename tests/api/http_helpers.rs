@@ -103,6 +103,29 @@ where
     })
 }
 
+/// `GET path` with header lines written byte for byte (names keep their
+/// case and spelling, a name given twice is sent twice); returns the status
+/// (0 when no status line came back).
+pub async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
 /// An upstream API that records the URI and headers of every request it
 /// gets.
 pub struct Upstream {
@@ -148,6 +171,23 @@ impl Upstream {
             .get_all(name)
             .iter()
             .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Every (name, value) of the last request whose name a WSGI/CGI
+    /// upstream would read as `name`'s variable (`HTTP_X_ACCOUNT_ID` for
+    /// `X-Account-Id`, `x_account_id`, `X-ACCOUNT_ID`, ...).
+    pub fn last_cgi_values(&self, name: &str) -> Vec<(String, String)> {
+        let cgi = |n: &str| n.to_ascii_uppercase().replace('-', "_");
+        let want = cgi(name);
+        self.last()
+            .1
+            .iter()
+            .filter(|(k, _)| cgi(k.as_str()) == want)
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
             .collect()
     }
 
