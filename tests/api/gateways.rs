@@ -375,3 +375,59 @@ async fn nginx_drops_every_spelling_of_forged_identity_headers() {
 async fn caddy_drops_every_spelling_of_forged_identity_headers() {
     forged_identity_spellings_never_reach_the_upstream(GatewayKind::Caddy).await;
 }
+
+/// 16 KiB of cookies (four 4 KiB lines, within nginx's default header
+/// buffers) are twice patd's 8 KiB head limit: the gateway must not copy
+/// them into the check, and the upstream still gets every one.
+async fn big_cookies_stay_out_of_the_check(kind: GatewayKind) {
+    let mut stack = Stack::start(kind, Backend::Memory).await;
+    let valid = stack.token(&[]).await;
+    let lines: Vec<String> = (0..4)
+        .map(|line| {
+            (0..32)
+                .map(|n| format!("c{line}x{n:02}={}", "v".repeat(125)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .collect();
+    let sent: usize = lines.iter().map(String::len).sum();
+    assert!(sent >= 16 * 1024, "{sent} bytes of cookies");
+    let auth = bearer(&valid);
+    let mut headers: Vec<(&str, &str)> = lines.iter().map(|c| ("Cookie", c.as_str())).collect();
+    headers.push(("Authorization", &auth));
+
+    let reply = get(stack.gateway.addr, "/api/things", &headers).await;
+    assert_eq!(reply.status, 200, "{kind:?}: {reply:?}");
+    let crumbs = |values: Vec<String>| {
+        let mut all: Vec<String> = values
+            .iter()
+            .flat_map(|v| v.split(';'))
+            .map(|c| c.trim().to_owned())
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(
+        crumbs(stack.upstream.last_values("cookie")),
+        crumbs(lines.clone()),
+        "{kind:?}: the upstream lost cookies"
+    );
+
+    // A bad token with the same cookies is still the user's 401.
+    headers.pop();
+    let garbage = bearer("pat_garbage");
+    headers.push(("Authorization", &garbage));
+    let reply = get(stack.gateway.addr, "/api/things", &headers).await;
+    assert_eq!(reply.status, 401, "{kind:?}: {reply:?}");
+    assert_eq!(stack.upstream.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_sends_patd_no_cookies() {
+    big_cookies_stay_out_of_the_check(GatewayKind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_sends_patd_no_cookies() {
+    big_cookies_stay_out_of_the_check(GatewayKind::Caddy).await;
+}
