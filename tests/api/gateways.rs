@@ -431,3 +431,48 @@ async fn nginx_sends_patd_no_cookies() {
 async fn caddy_sends_patd_no_cookies() {
     big_cookies_stay_out_of_the_check(GatewayKind::Caddy).await;
 }
+
+/// Only the route's configuration says what patd requires: a client's own
+/// query string (`scope=`, unknown parameters) never reaches patd, and
+/// still reaches the upstream untouched.
+async fn client_query_never_reaches_patd(kind: GatewayKind) {
+    let mut stack = Stack::start(kind, Backend::Memory).await;
+    let plain = stack.token(&["repo:read"]).await;
+    let admin = stack.token(&["admin"]).await;
+    let addr = stack.gateway.addr;
+    let expect = [
+        // A route requiring nothing, whatever the client's query says.
+        ("/api/x?scope=admin&x=1", &plain, 200),
+        ("/api/x?scope=", &plain, 200),
+        ("/api/x?x=1", &plain, 200),
+        ("/api/x?scope=BAD%20SCOPE", &plain, 200),
+        // A route requiring admin: the client can neither add nor remove
+        // a requirement, nor break the check.
+        ("/api/admin/users?scope=repo:read", &plain, 403),
+        ("/api/admin/users?x=1", &plain, 403),
+        ("/api/admin/users?scope=", &plain, 403),
+        ("/api/admin/users?scope=repo:write&x=1", &admin, 200),
+    ];
+    for (path, token, status) in expect {
+        let reply = get(addr, path, &[("Authorization", &bearer(token))]).await;
+        assert_eq!(reply.status, status, "{kind:?} {path}: {reply:?}");
+        if status == 200 {
+            assert_eq!(stack.upstream.last_uri(), path, "{kind:?}");
+        }
+    }
+    let logs = stack.patd.logs();
+    assert!(
+        !logs.contains("misconfigured"),
+        "{kind:?}: a client query reached patd: {logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_the_client_query_from_patd() {
+    client_query_never_reaches_patd(GatewayKind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_keeps_the_client_query_from_patd() {
+    client_query_never_reaches_patd(GatewayKind::Caddy).await;
+}

@@ -174,6 +174,11 @@ impl Upstream {
             .collect()
     }
 
+    /// The path and query of the last request that reached the upstream.
+    pub fn last_uri(&self) -> String {
+        self.last().0.to_string()
+    }
+
     /// Every (name, value) of the last request whose name a WSGI/CGI
     /// upstream would read as `name`'s variable (`HTTP_X_ACCOUNT_ID` for
     /// `X-Account-Id`, `x_account_id`, `X-ACCOUNT_ID`, ...).
