@@ -4,14 +4,18 @@
 //! caller authentication (the configuration the README recommends), so the
 //! recipes run with their caller key, as deployed.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use patd::auth::{Role, new_caller_key};
 
 use crate::helpers::{Backend, Client, Patd, PatdOptions, RedisServer, issue, random_name};
 use crate::helpers::{eventually, issue_revoked, issue_scoped, wait_inactive};
-use crate::http_helpers::{Gateway, GatewayKind, Upstream, get, raw_get};
+use crate::http_helpers::{
+    Gateway, GatewayKind, Upstream, deploy_file, deploy_file_with_ports, free_addr, get, raw_get,
+};
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -475,4 +479,91 @@ async fn nginx_keeps_the_client_query_from_patd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_keeps_the_client_query_from_patd() {
     client_query_never_reaches_patd(GatewayKind::Caddy).await;
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// nginx.conf's "Run" lines, run as they are written (only the prefix
+/// directory, the config's path and its ports replaced) by a user that is
+/// not root: `nobody` when the tests run as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_run_lines_work_as_a_non_root_user() {
+    let callers = Callers::new();
+    let patd = Patd::spawn(callers.options(Backend::Memory)).await;
+    let upstream = Upstream::start().await;
+    let listen = free_addr();
+
+    // The config as `cp` finds it, readable by anyone.
+    let source = std::env::temp_dir().join(random_name("patd-nginx-source-"));
+    std::fs::create_dir_all(&source).expect("source dir");
+    let conf = source.join("nginx.conf");
+    let config = deploy_file_with_ports("nginx.conf", listen, patd.http_addr, upstream.addr);
+    std::fs::write(&conf, config).expect("write nginx.conf");
+    let prefix = std::env::temp_dir().join(random_name("patd-nginx-run-"));
+    let (conf_path, prefix_path) = (conf.display().to_string(), prefix.display().to_string());
+    let commands: Vec<String> = deploy_file("nginx.conf")
+        .lines()
+        .filter_map(|line| line.strip_prefix("#   $ "))
+        .map(|line| {
+            line.replace("/tmp/patd-nginx", &prefix_path)
+                .replace("deploy/gateways/nginx.conf", &conf_path)
+        })
+        .collect();
+    assert!(commands.len() >= 2, "no Run lines in nginx.conf");
+    let script = commands.join("\n");
+
+    let key = format!("PATD_CALLER_KEY={}", callers.gateway_key);
+    let mut command = Command::new(if is_root() { "runuser" } else { "env" });
+    if is_root() {
+        command.args(["-u", "nobody", "--", "env"]);
+    }
+    let out = command
+        .args([key.as_str(), "sh", "-ec", &script])
+        .current_dir("/")
+        .output()
+        .expect("run the Run lines");
+
+    let pid_file = prefix.join("nginx.pid");
+    let started = out.status.success();
+    // The prefix the Run lines made belongs to whoever ran them.
+    let owner = std::fs::metadata(&prefix).map(|m| m.uid()).ok();
+    let mut reply = None;
+    if started {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(listen).await.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut client = patd.client().await.as_caller(&callers.test_key);
+        let account = random_name("acct-");
+        let token = issue_scoped(&mut client, &account, &[]).await;
+        let got = get(listen, "/api/things", &[("Authorization", &bearer(&token))]).await;
+        reply = Some((got, account));
+    }
+    // Stop the daemon the Run lines started, then clean up.
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_file.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&prefix);
+    let _ = std::fs::remove_dir_all(&source);
+
+    assert!(
+        started,
+        "the Run lines failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(owner, Some(0), "the Run lines ran as root");
+    let (reply, account) = reply.expect("a reply");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream.last_values("x-account-id"), [account]);
 }

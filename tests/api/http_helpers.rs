@@ -231,7 +231,7 @@ pub fn free_addr() -> SocketAddr {
         .expect("free port")
 }
 
-fn deploy_file(name: &str) -> String {
+pub fn deploy_file(name: &str) -> String {
     let path = format!("{}/deploy/gateways/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -289,18 +289,13 @@ impl Gateway {
                 let include = dir.join("patd-caller-key.conf");
                 std::fs::write(&include, nginx_caller_key_line(caller_key))
                     .expect("write patd-caller-key.conf");
+                // The recipe's own command line, kept in the foreground.
                 Command::new(binary("nginx"))
                     .arg("-p")
                     .arg(&dir)
                     .arg("-c")
                     .arg(&conf)
-                    .arg("-e")
-                    .arg(dir.join("error.log"))
-                    .arg("-g")
-                    .arg(format!(
-                        "daemon off; pid {};",
-                        dir.join("nginx.pid").display()
-                    ))
+                    .args(["-e", "stderr", "-g", "daemon off;"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()
