@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::Request;
 use hyper::body::Bytes;
@@ -103,20 +103,44 @@ where
     })
 }
 
-/// An upstream API that records the headers of every request it gets.
+/// `GET path` with header lines written byte for byte (names keep their
+/// case and spelling, a name given twice is sent twice); returns the status
+/// (0 when no status line came back).
+pub async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An upstream API that records the URI and headers of every request it
+/// gets.
 pub struct Upstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    seen: Arc<Mutex<Vec<(Uri, HeaderMap)>>>,
 }
 
 impl Upstream {
     pub async fn start() -> Self {
-        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(Uri, HeaderMap)>>> = Arc::default();
         let sink = seen.clone();
-        let app = Router::new().fallback(move |headers: HeaderMap| {
+        let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
             let sink = sink.clone();
             async move {
-                sink.lock().expect("lock").push(headers);
+                sink.lock().expect("lock").push((uri, headers));
                 "upstream reached\n"
             }
         });
@@ -134,13 +158,55 @@ impl Upstream {
         self.seen.lock().expect("lock").len()
     }
 
+    /// The last request that reached the upstream.
+    fn last(&self) -> (Uri, HeaderMap) {
+        let seen = self.seen.lock().expect("lock");
+        seen.last().expect("the upstream was called").clone()
+    }
+
     /// Every value of `name` in the last request that reached the upstream.
     pub fn last_values(&self, name: &str) -> Vec<String> {
-        let seen = self.seen.lock().expect("lock");
-        let last = seen.last().expect("the upstream was called");
-        last.get_all(name)
+        self.last()
+            .1
+            .get_all(name)
             .iter()
             .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The path and query of the last request that reached the upstream.
+    pub fn last_uri(&self) -> String {
+        self.last().0.to_string()
+    }
+
+    /// Every (name, value) of the last request whose name a WSGI/CGI
+    /// upstream would read as `name`'s variable (`HTTP_X_ACCOUNT_ID` for
+    /// `X-Account-Id`, `x_account_id`, `X-ACCOUNT_ID`, ...).
+    pub fn last_cgi_values(&self, name: &str) -> Vec<(String, String)> {
+        let cgi = |n: &str| n.to_ascii_uppercase().replace('-', "_");
+        let want = cgi(name);
+        self.last()
+            .1
+            .iter()
+            .filter(|(k, _)| cgi(k.as_str()) == want)
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect()
+    }
+
+    /// Every header of every request that reached the upstream whose name
+    /// or value contains `needle`.
+    pub fn headers_containing(&self, needle: &str) -> Vec<(String, String)> {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter()
+            .flat_map(|(_, headers)| headers.iter())
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .filter(|(k, v)| k.contains(needle) || v.contains(needle))
             .collect()
     }
 }
@@ -158,13 +224,14 @@ pub struct Gateway {
     dir: PathBuf,
 }
 
-fn free_addr() -> SocketAddr {
+/// A loopback address nothing listens on (yet).
+pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
 }
 
-fn deploy_file(name: &str) -> String {
+pub fn deploy_file(name: &str) -> String {
     let path = format!("{}/deploy/gateways/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -177,55 +244,74 @@ fn binary(name: &str) -> String {
         .unwrap_or_else(|| panic!("{name} is missing: run scripts/test.sh, which installs it"))
 }
 
+/// The nginx include that carries the caller key, in the format nginx.conf's
+/// "Run" lines generate.
+pub fn nginx_caller_key_line(key: &str) -> String {
+    format!("proxy_set_header X-Patd-Caller-Key \"{key}\";\n")
+}
+
+/// A deploy/gateways/ file with its example ports replaced.
+pub fn deploy_file_with_ports(
+    name: &str,
+    listen: SocketAddr,
+    patd_http: SocketAddr,
+    upstream: SocketAddr,
+) -> String {
+    deploy_file(name)
+        .replace("127.0.0.1:8000", &listen.to_string())
+        .replace("127.0.0.1:8080", &patd_http.to_string())
+        .replace("127.0.0.1:9000", &upstream.to_string())
+        .replace("127.0.0.1:2019", &free_addr().to_string())
+}
+
 impl Gateway {
-    pub async fn start(kind: GatewayKind, patd_http: SocketAddr, upstream: SocketAddr) -> Self {
+    /// Runs the recipe as its comment says: nginx with the caller key in
+    /// `patd-caller-key.conf` next to nginx.conf, Caddy with
+    /// `PATD_CALLER_KEY` in its environment.
+    pub async fn start(
+        kind: GatewayKind,
+        patd_http: SocketAddr,
+        upstream: SocketAddr,
+        caller_key: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(random_name("patd-gateway-"));
         std::fs::create_dir_all(&dir).expect("gateway dir");
         let addr = free_addr();
-        let template = match kind {
-            GatewayKind::Nginx => deploy_file("nginx.conf"),
-            GatewayKind::Caddy => deploy_file("Caddyfile"),
+        let name = match kind {
+            GatewayKind::Nginx => "nginx.conf",
+            GatewayKind::Caddy => "Caddyfile",
         };
-        let config = template
-            .replace("127.0.0.1:8000", &addr.to_string())
-            .replace("127.0.0.1:8080", &patd_http.to_string())
-            .replace("127.0.0.1:9000", &upstream.to_string())
-            .replace("127.0.0.1:2019", &free_addr().to_string());
+        let config = deploy_file_with_ports(name, addr, patd_http, upstream);
+        let conf = dir.join(name);
+        std::fs::write(&conf, config).expect("write the gateway config");
         let child = match kind {
             GatewayKind::Nginx => {
-                let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, config).expect("write nginx.conf");
+                let include = dir.join("patd-caller-key.conf");
+                std::fs::write(&include, nginx_caller_key_line(caller_key))
+                    .expect("write patd-caller-key.conf");
+                // The recipe's own command line, kept in the foreground.
                 Command::new(binary("nginx"))
                     .arg("-p")
                     .arg(&dir)
                     .arg("-c")
                     .arg(&conf)
-                    .arg("-e")
-                    .arg(dir.join("error.log"))
-                    .arg("-g")
-                    .arg(format!(
-                        "daemon off; pid {};",
-                        dir.join("nginx.pid").display()
-                    ))
+                    .args(["-e", "stderr", "-g", "daemon off;"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()
                     .expect("start nginx")
             }
-            GatewayKind::Caddy => {
-                let conf = dir.join("Caddyfile");
-                std::fs::write(&conf, config).expect("write Caddyfile");
-                Command::new(binary("caddy"))
-                    .args(["run", "--adapter", "caddyfile", "--config"])
-                    .arg(&conf)
-                    .env("HOME", &dir)
-                    .env("XDG_DATA_HOME", &dir)
-                    .env("XDG_CONFIG_HOME", &dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start caddy")
-            }
+            GatewayKind::Caddy => Command::new(binary("caddy"))
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&conf)
+                .env("HOME", &dir)
+                .env("XDG_DATA_HOME", &dir)
+                .env("XDG_CONFIG_HOME", &dir)
+                .env("PATD_CALLER_KEY", caller_key)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start caddy"),
         };
         let gateway = Self { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
