@@ -229,6 +229,10 @@ pub fn known_variables() -> Vec<String> {
     names
 }
 
+/// `PATD_*` variables the shipped gateway recipes read (not patd): an
+/// environment shared with a gateway may hold them.
+const GATEWAY_VARIABLES: [&str; 1] = ["PATD_CALLER_KEY"];
+
 /// Whether `name` has the shape of a variable Kubernetes sets for a
 /// Service (`<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<PORT>]`,
 /// `<SVC>_PORT[_<n>_<PROTO>[_PROTO|_PORT|_ADDR]]`): a Service named `patd`
@@ -265,7 +269,10 @@ pub fn check_variables(
     let known = known_variables();
     for (name, _) in vars {
         let name = name.to_string_lossy();
-        if !name.starts_with("PATD_") || known.iter().any(|k| *k == name) || is_service_link(&name)
+        if !name.starts_with("PATD_")
+            || known.iter().any(|k| *k == name)
+            || GATEWAY_VARIABLES.contains(&name.as_ref())
+            || is_service_link(&name)
         {
             continue;
         }
