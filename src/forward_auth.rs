@@ -27,6 +27,7 @@ use crate::domain::{FieldError, Scopes};
 use crate::listener::Limits;
 use crate::service::Tokens;
 use crate::store::Store;
+use crate::telemetry::{RpcName, Unfinished};
 use crate::tls::PeerSans;
 use crate::verdict::Verdict;
 
@@ -97,12 +98,14 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn overloaded_or_late(error: BoxError) -> Response {
-    let verdict = if error.is::<tower::timeout::error::Elapsed>() {
-        Verdict::Deadline
+    let (verdict, outcome) = if error.is::<tower::timeout::error::Elapsed>() {
+        (Verdict::Deadline, "deadline_exceeded")
     } else {
         // Overloaded: refuse now rather than queue without bound.
-        Verdict::Overloaded
+        (Verdict::Overloaded, "overloaded")
     };
+    // The handler never wrote its line: this is the request's one line.
+    Unfinished::new(RpcName::Fixed("ForwardAuth")).finish(outcome);
     verdict.to_forward_auth(Duration::ZERO)
 }
 
@@ -132,6 +135,8 @@ async fn forward_auth<S: Store>(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    // A client that goes away mid-request still leaves its line.
+    let mut unfinished = Unfinished::new(RpcName::Fixed("ForwardAuth"));
     let max_age = state.settings.max_age;
     let callers = state.callers.load();
     if callers.is_enabled() {
@@ -144,6 +149,7 @@ async fn forward_auth<S: Store>(
                 refusal = %refusal,
                 "forward-auth caller refused: the gateway is not an authorized patd caller (check its X-Patd-Caller-Key or client certificate)"
             );
+            unfinished.answered();
             return Verdict::from(refusal).to_forward_auth(max_age);
         }
     }
@@ -153,6 +159,7 @@ async fn forward_auth<S: Store>(
         Err(e) => {
             // The gateway's configuration is wrong: deny, and say what to fix.
             tracing::warn!(error = %e, "forward-auth route is misconfigured");
+            unfinished.answered();
             return Verdict::RouteMisconfigured(e).to_forward_auth(max_age);
         }
     };
@@ -160,6 +167,7 @@ async fn forward_auth<S: Store>(
         .tokens
         .authorize("ForwardAuth", value, &required)
         .await;
+    unfinished.answered();
     Verdict::from_decision(decision, &required).to_forward_auth(max_age)
 }
 

@@ -12,7 +12,7 @@
 //! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
 //!   `listener`, `service`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
-//! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `listener`, `pb`, `service`,
+//! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `health`, `listener`, `pb`, `service`,
 //!   `reload`, `settings`, `store`, `telemetry`): wiring, health, reflection, the staged shutdown,
 //!   the readiness watch and `--ready-file`.
 //! - [`reload`] (uses `auth`, `domain`, `telemetry`, `tls`): reloading the
@@ -29,6 +29,8 @@
 //! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
 //!   `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
+//! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
+//!   of an unknown service, watches ended at shutdown).
 //! - [`listener`] (uses `tls`): limits shared by both listeners (head size
 //!   and time, HTTP/2 streams and keepalive) and the HTTP accept loop
 //!   (TCP_NODELAY, first-bytes deadline, TLS handshake, drain).
@@ -66,6 +68,7 @@ pub mod config;
 pub mod domain;
 pub mod forward_auth;
 pub mod grpc;
+pub mod health;
 pub mod listener;
 pub mod reload;
 pub mod server;

@@ -14,8 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret as _;
@@ -24,6 +23,7 @@ use crate::auth::LiveCallers;
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
+use crate::health::Health;
 use crate::listener::{HTTP2_KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::reload::Reloader;
@@ -127,7 +127,11 @@ impl Application {
     /// # Errors
     /// The server failed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        // The process is serving; the token service waits for the first
+        // store check.
+        let health = Health::new(&["", TOKEN_SERVICE], ServingStatus::Serving);
+        health.set(TOKEN_SERVICE, ServingStatus::NotServing);
+        let health_service = health.service();
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let settings = self.settings;
@@ -188,9 +192,11 @@ impl Application {
             async move {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: health NOT_SERVING, draining");
-                set_all(&health, ServingStatus::NotServing).await;
+                health.set_all(ServingStatus::NotServing);
                 tokio::time::sleep(grace).await;
                 stop_accepting.cancel();
+                // NOT_SERVING was sent; open watches must not hold patd.
+                health.close_watches();
             }
         });
         let http = tokio::spawn(crate::listener::serve(
@@ -305,19 +311,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(crate::pb::ENVOY_AUTHZ_DESCRIPTOR_SET)
 }
 
-async fn set_all(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(TOKEN_SERVICE, status).await;
-}
-
 /// Keeps the TokenService health status in step with the store, so a
 /// health-checking load balancer stops sending traffic to an instance whose
 /// Redis is gone. The overall ("") status stays SERVING: the process is fine.
-async fn watch_readiness(
-    tokens: Tokens<AnyStore>,
-    health: HealthReporter,
-    shutdown: CancellationToken,
-) {
+async fn watch_readiness(tokens: Tokens<AnyStore>, health: Health, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(READINESS_EVERY);
     // The status and, when not ready, its cause: a change of either is
     // logged, so an operator sees why (wrong password, refused connection,
@@ -359,7 +356,7 @@ async fn watch_readiness(
                 );
             }
             if status_changed {
-                health.set_service_status(TOKEN_SERVICE, *status).await;
+                health.set(TOKEN_SERVICE, *status);
             }
         }
         last = now;

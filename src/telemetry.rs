@@ -96,6 +96,68 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("non-text panic payload")
 }
 
+/// How an outcome line names a request: the gRPC method, taken from its
+/// path when the line is written (`/pkg.Service/Method` -> `Method`, as the
+/// service layer names it), or a fixed name.
+pub enum RpcName {
+    Grpc(http::Uri),
+    Fixed(&'static str),
+}
+
+impl RpcName {
+    fn as_str(&self) -> &str {
+        match self {
+            RpcName::Grpc(uri) => uri.path().rsplit('/').next().unwrap_or_default(),
+            RpcName::Fixed(name) => name,
+        }
+    }
+}
+
+/// The one outcome line of a request whose handler never wrote its own:
+/// shed, past a deadline, panicked ([`Unfinished::finish`]), or dropped
+/// because the client went away (on drop: `outcome="cancelled"`, gRPC's
+/// CANCELLED). Same fields as the service layer's lines. Call
+/// [`Unfinished::answered`] once the handler answered (it logged).
+pub struct Unfinished {
+    rpc: RpcName,
+    started: std::time::Instant,
+    armed: bool,
+}
+
+impl Unfinished {
+    pub fn new(rpc: RpcName) -> Self {
+        Self {
+            rpc,
+            started: std::time::Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// Writes the line with `outcome`.
+    pub fn finish(mut self, outcome: &'static str) {
+        self.log(outcome);
+    }
+
+    /// The handler answered and wrote its own line.
+    pub fn answered(&mut self) {
+        self.armed = false;
+    }
+
+    fn log(&mut self, outcome: &'static str) {
+        let latency_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(rpc = self.rpc.as_str(), outcome, latency_us, "rpc");
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.armed {
+            self.log("cancelled");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

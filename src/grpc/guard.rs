@@ -25,7 +25,7 @@ use tower::{BoxError, Layer, Service};
 use crate::auth::{CallerName, LiveCallers, Role};
 use crate::bearer;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
-use crate::telemetry::panic_message;
+use crate::telemetry::{RpcName, Unfinished, panic_message};
 use crate::tls::client_sans;
 use crate::verdict::Verdict;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as EXT_AUTHZ_SERVICE;
@@ -96,38 +96,90 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // Only token-service calls take a slot; probes and reflection stay
-        // answerable whatever the load.
-        let permit = match role_for_grpc_path(request.uri().path()) {
-            Some(_) => match self.slots.clone().try_acquire_owned() {
+        // Only token-service calls take a slot and get an outcome line here;
+        // probes and reflection stay answerable whatever the load.
+        let counted = role_for_grpc_path(request.uri().path()).is_some();
+        // Cheap: a `Uri` shares its bytes; only read for a log line.
+        let uri = request.uri().clone();
+        let permit = match counted {
+            true => match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
+                    Unfinished::new(RpcName::Grpc(uri)).finish("overloaded");
                     let refused = Verdict::Overloaded.to_status();
                     return Box::pin(ready(Ok(refused.into_http())));
                 }
             },
-            None => None,
+            false => None,
         };
-        // Cheap: a `Uri` shares its bytes; only read if the handler panics.
-        let uri = request.uri().clone();
+        // The client's own deadline (`grpc-timeout`) counts too, and must
+        // end as DEADLINE_EXCEEDED: tonic's outer timeout would answer
+        // CANCELLED, so this one fires a moment before it.
+        let (timeout, which) = match client_deadline(request.headers()) {
+            Some(client) if client < self.timeout => (
+                client.saturating_sub(CLIENT_DEADLINE_MARGIN),
+                "deadline_exceeded_client",
+            ),
+            _ => (self.timeout, "deadline_exceeded"),
+        };
         let call = self.inner.call(request);
-        let timeout = self.timeout;
         Box::pin(async move {
             let _permit = permit;
-            match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
-                Ok(Ok(result)) => result.map_err(Into::into),
-                Ok(Err(panic)) => {
-                    tracing::error!(
-                        method = uri.path(),
-                        panic = panic_message(&*panic),
-                        "handler panicked"
-                    );
-                    Ok(Verdict::Internal.to_status().into_http())
-                }
-                Err(_) => Ok(Verdict::Deadline.to_status().into_http()),
+            // Logs the request if it ends without an answer (the client
+            // went away and its future was dropped).
+            let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
+            let answer =
+                match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+                    // The handler answered and wrote its own line.
+                    Ok(Ok(result)) => result.map_err(Into::into),
+                    Ok(Err(panic)) => {
+                        tracing::error!(
+                            method = uri.path(),
+                            panic = panic_message(&*panic),
+                            "handler panicked"
+                        );
+                        if let Some(u) = unfinished.take() {
+                            u.finish("internal");
+                        }
+                        Ok(Verdict::Internal.to_status().into_http())
+                    }
+                    Err(_) => {
+                        if let Some(u) = unfinished.take() {
+                            u.finish(which);
+                        }
+                        Ok(Verdict::Deadline.to_status().into_http())
+                    }
+                };
+            if let Some(u) = unfinished.as_mut() {
+                u.answered();
             }
+            answer
         })
     }
+}
+
+/// How much earlier than the client's deadline patd answers, so its
+/// DEADLINE_EXCEEDED beats tonic's CANCELLED (timers have 1 ms grain).
+const CLIENT_DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// The client's `grpc-timeout` (gRPC over HTTP/2: 1 to 8 digits and a unit
+/// of `H`, `M`, `S`, `m`, `u` or `n`); `None` when absent or malformed.
+fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Refuses calls from callers without the method's role.
@@ -264,6 +316,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(grpc_status(&response), Some("4"));
+    }
+
+    #[test]
+    fn client_deadlines_follow_the_grpc_timeout_format() {
+        let h = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            client_deadline(&headers)
+        };
+        assert_eq!(h("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(h("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(h("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(h("99999999u"), Some(Duration::from_micros(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1m", "1.5S"] {
+            assert_eq!(h(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_deadline(&http::HeaderMap::new()), None);
     }
 
     #[test]

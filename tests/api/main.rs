@@ -3,6 +3,7 @@
 // Tests fail by panicking; Cargo.toml denies these for the service only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounting;
 mod bad_input;
 mod configuration;
 mod decision;
