@@ -337,6 +337,87 @@ impl LifetimePolicy {
     }
 }
 
+/// Tokens in a List page when the request names no size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most tokens in one List page: at the longest notes and the most scopes
+/// a page stays near 1.5 MiB, well under gRPC's customary 4 MiB limit.
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// Where a List page starts: after the token created at `created_at` with
+/// id `token_id`, in the listing's order (newest first, then by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: UnixMillis,
+    pub token_id: TokenId,
+}
+
+impl ListCursor {
+    /// The cursor of the last token of a page.
+    pub fn after(info: &TokenInfo) -> Self {
+        Self {
+            created_at: info.created_at,
+            token_id: info.token_id.clone(),
+        }
+    }
+
+    /// Whether `info` comes after this cursor in the listing's order.
+    pub fn precedes(&self, info: &TokenInfo) -> bool {
+        info.created_at < self.created_at
+            || (info.created_at == self.created_at && info.token_id > self.token_id)
+    }
+
+    /// The opaque `page_token`: base64url of `v1:<created>:<token id>`.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("v1:{}:{}", self.created_at.0, self.token_id.as_str());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// # Errors
+    /// Anything [`ListCursor::encode`] did not make.
+    pub fn decode(page_token: &str) -> Result<Self, FieldError> {
+        use base64::Engine as _;
+        let bad = || FieldError::new("page_token", "is not a page token from this listing");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(page_token)
+            .map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let mut parts = raw.splitn(3, ':');
+        let (Some("v1"), Some(created), Some(id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Self {
+            created_at: UnixMillis(created.parse().map_err(|_| bad())?),
+            token_id: TokenId::parse(id.to_owned()).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page of a List: how many, and after which token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub size: usize,
+    pub after: Option<ListCursor>,
+}
+
+impl PageRequest {
+    /// # Errors
+    /// A negative `page_size`, or a `page_token` this listing did not make.
+    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, FieldError> {
+        let size = match usize::try_from(page_size) {
+            Err(_) => return Err(FieldError::new("page_size", "must not be negative")),
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) => n.min(MAX_PAGE_SIZE),
+        };
+        let after = match page_token {
+            "" => None,
+            token => Some(ListCursor::decode(token)?),
+        };
+        Ok(Self { size, after })
+    }
+}
+
 /// A duration the way operators write it (`365d`, `36h`, `90s`, `1d 12h`):
 /// days, hours, minutes, seconds and milliseconds, largest first, zero
 /// parts left out. humantime's own format counts months of 30.44 days and
@@ -531,6 +612,23 @@ mod tests {
         assert_eq!(err(ExpiryRequest::At(UnixMillis(10))), "expires_at");
         let too_far = now.saturating_add(Duration::from_secs(366 * 86_400));
         assert_eq!(err(ExpiryRequest::At(too_far)), "expires_at");
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_anything_else() {
+        let cursor = ListCursor {
+            created_at: UnixMillis(1_700_000_000_000),
+            token_id: TokenId::parse("abcDEF0123456789".into()).unwrap(),
+        };
+        let page = PageRequest::parse(7, &cursor.encode()).unwrap();
+        assert_eq!(page.size, 7);
+        assert_eq!(page.after, Some(cursor));
+        assert_eq!(PageRequest::parse(0, "").unwrap().size, DEFAULT_PAGE_SIZE);
+        assert_eq!(PageRequest::parse(1 << 30, "").unwrap().size, MAX_PAGE_SIZE);
+        assert_eq!(PageRequest::parse(-1, "").unwrap_err().field, "page_size");
+        for bad in ["x", "djE6MTp4", "!!", "djI6MTphYmNERUYwMTIzNDU2Nzg5"] {
+            assert_eq!(PageRequest::parse(0, bad).unwrap_err().field, "page_token");
+        }
     }
 
     #[test]

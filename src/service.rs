@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::domain::{
-    AccountId, ExpiryRequest, FieldError, LifetimePolicy, Note, Scopes, TokenId, TokenInfo,
-    UnixMillis,
+    AccountId, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, Note, PageRequest, Scopes,
+    TokenId, TokenInfo, UnixMillis,
 };
 use crate::store::{IssueOutcome, Store, StoreError, StoredToken};
 use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
@@ -77,6 +77,14 @@ pub struct IssueCommand {
 pub struct Issued {
     pub token: PlainToken,
     pub info: TokenInfo,
+}
+
+/// One page of a List.
+#[derive(Debug)]
+pub struct Page {
+    pub tokens: Vec<TokenInfo>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<ListCursor>,
 }
 
 /// The answer to "is this token good?".
@@ -418,7 +426,8 @@ impl<S: Store> Tokens<S> {
         result
     }
 
-    /// The account's live tokens, newest first.
+    /// One page of the account's live tokens, newest first (then by id),
+    /// and the cursor of the next page if there is one.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -426,7 +435,8 @@ impl<S: Store> Tokens<S> {
         &self,
         caller: &str,
         account: AccountId,
-    ) -> Result<Vec<TokenInfo>, ServiceError> {
+        page: PageRequest,
+    ) -> Result<Page, ServiceError> {
         let log = RpcLog::start("List", Some(caller));
         let result = self
             .store
@@ -439,7 +449,15 @@ impl<S: Store> Tokens<S> {
                         .cmp(&a.created_at)
                         .then_with(|| a.token_id.cmp(&b.token_id))
                 });
-                tokens
+                let mut rest = tokens
+                    .into_iter()
+                    .filter(|t| page.after.as_ref().is_none_or(|c| c.precedes(t)));
+                let tokens: Vec<TokenInfo> = rest.by_ref().take(page.size).collect();
+                let next = match (rest.next(), tokens.last()) {
+                    (Some(_), Some(last)) => Some(ListCursor::after(last)),
+                    _ => None,
+                };
+                Page { tokens, next }
             })
             .map_err(ServiceError::from);
         log.account(Some(&account))

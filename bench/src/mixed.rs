@@ -63,6 +63,7 @@ async fn list(client: &mut Client, fleet: &Fleet, rng: &mut Rng, baseline: bool)
     let account = rng.index(fleet.accounts.len());
     let request = pb::ListRequest {
         account_id: fleet.accounts[account].clone(),
+        ..Default::default()
     };
     let answer = match client.list(request).await {
         Ok(response) => response.into_inner(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{ANONYMOUS, CallerName};
-use crate::domain::{AccountId, FieldError, TokenId};
+use crate::domain::{AccountId, FieldError, PageRequest, TokenId};
 use crate::pb;
 use crate::pb::token_service_server::TokenService;
 use crate::service::{Introspection, Tokens};
@@ -117,11 +117,17 @@ impl<S: Store> TokenService for TokenApi<S> {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let caller = caller_of(&request);
-        let raw = request.into_inner().account_id;
-        let account = self.parse("List", &caller, AccountId::parse(raw))?;
-        let tokens = self.tokens.list(&caller, account).await?;
+        let pb::ListRequest {
+            account_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let account = self.parse("List", &caller, AccountId::parse(account_id))?;
+        let page = self.parse("List", &caller, PageRequest::parse(page_size, &page_token))?;
+        let page = self.tokens.list(&caller, account, page).await?;
         Ok(Response::new(pb::ListResponse {
-            tokens: tokens.into_iter().map(convert::token_info).collect(),
+            tokens: page.tokens.into_iter().map(convert::token_info).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
         }))
     }
 }

@@ -203,10 +203,22 @@ async fn run_matrix(client: &mut RawClient) {
     let status = client
         .list(ListRequest {
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("bad list");
     assert_names(&status, "account_id", "list");
+    for (page_size, page_token, field) in [(-1, "", "page_size"), (0, "not-ours", "page_token")] {
+        let status = client
+            .list(ListRequest {
+                account_id: "acct".into(),
+                page_size,
+                page_token: page_token.into(),
+            })
+            .await
+            .expect_err("bad page");
+        assert_names(&status, field, "list");
+    }
 }
 
 #[tokio::test]

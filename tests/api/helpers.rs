@@ -72,9 +72,22 @@ impl Client {
         Ok(self.inner.introspect(request).await?.into_inner())
     }
 
+    /// The first page (of the default size) of the account's tokens.
     pub async fn list(&mut self, account: &str) -> Result<ListResponse, Status> {
-        let account_id = account.to_owned();
-        let request = self.request(ListRequest { account_id });
+        self.list_page(account, 0, "").await
+    }
+
+    pub async fn list_page(
+        &mut self,
+        account: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListResponse, Status> {
+        let request = self.request(ListRequest {
+            account_id: account.to_owned(),
+            page_size,
+            page_token: page_token.to_owned(),
+        });
         Ok(self.inner.list(request).await?.into_inner())
     }
 
