@@ -28,6 +28,12 @@ impl Keys {
         )
     }
 
+    /// A key under the prefix that patd never writes: readiness reads it to
+    /// prove an ACL's key pattern lets patd read its keys.
+    pub fn probe(&self) -> String {
+        format!("{}:{{probe}}:readiness", self.prefix)
+    }
+
     /// The sorted set of an account's token ids, scored by expiry.
     pub fn account(&self, account: &AccountId) -> String {
         format!(

@@ -27,6 +27,10 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("the account's index kept changing; gave up")]
     Contended,
+    /// The Redis patd reaches is a replica: it would refuse every write
+    /// (READONLY).
+    #[error("Redis is a read-only replica (ROLE); patd needs the primary")]
+    Replica,
     /// Redis is at `maxmemory` and refused a write (`OOM`); nothing was
     /// written.
     #[error("the store is full (Redis OOM: at maxmemory)")]
@@ -107,7 +111,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         now: UnixMillis,
     ) -> impl Future<Output = Result<Vec<TokenInfo>, StoreError>> + Send;
 
-    /// Whether the store answers at all (readiness).
+    /// Whether the store can do its job (readiness); the error says why
+    /// not.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 

@@ -27,6 +27,11 @@ const FIELDS: [&str; 8] = [
 /// How often RevokeAll re-reads an index that kept changing under it.
 const REVOKE_ALL_ATTEMPTS: usize = 16;
 
+/// A script that writes nothing (so a write pause or a replica does not
+/// stop it): readiness runs it to prove `SCRIPT LOAD` and `EVALSHA` are
+/// allowed, as every change patd makes needs them.
+const PROBE_SCRIPT: &str = "#!lua flags=no-writes\nreturn 1\n";
+
 struct Scripts {
     issue: Script,
     revoke: Script,
@@ -297,11 +302,44 @@ impl Store for RedisStore {
         Ok(tokens)
     }
 
+    /// Ready means able to do the job, checked with reads only (so a write
+    /// pause never makes patd unready): Redis answers, is the primary
+    /// (`ROLE`: a replica refuses every write with READONLY), lets this
+    /// user read patd's keys (`HMGET`) and run scripts (`SCRIPT LOAD` and
+    /// `EVALSHA` of a script that writes nothing). A refusal comes back as
+    /// Redis's own words (`NOPERM ... 'evalsha'`), which the readiness log
+    /// line carries.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reads.clone();
-        let _: String = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING")
+            .cmd("ROLE")
+            .cmd("HMGET")
+            .arg(self.keys.probe())
+            .arg("probe")
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PROBE_SCRIPT);
+        let (_pong, role, _probe, sha): (String, redis::Value, redis::Value, String) =
+            self.timed(pipe.query_async(&mut conn)).await?;
+        let primary = matches!(
+            &role,
+            redis::Value::Array(items)
+                if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+        );
+        if !primary {
+            return Err(StoreError::Replica);
+        }
+        let ran: i64 = self
+            .timed(redis::cmd("EVALSHA").arg(sha).arg(0).query_async(&mut conn))
             .await?;
-        Ok(())
+        if ran == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                token_id: String::new(),
+                reason: "the readiness probe script answered wrongly".into(),
+            })
+        }
     }
 }

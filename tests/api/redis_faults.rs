@@ -150,3 +150,123 @@ async fn an_issue_that_timed_out_is_undone_once_redis_answers_again() {
     let listed = client.list("acct-undo").await.expect("list").tokens;
     assert_eq!(listed.len(), 1);
 }
+
+/// The Redis ACL README documents for patd's user (the line starting
+/// `ACL SETUSER patd`), with this test's password and key prefix, less
+/// `without`. Every command the Lua scripts call must be in it.
+fn acl_for(prefix: &str, password: &str, without: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let line = readme
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ACL SETUSER patd "))
+        .expect("README documents the ACL");
+    let rules: Vec<String> = line
+        .split_whitespace()
+        .filter(|r| *r != without)
+        .map(|r| match r {
+            ">PASSWORD" => format!(">{password}"),
+            "~patd:*" => format!("~{prefix}:*"),
+            other => other.to_owned(),
+        })
+        .collect();
+    let scripts =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua")).expect("lua dir");
+    for script in scripts {
+        let text = std::fs::read_to_string(script.expect("entry").path()).expect("script");
+        for call in text.split("redis.call('").skip(1) {
+            let command = call.split('\'').next().unwrap_or_default().to_lowercase();
+            assert!(
+                rules.contains(&format!("+{command}")),
+                "README's ACL lacks +{command}, which a script calls"
+            );
+        }
+    }
+    rules
+}
+
+fn set_user(redis: &RedisServer, name: &str, rules: &[String]) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(name)
+        .arg(rules)
+        .query(&mut redis.conn())
+        .expect("ACL SETUSER");
+}
+
+#[tokio::test]
+async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() {
+    let redis = RedisServer::start();
+    let prefix = crate::helpers::random_name("acl");
+    set_user(&redis, "patd", &acl_for(&prefix, "pw-acl", ""));
+    let url = redis.url().replace("redis://", "redis://patd:pw-acl@");
+    let patd = Patd::spawn(PatdOptions::new(Backend::Redis { url }).key_prefix(&prefix)).await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        get(patd.http_addr, "/readyz", &[]).await.status == 200
+    })
+    .await;
+    assert!(ready, "logs:\n{}", patd.logs());
+    let mut client = patd.client().await;
+    let issued = client
+        .issue(issue_request("acct-acl", 600))
+        .await
+        .expect("issue");
+    let token_id = issued.info.expect("info").token_id;
+    assert!(
+        client
+            .introspect(&issued.token)
+            .await
+            .expect("introspect")
+            .active
+    );
+    assert_eq!(client.list("acct-acl").await.expect("list").tokens.len(), 1);
+    client.revoke("acct-acl", &token_id).await.expect("revoke");
+    client
+        .issue(issue_request("acct-acl", 600))
+        .await
+        .expect("issue");
+    assert_eq!(
+        client
+            .revoke_all("acct-acl")
+            .await
+            .expect("revoke all")
+            .revoked,
+        1
+    );
+
+    // The same user without EVALSHA: not ready, and the log says why.
+    set_user(&redis, "patd", &["-evalsha".to_owned()]);
+    let named = eventually(Duration::from_secs(10), || async {
+        get(patd.http_addr, "/readyz", &[]).await.status == 503
+            && patd.logs().contains("store not ready")
+            && patd.logs().contains("evalsha")
+    })
+    .await;
+    assert!(named, "logs:\n{}", patd.logs());
+}
+
+#[tokio::test]
+async fn a_replica_is_not_ready_and_the_log_says_so() {
+    let redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let ready = || async { get(patd.http_addr, "/readyz", &[]).await.status == 200 };
+    assert!(eventually(Duration::from_secs(10), ready).await);
+    // Demoted (a primary that does not exist keeps it a replica).
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg("1")
+        .query(&mut redis.conn())
+        .expect("REPLICAOF");
+    let unready = eventually(Duration::from_secs(10), || async {
+        get(patd.http_addr, "/readyz", &[]).await.status == 503
+            && patd.logs().contains("read-only replica")
+    })
+    .await;
+    assert!(unready, "logs:\n{}", patd.logs());
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut redis.conn())
+        .expect("REPLICAOF NO ONE");
+    assert!(eventually(Duration::from_secs(10), ready).await);
+}
