@@ -55,6 +55,21 @@ pub struct Config {
     #[arg(skip)]
     pub store_given: bool,
 
+    /// PEM CA certificate(s) that Redis's TLS certificate must chain to
+    /// (a private CA), instead of the public web roots; needs a rediss://
+    /// PATD_STORE.
+    #[arg(long, env = "PATD_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate for Redis's `tls-auth-clients`; needs
+    /// PATD_REDIS_CLIENT_KEY and a rediss:// PATD_STORE.
+    #[arg(long, env = "PATD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of PATD_REDIS_CLIENT_CERT.
+    #[arg(long, env = "PATD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    pub redis_client_key: Option<PathBuf>,
+
     /// Prefix of every Redis key.
     #[arg(long, env = "PATD_KEY_PREFIX", default_value = "patd")]
     pub key_prefix: String,

@@ -10,7 +10,7 @@
 //! - [`config`] (uses `auth`, `telemetry`): the command line, flags with
 //!   `PATD_*` variable fallbacks; unknown `PATD_*` variables are refused.
 //! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
-//!   `listener`, `service`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
+//!   `listener`, `service`, `store`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
 //! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `health`, `listener`, `pb`, `service`,
 //!   `reload`, `settings`, `store`, `telemetry`): wiring, health, reflection, the staged shutdown,

@@ -80,10 +80,12 @@ impl Application {
                 url,
                 key_prefix,
                 timeout,
+                tls,
             } => AnyStore::Redis(RedisStore::connect(
                 url.expose_secret(),
                 key_prefix.as_str(),
                 *timeout,
+                tls,
             )?),
         };
         warn_about_exposure(&settings);

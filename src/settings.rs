@@ -18,6 +18,7 @@ use crate::domain::LifetimePolicy;
 use crate::forward_auth::ForwardAuth;
 use crate::listener::Limits;
 use crate::service::Rules;
+use crate::store::RedisTls;
 use crate::telemetry::LogFormat;
 use crate::tls::{TlsConfig, TlsError, TlsFiles};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
@@ -37,6 +38,21 @@ pub enum SettingsError {
          PATD_STORE=memory to mean it"
     )]
     MemoryExposed(SocketAddr),
+    #[error(
+        "PATD_REDIS_CA and PATD_REDIS_CLIENT_CERT need a rediss:// PATD_STORE (TLS); \
+         with redis:// they would never be used"
+    )]
+    RedisTlsWithoutTls,
+    #[error(
+        "PATD_STORE: `#insecure` (no check of Redis's certificate) is refused; set \
+         PATD_REDIS_CA to the CA that signed it"
+    )]
+    RedisInsecure,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("PATD_TOKEN_PREFIX: {0}")]
     TokenPrefix(#[from] PrefixError),
     #[error("PATD_KEY_PREFIX must be 1..=64 characters without spaces or braces")]
@@ -93,11 +109,13 @@ pub enum StoreSettings {
     /// The embedded memory store.
     Memory,
     /// Redis at `url` (secret: it may carry a password), every key under
-    /// `key_prefix`, every call bounded by `timeout`.
+    /// `key_prefix`, every call bounded by `timeout`, with `tls` beyond
+    /// what the URL says.
     Redis {
         url: SecretString,
         key_prefix: KeyPrefix,
         timeout: Duration,
+        tls: RedisTls,
     },
 }
 
@@ -136,6 +154,31 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// The Redis TLS files, read and checked against the URL.
+fn redis_tls(config: &Config, url: &str) -> Result<RedisTls, SettingsError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| SettingsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    // A URL fragment is where redis-rs reads `#insecure`.
+    if url.contains('#') {
+        return Err(SettingsError::RedisInsecure);
+    }
+    let tls = RedisTls {
+        ca_pem: config.redis_ca.as_ref().map(read).transpose()?,
+        client: match (&config.redis_client_cert, &config.redis_client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        },
+    };
+    if (tls.ca_pem.is_some() || tls.client.is_some()) && !url.starts_with("rediss://") {
+        return Err(SettingsError::RedisTlsWithoutTls);
+    }
+    Ok(tls)
+}
+
 impl TryFrom<Config> for Settings {
     type Error = SettingsError;
 
@@ -161,6 +204,7 @@ impl TryFrom<Config> for Settings {
                 url: config.store.clone(),
                 key_prefix,
                 timeout: *config.redis_timeout,
+                tls: redis_tls(&config, url)?,
             }
         } else {
             return Err(SettingsError::Store);
@@ -294,6 +338,22 @@ mod tests {
         let refused = settings(&["--store", "postgres://u:hunter2@db"]).unwrap_err();
         assert!(matches!(refused, SettingsError::Store));
         assert!(!refused.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_tls_settings_that_could_not_work_are_refused() {
+        let ca = std::env::temp_dir().join(format!("patd-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca = ca.to_string_lossy().into_owned();
+        let plain = settings(&["--store", "redis://h:6379", "--redis-ca", &ca]).unwrap_err();
+        assert!(matches!(plain, SettingsError::RedisTlsWithoutTls));
+        let insecure = settings(&["--store", "rediss://h:6380/#insecure"]).unwrap_err();
+        assert!(matches!(insecure, SettingsError::RedisInsecure));
+        assert!(settings(&["--store", "rediss://h:6380", "--redis-ca", &ca]).is_ok());
+        let missing = settings(&["--store", "rediss://h:6380", "--redis-ca", "/no/such.pem"]);
+        assert!(matches!(missing, Err(SettingsError::Read { .. })));
+        // A certificate without its key stops at the command line.
+        assert!(parse(&["--redis-client-cert", &ca]).is_err());
     }
 
     #[test]

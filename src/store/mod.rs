@@ -3,6 +3,7 @@
 //! rules: the live-token limit is enforced atomically, expired tokens vanish
 //! on their own, and a revocation is final.
 
+pub mod connection;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -16,7 +17,7 @@ use crate::domain::{AccountId, TokenId, TokenInfo, UnixMillis};
 use crate::token::{KeyId, TokenDigest};
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, RedisTls};
 
 /// The store could not give an answer. Callers must fail closed.
 #[derive(Debug, Error)]

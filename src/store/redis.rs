@@ -11,9 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::aio::ConnectionManagerConfig;
+use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 
+use super::connection::HealingConnection;
 use super::keys::Keys;
 use super::{IssueOutcome, Store, StoreError, StoredToken};
 use crate::domain::{AccountId, Note, Scopes, TokenId, TokenInfo, UnixMillis};
@@ -39,28 +40,68 @@ struct Scripts {
     touch: Script,
 }
 
-/// Redis-backed token store; cheap to clone (one shared multiplexed
-/// connection).
+/// TLS to Redis beyond what a `rediss://` URL says: a private CA (the
+/// usual case for managed and in-cluster Redis) and a client certificate.
+/// `Debug` shows neither.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM CA certificate(s) Redis's certificate must chain to, instead of
+    /// the public web roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for Redis's `tls-auth-clients`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// Redis-backed token store; cheap to clone (two shared multiplexed
+/// connections).
 #[derive(Clone)]
 pub struct RedisStore {
-    /// HMGET, ZRANGE and PING.
-    reads: ConnectionManager,
+    /// HMGET, ZRANGE and readiness.
+    reads: HealingConnection,
     /// The scripts.
-    writes: ConnectionManager,
+    writes: HealingConnection,
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
 }
 
 impl RedisStore {
-    /// Prepares a store for `url` (`redis://` or `rediss://`). It connects
-    /// lazily, so patd starts even while Redis is down and serves as soon as
-    /// it is back.
+    /// Prepares a store for `url` (`redis://` or `rediss://`, with `tls`
+    /// for a private CA or a client certificate). It connects lazily, so
+    /// patd starts even while Redis is down and serves as soon as it is
+    /// back; a connection that fails is replaced by itself.
     ///
     /// # Errors
-    /// The URL cannot be parsed.
-    pub fn connect(url: &str, key_prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = Client::open(url)?;
+    /// The URL cannot be parsed, or the TLS material is not usable PEM.
+    pub fn connect(
+        url: &str,
+        key_prefix: &str,
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> Result<Self, StoreError> {
+        let client = if tls.ca_pem.is_none() && tls.client.is_none() {
+            Client::open(url)?
+        } else {
+            Client::build_with_tls(
+                url,
+                TlsCertificates {
+                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            )?
+        };
         // Responses are bounded by `timed` (one timer per call, covering
         // reconnects too), so the manager gets no response timeout of its own.
         let config = ConnectionManagerConfig::new()
@@ -68,8 +109,8 @@ impl RedisStore {
             .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let reads = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        let writes = ConnectionManager::new_lazy_with_config(client, config)?;
+        let reads = HealingConnection::new(client.clone(), config.clone())?;
+        let writes = HealingConnection::new(client, config)?;
         Ok(Self {
             reads,
             writes,

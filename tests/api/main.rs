@@ -17,6 +17,7 @@ mod operators;
 mod properties;
 mod redis_failure;
 mod redis_faults;
+mod redis_tls;
 mod secrets;
 mod security;
 mod tampered;

@@ -243,6 +243,17 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
     })
     .await;
     assert!(named, "logs:\n{}", patd.logs());
+    // Granted again: patd recovers by itself.
+    set_user(&redis, "patd", &["+evalsha".to_owned()]);
+    let back = eventually(Duration::from_secs(10), || async {
+        get(patd.http_addr, "/readyz", &[]).await.status == 200
+    })
+    .await;
+    assert!(back, "logs:\n{}", patd.logs());
+    client
+        .issue(issue_request("acct-acl", 600))
+        .await
+        .expect("issue once the permission is back");
 }
 
 #[tokio::test]
@@ -269,4 +280,57 @@ async fn a_replica_is_not_ready_and_the_log_says_so() {
         .query(&mut redis.conn())
         .expect("REPLICAOF NO ONE");
     assert!(eventually(Duration::from_secs(10), ready).await);
+    let mut client = patd.client().await;
+    client
+        .issue(issue_request("acct-primary", 600))
+        .await
+        .expect("writes work again on the primary");
+}
+
+#[tokio::test]
+async fn patd_recovers_by_itself_when_its_redis_user_comes_back() {
+    let redis = RedisServer::start();
+    let prefix = crate::helpers::random_name("acl");
+    let rules = acl_for(&prefix, "pw-back", "");
+    let url = redis.url().replace("redis://", "redis://patd:pw-back@");
+    // patd starts before its user exists.
+    let patd = Patd::spawn(PatdOptions::new(Backend::Redis { url }).key_prefix(&prefix)).await;
+    let ready = || async { get(patd.http_addr, "/readyz", &[]).await.status == 200 };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!ready().await, "ready without its user");
+    set_user(&redis, "patd", &rules);
+    assert!(
+        eventually(Duration::from_secs(15), ready).await,
+        "did not recover once the user exists; logs:\n{}",
+        patd.logs()
+    );
+    let mut client = patd.client().await;
+    client
+        .issue(issue_request("acct-back", 600))
+        .await
+        .expect("issue");
+    // The user is deleted (its connections are closed), one call fails,
+    // then the user comes back.
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg("patd")
+        .query(&mut redis.conn())
+        .expect("ACL DELUSER");
+    assert!(client.issue(issue_request("acct-back", 600)).await.is_err());
+    assert!(client.list("acct-back").await.is_err());
+    set_user(&redis, "patd", &rules);
+    let back = eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            client.issue(issue_request("acct-back", 600)).await.is_ok()
+                && client.list("acct-back").await.is_ok()
+        }
+    })
+    .await;
+    assert!(
+        back,
+        "still failing after the user came back; logs:\n{}",
+        patd.logs()
+    );
+    assert!(eventually(Duration::from_secs(15), ready).await);
 }
