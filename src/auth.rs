@@ -83,6 +83,39 @@ pub type LiveCallers = Arc<ArcSwap<Callers>>;
 /// on loopback, or `PATD_ALLOW_UNAUTHENTICATED`).
 pub const ANONYMOUS: &str = "anonymous";
 
+/// A subject alternative name of a client certificate, with its type
+/// (RFC 5280 §4.2.1.6). A caller's `cert_san` matches a DNS name only
+/// against DNS SANs, case-insensitively (RFC 6125 §6.4.1), and a URI only
+/// against URI SANs, exactly: a certificate whose DNS SAN reads
+/// `spiffe://…` is not the caller with that URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Uri(String),
+}
+
+impl San {
+    /// The type of a `cert_san` entry from its shape: with a scheme
+    /// (`spiffe://…`, `urn:…`) a URI, else a DNS name (which holds no `:`).
+    pub fn from_entry(text: &str) -> Self {
+        let text = text.trim();
+        if text.contains(':') {
+            San::Uri(text.to_owned())
+        } else {
+            San::Dns(text.to_owned())
+        }
+    }
+
+    /// Whether a presented SAN is this one.
+    fn matches(&self, presented: &San) -> bool {
+        match (self, presented) {
+            (San::Dns(want), San::Dns(have)) => want.eq_ignore_ascii_case(have),
+            (San::Uri(want), San::Uri(have)) => want == have,
+            _ => false,
+        }
+    }
+}
+
 /// One configured caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -90,7 +123,7 @@ pub struct Caller {
     pub name: Arc<str>,
     roles: Vec<Role>,
     key_digest: Option<[u8; 32]>,
-    cert_san: Option<String>,
+    cert_san: Option<San>,
 }
 
 impl Caller {
@@ -178,7 +211,10 @@ impl Callers {
                 }
                 None => None,
             };
-            let cert_san = entry.cert_san.filter(|s| !s.trim().is_empty());
+            let cert_san = entry
+                .cert_san
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| San::from_entry(&s));
             if key_digest.is_some() == cert_san.is_some() {
                 return Err(bad("give exactly one of key_sha256 or cert_san"));
             }
@@ -223,7 +259,7 @@ impl Callers {
     pub fn authorize(
         &self,
         key: Option<&str>,
-        sans: &[String],
+        sans: &[San],
         role: Role,
     ) -> Result<&Caller, Refusal> {
         if !self.is_enabled() {
@@ -246,7 +282,7 @@ impl Callers {
             found = self.callers.iter().find(|c| {
                 c.cert_san
                     .as_ref()
-                    .is_some_and(|want| sans.iter().any(|have| have == want))
+                    .is_some_and(|want| sans.iter().any(|have| want.matches(have)))
             });
         }
         let caller = found.ok_or(Refusal::Unauthenticated)?;
@@ -326,7 +362,7 @@ mod tests {
             c.authorize(Some(&wrong), &[], Role::Manage).unwrap_err(),
             Refusal::Unauthenticated
         );
-        let other_san = ["spiffe://acme/other".to_owned()];
+        let other_san = [San::Uri("spiffe://acme/other".to_owned())];
         assert_eq!(
             c.authorize(None, &other_san, Role::Manage).unwrap_err(),
             Refusal::Unauthenticated
@@ -337,13 +373,29 @@ mod tests {
     fn a_client_certificate_san_identifies_a_caller() {
         let (c, _, _) = callers();
         let sans = [
-            "dns.example".to_owned(),
-            "spiffe://acme/patd-client".to_owned(),
+            San::Dns("dns.example".to_owned()),
+            San::Uri("spiffe://acme/patd-client".to_owned()),
         ];
         assert_eq!(
             &*c.authorize(None, &sans, Role::Manage).unwrap().name,
             "mesh"
         );
+    }
+
+    #[test]
+    fn a_san_matches_only_a_san_of_its_type() {
+        let text = "[[caller]]\nname = \"uri\"\nroles = [\"manage\"]\ncert_san = \"spiffe://acme/gw\"\n\
+                    [[caller]]\nname = \"dns\"\nroles = [\"manage\"]\ncert_san = \"gw.acme.test\"\n";
+        let c = Callers::parse(text, "f").unwrap();
+        let who = |san: San| {
+            c.authorize(None, &[san], Role::Manage)
+                .map(|c| c.name.to_string())
+        };
+        assert_eq!(who(San::Uri("spiffe://acme/gw".into())).unwrap(), "uri");
+        assert!(who(San::Dns("spiffe://acme/gw".into())).is_err());
+        assert!(who(San::Uri("spiffe://ACME/gw".into())).is_err());
+        assert_eq!(who(San::Dns("GW.Acme.Test".into())).unwrap(), "dns");
+        assert!(who(San::Uri("gw.acme.test".into())).is_err());
     }
 
     #[test]

@@ -34,7 +34,8 @@
 //! - [`listener`] (uses `tls`): limits shared by both listeners (head size
 //!   and time, HTTP/2 streams and keepalive) and the HTTP accept loop
 //!   (TCP_NODELAY, first-bytes deadline, TLS handshake, drain).
-//! - [`tls`] (uses nothing): TLS and mutual TLS; client-certificate SANs.
+//! - [`tls`] (uses `auth`): TLS and mutual TLS; client-certificate SANs,
+//!   typed.
 //! - [`verdict`] (uses `auth`, `bearer`, `domain`, `service`): the one table
 //!   of answers a caller can see and its rendering for every door (gRPC
 //!   status, forward-auth response, ext_authz `CheckResponse`).

@@ -18,6 +18,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 
+use crate::auth::San;
+
 /// Paths from `PATD_TLS_CERT`, `PATD_TLS_KEY`, `PATD_TLS_CLIENT_CA`.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -197,11 +199,11 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
 
 /// Client-certificate SANs of the connection a request came on.
 #[derive(Debug, Clone, Default)]
-pub struct PeerSans(pub Vec<String>);
+pub struct PeerSans(pub Vec<San>);
 
-/// DNS and URI subject alternative names of a verified client certificate
-/// chain's leaf.
-pub fn client_sans(chain: &[CertificateDer<'_>]) -> Vec<String> {
+/// DNS and URI subject alternative names, typed, of a verified client
+/// certificate chain's leaf.
+pub fn client_sans(chain: &[CertificateDer<'_>]) -> Vec<San> {
     let Some(leaf) = chain.first() else {
         return Vec::new();
     };
@@ -215,8 +217,8 @@ pub fn client_sans(chain: &[CertificateDer<'_>]) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some(San::Dns((*dns).to_owned())),
+            GeneralName::URI(uri) => Some(San::Uri((*uri).to_owned())),
             _ => None,
         })
         .collect()

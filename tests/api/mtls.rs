@@ -149,6 +149,8 @@ async fn a_client_certificate_with_a_known_san_is_a_caller() {
     let setup = setup(&ca).await;
     let good = leaf(&ca, &[], Some(SAN));
     let other_san = leaf(&ca, &[], Some("spiffe://patd.test/intruder"));
+    // The caller's SAN is a URI; the same text as a DNS name is not it.
+    let dns_lookalike = leaf(&ca, &[SAN], None);
     let stranger_ca = self::ca();
     let foreign = leaf(&stranger_ca, &[], Some(SAN));
 
@@ -167,6 +169,12 @@ async fn a_client_certificate_with_a_known_san_is_a_caller() {
         .issue(issue_request("acct", 60))
         .await
         .expect_err("no cert");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut lookalike = grpc(&setup, Some(&dns_lookalike)).await.expect("connects");
+    let refused = lookalike
+        .issue(issue_request("acct", 60))
+        .await
+        .expect_err("a DNS SAN spelled like the caller's URI");
     assert_eq!(refused.code(), Code::Unauthenticated);
     let mut intruder = grpc(&setup, Some(&other_san)).await.expect("connects");
     let refused = intruder
