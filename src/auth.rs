@@ -218,6 +218,18 @@ impl Callers {
             if key_digest.is_some() == cert_san.is_some() {
                 return Err(bad("give exactly one of key_sha256 or cert_san"));
             }
+            // Two entries for one credential (or one name) would make the
+            // first silently win: an operator meant something else.
+            let clash = callers.iter().any(|c: &Caller| {
+                &*c.name == entry.name.as_str()
+                    || (key_digest.is_some() && c.key_digest == key_digest)
+                    || (cert_san.is_some() && c.cert_san == cert_san)
+            });
+            if clash {
+                return Err(bad(
+                    "repeats the name, key_sha256 or cert_san of an earlier caller",
+                ));
+            }
             callers.push(Caller {
                 name: entry.name.into(),
                 roles: entry.roles,
@@ -380,6 +392,23 @@ mod tests {
             &*c.authorize(None, &sans, Role::Manage).unwrap().name,
             "mesh"
         );
+    }
+
+    #[test]
+    fn two_entries_for_one_name_or_credential_are_refused() {
+        let (_, a) = new_caller_key("a", &[Role::Manage]);
+        let (_, b) = new_caller_key("b", &[Role::Introspect]);
+        assert!(Callers::parse(&format!("{a}\n{b}"), "f").is_ok());
+        let same_key = a.replace("name = \"a\"", "name = \"a2\"");
+        assert!(Callers::parse(&format!("{a}\n{same_key}"), "f").is_err());
+        let same_name = b.replace("name = \"b\"", "name = \"a\"");
+        assert!(Callers::parse(&format!("{a}\n{same_name}"), "f").is_err());
+        let san = |name: &str| {
+            format!(
+                "[[caller]]\nname = \"{name}\"\nroles = [\"manage\"]\ncert_san = \"spiffe://x\"\n"
+            )
+        };
+        assert!(Callers::parse(&format!("{}\n{}", san("m1"), san("m2")), "f").is_err());
     }
 
     #[test]

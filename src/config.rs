@@ -135,6 +135,19 @@ pub struct Config {
     )]
     pub allow_unauthenticated: bool,
 
+    /// Allow core dumps. Off by default: patd sets its core-file limit to 0
+    /// at start, since a crash would write the digest keys, the Redis
+    /// password and fresh tokens to disk.
+    #[arg(
+        long,
+        env = "PATD_ALLOW_CORE_DUMPS",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = boolean
+    )]
+    pub allow_core_dumps: bool,
+
     /// Digest keys, `id:base64key,...` (first = current; each at least 32
     /// bytes): tokens are stored as HMAC-SHA256 under them. Removing a key
     /// revokes every token made with it.

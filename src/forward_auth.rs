@@ -12,7 +12,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{RawQuery, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{any, get};
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -80,6 +80,7 @@ pub fn router<S: Store>(
         .route("/v1/forward-auth", any(forward_auth::<S>).layer(admission))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
+        .layer(axum::middleware::from_fn(one_chunked_coding))
         .layer(guards)
         .with_state(AppState {
             tokens,
@@ -87,6 +88,27 @@ pub fn router<S: Store>(
             callers,
             shutdown,
         })
+}
+
+/// RFC 9112 §6.1: `chunked` is applied at most once, as the last
+/// coding. hyper already refuses it anywhere but last; a request naming it
+/// twice (`chunked, chunked`), which two parsers may frame differently, is
+/// refused here (400) before any handler reads it.
+async fn one_chunked_coding(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let chunked = request
+        .headers()
+        .get_all(axum::http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("invalid").split(','))
+        .filter(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        .count();
+    if chunked > 1 {
+        return (StatusCode::BAD_REQUEST, "chunked applied twice\n").into_response();
+    }
+    next.run(request).await
 }
 
 fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

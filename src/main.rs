@@ -34,6 +34,11 @@ fn main() -> ExitCode {
         print!("{entry}");
         return ExitCode::SUCCESS;
     }
+    if !config.allow_core_dumps
+        && let Err(e) = forbid_core_dumps()
+    {
+        return fail(&format!("cannot turn core dumps off: {e}"));
+    }
     let settings = match Settings::try_from(config) {
         Ok(s) => s,
         Err(e) => return fail(&patd::telemetry::error_chain(&e)),
@@ -60,6 +65,14 @@ fn main() -> ExitCode {
             Err(e) => fail(&patd::telemetry::error_chain(&e)),
         }
     })
+}
+
+/// Sets the core-file limit to 0 before any secret is read from a file:
+/// a crash must not write digest keys, the Redis password or tokens to
+/// disk (PATD_ALLOW_CORE_DUMPS opts out).
+fn forbid_core_dumps() -> std::io::Result<()> {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::CORE)?;
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, hard)
 }
 
 fn fail(reason: &str) -> ExitCode {

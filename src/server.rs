@@ -30,6 +30,9 @@ use crate::reload::Reloader;
 use crate::service::Tokens;
 use crate::settings::{Settings, SettingsError, StoreSettings};
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+/// Largest server-reflection request accepted, in bytes.
+const REFLECTION_MAX_REQUEST_BYTES: usize = 4096;
+
 /// How often the store is pinged for the health status.
 const READINESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -134,8 +137,14 @@ impl Application {
         let health = Health::new(&["", TOKEN_SERVICE], ServingStatus::Serving);
         health.set(TOKEN_SERVICE, ServingStatus::NotServing);
         let health_service = health.service();
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // A reflection request names a symbol or file, a few hundred bytes
+        // at most; a larger one is refused, not echoed back in an error.
+        let reflection_v1 = reflection()
+            .build_v1()?
+            .max_decoding_message_size(REFLECTION_MAX_REQUEST_BYTES);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(REFLECTION_MAX_REQUEST_BYTES);
         let settings = self.settings;
         let max_request = settings.max_request_bytes;
         let limits = settings.limits;

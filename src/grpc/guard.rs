@@ -96,6 +96,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // gRPC over HTTP/2: a content-type that does not begin with
+        // `application/grpc` gets HTTP 415, before any gRPC processing.
+        if !is_grpc(request.headers()) {
+            let mut refused = HttpResponse::new(Body::default());
+            *refused.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return Box::pin(ready(Ok(refused)));
+        }
         // Only token-service calls take a slot and get an outcome line here;
         // probes and reflection stay answerable whatever the load.
         let counted = role_for_grpc_path(request.uri().path()).is_some();
@@ -156,6 +163,16 @@ where
             answer
         })
     }
+}
+
+/// Whether the request says it is gRPC (`application/grpc`, optionally
+/// `+proto` or `;…`), as the gRPC over HTTP/2 protocol requires.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
 }
 
 /// How much earlier than the client's deadline patd answers, so its
@@ -274,6 +291,37 @@ mod tests {
 
     use super::*;
 
+    fn grpc_request() -> http::Request<()> {
+        http::Request::builder()
+            .uri("/patd.v1.TokenService/Introspect")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_grpc_content_types_are_served() {
+        let ok = service_fn(|_: http::Request<()>| async {
+            Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
+        });
+        let shield = ShieldLayer::new(Duration::from_secs(1), 8).layer(ok);
+        for (content_type, status) in [
+            ("application/grpc", 200),
+            ("application/grpc+proto", 200),
+            ("application/json", 415),
+            ("application/grpcx", 415),
+            ("", 415),
+        ] {
+            let request = http::Request::builder()
+                .uri("/patd.v1.TokenService/Introspect")
+                .header("content-type", content_type)
+                .body(())
+                .unwrap();
+            let response = shield.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status().as_u16(), status, "{content_type:?}");
+        }
+    }
+
     fn grpc_status(response: &HttpResponse) -> Option<&str> {
         response
             .headers()
@@ -291,7 +339,7 @@ mod tests {
         });
         let response = ShieldLayer::new(Duration::from_secs(1), 8)
             .layer(inner)
-            .oneshot(http::Request::new(()))
+            .oneshot(grpc_request())
             .await
             .unwrap();
         assert_eq!(grpc_status(&response), Some("13"));
@@ -312,7 +360,7 @@ mod tests {
         });
         let response = ShieldLayer::new(Duration::from_millis(20), 8)
             .layer(inner)
-            .oneshot(http::Request::new(()))
+            .oneshot(grpc_request())
             .await
             .unwrap();
         assert_eq!(grpc_status(&response), Some("4"));
@@ -373,7 +421,9 @@ mod tests {
         });
         let gate = CallerGateLayer::new(callers).layer(ok);
         let call = |path: &str, key: Option<&str>| {
-            let mut request = http::Request::builder().uri(path);
+            let mut request = http::Request::builder()
+                .uri(path)
+                .header("content-type", "application/grpc");
             if let Some(key) = key {
                 request = request.header("authorization", format!("Bearer {key}"));
             }

@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{Backend, Patd, PatdOptions, RedisServer, eventually, issue};
-use crate::http_helpers::get;
+use crate::http_helpers::{get, grpc_frame, h2_post};
 
 /// The log lines of `patd` (JSON) whose `rpc` and `outcome` are these.
 fn lines_with(patd: &Patd, rpc: &str, outcome: &str) -> usize {
@@ -35,39 +35,23 @@ async fn line_appears(patd: &Patd, rpc: &str, outcome: &str) -> bool {
 /// over a bare HTTP/2 connection: tonic's own client would enforce the
 /// deadline itself and report its local CANCELLED instead of patd's answer.
 async fn introspect_with_grpc_timeout(patd: &Patd, token: &str, timeout: &str) -> Option<String> {
-    use http_body_util::{BodyExt as _, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use prost::Message as _;
-    let tcp = tokio::net::TcpStream::connect(patd.grpc_addr).await.ok()?;
-    let (mut send, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .ok()?;
-    tokio::spawn(connection);
     let message = patd::pb::IntrospectRequest {
         token: token.to_owned(),
     }
     .encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend(u32::try_from(message.len()).ok()?.to_be_bytes());
-    frame.extend(message);
-    let request = hyper::Request::post(format!(
-        "http://{}/patd.v1.TokenService/Introspect",
-        patd.grpc_addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-timeout", timeout)
-    .body(Full::new(Bytes::from(frame)))
-    .ok()?;
-    let response = send.send_request(request).await.ok()?;
-    if let Some(status) = response.headers().get("grpc-status") {
-        return status.to_str().ok().map(str::to_owned);
-    }
-    let body = response.into_body().collect().await.ok()?;
-    let status = body.trailers()?.get("grpc-status")?;
-    status.to_str().ok().map(str::to_owned)
+    let (_, status) = h2_post(
+        patd.grpc_addr,
+        "/patd.v1.TokenService/Introspect",
+        &[
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", timeout),
+        ],
+        grpc_frame(&message),
+    )
+    .await?;
+    status
 }
 
 #[tokio::test]

@@ -345,3 +345,47 @@ impl Drop for Gateway {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A gRPC message frame: uncompressed flag, 4-byte length, the message.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend(u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend(message);
+    frame
+}
+
+/// POST over a bare HTTP/2 connection (no gRPC client in between): the
+/// HTTP status and the `grpc-status` (from the headers or the trailers);
+/// `None` if the exchange failed.
+pub async fn h2_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<(u16, Option<String>)> {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioExecutor;
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let mut request = Request::post(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).ok()?;
+    let response = send.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let text = |v: &axum::http::HeaderValue| v.to_str().ok().map(str::to_owned);
+    if let Some(grpc) = response.headers().get("grpc-status") {
+        return Some((status, text(grpc)));
+    }
+    let body = response.into_body().collect().await.ok()?;
+    let grpc = body
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(text);
+    Some((status, grpc))
+}

@@ -8,6 +8,7 @@ mod bad_input;
 mod configuration;
 mod decision;
 mod gateways;
+mod hardening;
 mod helpers;
 mod http_helpers;
 mod lifecycle;
