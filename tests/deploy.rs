@@ -3,8 +3,10 @@
 //! (kubernetes-validate from PyPI, which ships them; scripts/test.sh
 //! installs it). Then what no schema sees: the manifests fit together
 //! (every Secret, ConfigMap, key, volume, label and port referred to
-//! exists), every pod is hardened and has resource bounds, patd's probes
-//! are native gRPC probes, `deploy/redis.conf` and its ConfigMap copy agree
+//! exists), every pod is hardened and has resource bounds, patd serves TLS
+//! from a Secret and its probes are HTTPS `httpGet` probes (the kubelet's
+//! gRPC probe has no TLS), `deploy/redis.conf` and its ConfigMap copy
+//! agree
 //! and start a real redis-server the way the StatefulSet runs it, the
 //! templates keep patd from starting until they are filled in and then pass
 //! patd's own settings, and the Containerfile agrees with the manifests and
@@ -415,8 +417,43 @@ fn port_of(addr: &str) -> u64 {
         .unwrap_or_else(|| panic!("{addr} has no port"))
 }
 
+/// An HTTP probe of patd's container as the kubelet reads it: the port
+/// resolved to a number (a name is a container port's), the scheme
+/// defaulted to HTTP.
+#[derive(Debug)]
+struct HttpProbe {
+    path: String,
+    port: u64,
+    scheme: String,
+}
+
+fn http_probe(container: &Value, which: &str) -> HttpProbe {
+    let probe = &container[which];
+    let get = probe.get("httpGet").unwrap_or_else(|| {
+        panic!(
+            "{which}: an httpGet probe (the kubelet's gRPC probe has no TLS, so it \
+             fails for ever against patd with TLS on): {probe}"
+        )
+    });
+    assert!(
+        get.get("host").is_none(),
+        "{which}: no host, so the kubelet probes the pod IP: {get}"
+    );
+    let port = match &get["port"] {
+        Value::String(name) => container_port(container, name),
+        number => number
+            .as_u64()
+            .unwrap_or_else(|| panic!("{which}: port {number}")),
+    };
+    HttpProbe {
+        path: text(&get["path"]).to_owned(),
+        port,
+        scheme: get.get("scheme").map_or("HTTP", text).to_owned(),
+    }
+}
+
 #[test]
-fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
+fn patd_serves_tls_is_probed_over_https_kept_available_and_fenced_in() {
     let objects = Objects::load();
     let deployment = objects.get("Deployment", "patd");
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
@@ -429,21 +466,55 @@ fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
     assert_eq!(port_of(env_value(&env, "PATD_GRPC_ADDR")), grpc);
     assert_eq!(port_of(env_value(&env, "PATD_HTTP_ADDR")), http);
 
-    // Native gRPC probes: liveness asks for the whole process, readiness
-    // for the token service (NOT_SERVING while Redis is unreachable).
-    let live = &c["livenessProbe"]["grpc"];
-    assert_eq!(live["port"].as_u64(), Some(grpc), "liveness: a gRPC probe");
-    assert!(
-        live.get("service").is_none_or(|s| s == ""),
-        "liveness asks for the process (\"\"), not a service: {live}"
-    );
-    let ready = &c["readinessProbe"]["grpc"];
+    // TLS from the Secret patd-tls (keys as cert-manager writes them),
+    // mounted read-only as a whole directory: a subPath mount would never
+    // see a renewed Secret, and patd reloads the files by itself.
+    let pod = &deployment["spec"]["template"]["spec"];
+    for (var, key) in [("PATD_TLS_CERT", "tls.crt"), ("PATD_TLS_KEY", "tls.key")] {
+        let path = PathBuf::from(env_value(&env, var));
+        let mount = list(&c["volumeMounts"])
+            .iter()
+            .find(|m| Path::new(text(&m["mountPath"])) == path.parent().unwrap())
+            .unwrap_or_else(|| panic!("{var}'s directory is a volume mount"));
+        assert_eq!(mount["readOnly"], true, "{var}: a read-only mount");
+        assert!(mount.get("subPath").is_none(), "{var}: no subPath mount");
+        let volume = list(&pod["volumes"])
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let secret = &volume["secret"];
+        assert_eq!(secret["secretName"], "patd-tls", "{var}: from patd-tls");
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let item = list(&secret["items"])
+            .iter()
+            .find(|i| i["path"] == file)
+            .unwrap_or_else(|| panic!("the tls volume has no item at {file}"));
+        assert_eq!(item["key"], key, "{var}: the Secret's key {key}");
+        objects.key("Secret", "patd-tls", key);
+    }
     assert_eq!(
-        ready["port"].as_u64(),
-        Some(grpc),
-        "readiness: a gRPC probe"
+        objects.get("Secret", "patd-tls")["type"],
+        "kubernetes.io/tls"
     );
-    assert_eq!(ready["service"], "patd.v1.TokenService");
+
+    // HTTPS probes on the HTTP listener: liveness asks for the whole
+    // process, readiness for the token service (503 while Redis is
+    // unreachable).
+    for (which, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let probe = http_probe(c, which);
+        assert_eq!(probe.path, path, "{which}");
+        assert_eq!(probe.port, http, "{which}: on the http port");
+        assert_eq!(probe.scheme, "HTTPS", "{which}: patd serves TLS only");
+    }
+
+    // With TLS no Service port claims cleartext HTTP/2.
+    let service = objects.get("Service", "patd");
+    for port in list(&service["spec"]["ports"]) {
+        assert_ne!(
+            port["appProtocol"], "kubernetes.io/h2c",
+            "Service patd: {port} is TLS, not cleartext HTTP/2"
+        );
+    }
 
     // The callers file is where the ConfigMap volume puts it.
     let callers = PathBuf::from(env_value(&env, "PATD_CALLERS_FILE"));
@@ -451,7 +522,6 @@ fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
         .iter()
         .find(|m| Path::new(text(&m["mountPath"])) == callers.parent().unwrap())
         .expect("PATD_CALLERS_FILE's directory is a volume mount");
-    let pod = &deployment["spec"]["template"]["spec"];
     let volume = list(&pod["volumes"])
         .iter()
         .find(|v| v["name"] == mount["name"])
@@ -632,6 +702,14 @@ fn fills() -> BTreeMap<String, String> {
         "REPLACE_WITH_BASE64_32_BYTE_KEY".to_owned(),
         base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
     );
+    // A certificate and key for the TLS Secret.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["patd.patd.svc".to_owned()]).unwrap();
+    fills.insert("REPLACE_WITH_PEM_CERTIFICATE_CHAIN".to_owned(), cert.pem());
+    fills.insert(
+        "REPLACE_WITH_PEM_PRIVATE_KEY".to_owned(),
+        signing_key.serialize_pem(),
+    );
     for caller in ["GATEWAY", "CONSOLE"] {
         let (_key, entry) = patd::auth::new_caller_key("x", &[patd::auth::Role::Introspect]);
         let digest = entry
@@ -647,32 +725,75 @@ fn fills() -> BTreeMap<String, String> {
     fills
 }
 
+/// The files patd's container mounts, as (mount path, file name, contents
+/// as the templates have them): the items of its ConfigMap and Secret
+/// volumes (every key where a volume lists no items).
+fn patd_files(objects: &Objects) -> Vec<(String, String, String)> {
+    let pod = &objects.get("Deployment", "patd")["spec"]["template"]["spec"];
+    let mut files = Vec::new();
+    for m in list(&patd_container(objects)["volumeMounts"]) {
+        let volume = list(&pod["volumes"])
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for the mount {m}"));
+        let (kind, source) = match volume.get("configMap") {
+            Some(cm) => ("ConfigMap", cm),
+            None => ("Secret", &volume["secret"]),
+        };
+        let name = text(source.get("name").unwrap_or(&source["secretName"]));
+        let items: Vec<(String, String)> = match source.get("items") {
+            Some(items) => list(items)
+                .iter()
+                .map(|i| (text(&i["key"]).to_owned(), text(&i["path"]).to_owned()))
+                .collect(),
+            None => {
+                let object = objects.get(kind, name);
+                ["data", "stringData"]
+                    .iter()
+                    .filter_map(|field| object[*field].as_object())
+                    .flat_map(|map| map.keys())
+                    .map(|k| (k.clone(), k.clone()))
+                    .collect()
+            }
+        };
+        for (key, path) in items {
+            let contents = objects.key(kind, name, &key);
+            files.push((text(&m["mountPath"]).to_owned(), path, contents));
+        }
+    }
+    files
+}
+
 /// patd's settings from the Deployment's environment (as flags: every
-/// `PATD_X_Y` is `--x-y`), with the callers file written to `dir`.
+/// `PATD_X_Y` is `--x-y`), with the files it mounts (callers, TLS) written
+/// under `dir` and the paths pointing there.
 fn patd_settings(
     objects: &Objects,
     dir: &Path,
     fill: &BTreeMap<String, String>,
 ) -> Result<patd::settings::Settings, String> {
     let env = patd_env(objects);
-    let callers_path = PathBuf::from(env_value(&env, "PATD_CALLERS_FILE"));
-    let callers = objects.key(
-        "ConfigMap",
-        "patd-callers",
-        callers_path.file_name().unwrap().to_str().unwrap(),
-    );
-    let local_callers = dir.join("callers.toml");
-    std::fs::write(&local_callers, filled(&callers, fill)).unwrap();
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for (mount, file, contents) in patd_files(objects) {
+        let local = dir.join(mount.trim_start_matches('/'));
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join(file), filled(&contents, fill)).unwrap();
+        mounts.push((mount, local));
+    }
     let mut args = vec!["patd".to_owned()];
     for (name, value) in &env {
         let Some(flag) = name.strip_prefix("PATD_") else {
             continue;
         };
-        let value = if name == "PATD_CALLERS_FILE" {
-            local_callers.display().to_string()
-        } else {
-            filled(value, fill)
-        };
+        let value = filled(value, fill);
+        let value = mounts
+            .iter()
+            .find_map(|(mount, local)| {
+                value
+                    .strip_prefix(&format!("{mount}/"))
+                    .map(|rest| local.join(rest).display().to_string())
+            })
+            .unwrap_or(value);
         args.push(format!(
             "--{}={value}",
             flag.to_lowercase().replace('_', "-")
@@ -714,7 +835,7 @@ fn templates_keep_patd_down_until_filled_then_pass_its_settings() {
     assert!(!refused.is_empty());
 
     // Filled in, patd's own settings accept them: callers on, keyed
-    // digests, the Redis store, listening beyond loopback.
+    // digests, the Redis store, listening beyond loopback, over TLS.
     let fills = fills();
     let settings = patd_settings(&objects, &dir, &fills).unwrap_or_else(|e| {
         panic!("patd refuses the Deployment's settings with the templates filled in: {e}")
@@ -726,12 +847,17 @@ fn templates_keep_patd_down_until_filled_then_pass_its_settings() {
         patd::settings::StoreSettings::Redis { .. }
     ));
     assert!(!settings.grpc_addr.ip().is_loopback());
+    assert!(settings.tls.is_some(), "patd serves TLS");
     let _ = std::fs::remove_dir_all(&dir);
 
     // Nothing patd reads is left with a placeholder the fills do not cover.
     let env = patd_env(&objects);
-    let callers = objects.key("ConfigMap", "patd-callers", "callers.toml");
-    for value in env.iter().map(|(_, v)| v).chain([&callers]) {
+    let files = patd_files(&objects);
+    for value in env
+        .iter()
+        .map(|(_, v)| v)
+        .chain(files.iter().map(|(_, _, contents)| contents))
+    {
         let left = placeholders(&filled(value, &fills));
         assert!(left.is_empty(), "no fill for {left:?}: extend fills()");
     }
