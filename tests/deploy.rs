@@ -3,8 +3,11 @@
 //! (kubernetes-validate from PyPI, which ships them; scripts/test.sh
 //! installs it). Then what no schema sees: the manifests fit together
 //! (every Secret, ConfigMap, key, volume, label and port referred to
-//! exists), every pod is hardened and has resource bounds, patd's probes
-//! are native gRPC probes, `deploy/redis.conf` and its ConfigMap copy agree
+//! exists), every pod is hardened and has resource bounds, patd serves TLS
+//! from a Secret and its probes are HTTPS `httpGet` probes, which a real
+//! patd with TLS on answers when asked the way the kubelet asks them (the
+//! kubelet's gRPC probe has no TLS), `deploy/redis.conf` and its ConfigMap
+//! copy agree
 //! and start a real redis-server the way the StatefulSet runs it, the
 //! templates keep patd from starting until they are filled in and then pass
 //! patd's own settings, and the Containerfile agrees with the manifests and
@@ -18,10 +21,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::DigitallySignedStruct;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The validator scripts/test.sh installs, and the Kubernetes versions the
 /// manifests must be valid for: the oldest supported here and the newest
@@ -415,8 +428,43 @@ fn port_of(addr: &str) -> u64 {
         .unwrap_or_else(|| panic!("{addr} has no port"))
 }
 
+/// An HTTP probe of patd's container as the kubelet reads it: the port
+/// resolved to a number (a name is a container port's), the scheme
+/// defaulted to HTTP.
+#[derive(Debug)]
+struct HttpProbe {
+    path: String,
+    port: u64,
+    scheme: String,
+}
+
+fn http_probe(container: &Value, which: &str) -> HttpProbe {
+    let probe = &container[which];
+    let get = probe.get("httpGet").unwrap_or_else(|| {
+        panic!(
+            "{which}: an httpGet probe (the kubelet's gRPC probe has no TLS, so it \
+             fails for ever against patd with TLS on): {probe}"
+        )
+    });
+    assert!(
+        get.get("host").is_none(),
+        "{which}: no host, so the kubelet probes the pod IP: {get}"
+    );
+    let port = match &get["port"] {
+        Value::String(name) => container_port(container, name),
+        number => number
+            .as_u64()
+            .unwrap_or_else(|| panic!("{which}: port {number}")),
+    };
+    HttpProbe {
+        path: text(&get["path"]).to_owned(),
+        port,
+        scheme: get.get("scheme").map_or("HTTP", text).to_owned(),
+    }
+}
+
 #[test]
-fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
+fn patd_serves_tls_is_probed_over_https_kept_available_and_fenced_in() {
     let objects = Objects::load();
     let deployment = objects.get("Deployment", "patd");
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
@@ -429,21 +477,55 @@ fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
     assert_eq!(port_of(env_value(&env, "PATD_GRPC_ADDR")), grpc);
     assert_eq!(port_of(env_value(&env, "PATD_HTTP_ADDR")), http);
 
-    // Native gRPC probes: liveness asks for the whole process, readiness
-    // for the token service (NOT_SERVING while Redis is unreachable).
-    let live = &c["livenessProbe"]["grpc"];
-    assert_eq!(live["port"].as_u64(), Some(grpc), "liveness: a gRPC probe");
-    assert!(
-        live.get("service").is_none_or(|s| s == ""),
-        "liveness asks for the process (\"\"), not a service: {live}"
-    );
-    let ready = &c["readinessProbe"]["grpc"];
+    // TLS from the Secret patd-tls (keys as cert-manager writes them),
+    // mounted read-only as a whole directory: a subPath mount would never
+    // see a renewed Secret, and patd reloads the files by itself.
+    let pod = &deployment["spec"]["template"]["spec"];
+    for (var, key) in [("PATD_TLS_CERT", "tls.crt"), ("PATD_TLS_KEY", "tls.key")] {
+        let path = PathBuf::from(env_value(&env, var));
+        let mount = list(&c["volumeMounts"])
+            .iter()
+            .find(|m| Path::new(text(&m["mountPath"])) == path.parent().unwrap())
+            .unwrap_or_else(|| panic!("{var}'s directory is a volume mount"));
+        assert_eq!(mount["readOnly"], true, "{var}: a read-only mount");
+        assert!(mount.get("subPath").is_none(), "{var}: no subPath mount");
+        let volume = list(&pod["volumes"])
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let secret = &volume["secret"];
+        assert_eq!(secret["secretName"], "patd-tls", "{var}: from patd-tls");
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let item = list(&secret["items"])
+            .iter()
+            .find(|i| i["path"] == file)
+            .unwrap_or_else(|| panic!("the tls volume has no item at {file}"));
+        assert_eq!(item["key"], key, "{var}: the Secret's key {key}");
+        objects.key("Secret", "patd-tls", key);
+    }
     assert_eq!(
-        ready["port"].as_u64(),
-        Some(grpc),
-        "readiness: a gRPC probe"
+        objects.get("Secret", "patd-tls")["type"],
+        "kubernetes.io/tls"
     );
-    assert_eq!(ready["service"], "patd.v1.TokenService");
+
+    // HTTPS probes on the HTTP listener: liveness asks for the whole
+    // process, readiness for the token service (503 while Redis is
+    // unreachable); the_probes_work_against_patd_with_tls_on performs them.
+    for (which, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let probe = http_probe(c, which);
+        assert_eq!(probe.path, path, "{which}");
+        assert_eq!(probe.port, http, "{which}: on the http port");
+        assert_eq!(probe.scheme, "HTTPS", "{which}: patd serves TLS only");
+    }
+
+    // With TLS no Service port claims cleartext HTTP/2.
+    let service = objects.get("Service", "patd");
+    for port in list(&service["spec"]["ports"]) {
+        assert_ne!(
+            port["appProtocol"], "kubernetes.io/h2c",
+            "Service patd: {port} is TLS, not cleartext HTTP/2"
+        );
+    }
 
     // The callers file is where the ConfigMap volume puts it.
     let callers = PathBuf::from(env_value(&env, "PATD_CALLERS_FILE"));
@@ -451,7 +533,6 @@ fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
         .iter()
         .find(|m| Path::new(text(&m["mountPath"])) == callers.parent().unwrap())
         .expect("PATD_CALLERS_FILE's directory is a volume mount");
-    let pod = &deployment["spec"]["template"]["spec"];
     let volume = list(&pod["volumes"])
         .iter()
         .find(|v| v["name"] == mount["name"])
@@ -497,6 +578,290 @@ fn patd_is_probed_over_grpc_kept_available_and_fenced_in() {
             .collect();
         assert_eq!(ports, BTreeSet::from([grpc, http]));
     }
+}
+
+/// What the kubelet's HTTPS probe verifies of patd's certificate: nothing.
+/// Only the handshake's signatures are checked (as Go's
+/// `InsecureSkipVerify` does).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// How long one probe may take here (generous: the suite shares the CPU).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One GET the way the kubelet's prober sends it (User-Agent, Accept, no
+/// keep-alive), over HTTP/2 or HTTP/1.1: the status and body, or why there
+/// was none.
+async fn kubelet_get<S>(
+    stream: S,
+    h2: bool,
+    authority: &str,
+    path: &str,
+) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::body::Bytes;
+    use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let io = TokioIo::new(stream);
+    let request = hyper::Request::get(if h2 {
+        format!("https://{authority}{path}")
+    } else {
+        path.to_owned()
+    })
+    .header(USER_AGENT, "kube-probe/1.37")
+    .header(ACCEPT, "*/*");
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
+        sender.send_request(request).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = request
+            .header(HOST, authority)
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Performs `probe` against `addr` as the kubelet does: TLS for HTTPS
+/// without verifying the certificate, no client certificate, no SNI (the
+/// kubelet dials the pod IP), offering ALPN `alpn`.
+async fn perform(
+    probe: &HttpProbe,
+    addr: std::net::SocketAddr,
+    alpn: &[&str],
+) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let authority = addr.to_string();
+    match probe.scheme.as_str() {
+        "HTTP" => kubelet_get(tcp, false, &authority, &probe.path).await,
+        "HTTPS" => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            kubelet_get(tls, h2, &authority, &probe.path).await
+        }
+        other => panic!("scheme {other}: the kubelet knows HTTP and HTTPS"),
+    }
+}
+
+/// A patd process, killed and reaped on drop.
+struct Running {
+    process: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real patd with TLS on loopback (a certificate from a CA made here,
+/// for the Service's name, not for the address the probes dial), the
+/// memory store and a callers file, as the Deployment has one. Returns it
+/// with its gRPC and HTTP addresses.
+async fn patd_with_tls() -> (Running, std::net::SocketAddr, std::net::SocketAddr) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    let dir = temp_dir("probes");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["patd.patd.svc".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), server.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), server_key.serialize_pem()).unwrap();
+    let (_key, entry) = patd::auth::new_caller_key("gateway", &[patd::auth::Role::Introspect]);
+    std::fs::write(dir.join("callers.toml"), entry).unwrap();
+    let ready = dir.join("ready.json");
+    let log = std::fs::File::create(dir.join("patd.log")).unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_patd"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATD_TLS_CERT", dir.join("tls.crt"))
+        .env("PATD_TLS_KEY", dir.join("tls.key"))
+        .env("PATD_CALLERS_FILE", dir.join("callers.toml"))
+        .env("PATD_GRPC_ADDR", "127.0.0.1:0")
+        .env("PATD_HTTP_ADDR", "127.0.0.1:0")
+        .env("PATD_STORE", "memory")
+        .env("PATD_READY_FILE", &ready)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start patd");
+    let mut running = Running {
+        process: child,
+        dir: dir.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addrs: Value = loop {
+        if let Ok(body) = std::fs::read_to_string(&ready) {
+            break serde_json::from_str(&body).expect("the ready file is JSON");
+        }
+        if let Some(status) = running.process.try_wait().unwrap() {
+            panic!(
+                "patd exited ({status}):\n{}",
+                std::fs::read_to_string(dir.join("patd.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "patd wrote no ready file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let addr = |key: &str| text(&addrs[key]).parse().expect("an address");
+    let (grpc, http) = (addr("grpc_addr"), addr("http_addr"));
+    (running, grpc, http)
+}
+
+#[tokio::test]
+async fn the_probes_work_against_patd_with_tls_on() {
+    let objects = Objects::load();
+    let c = patd_container(&objects);
+    let env = patd_env(&objects);
+    let (_patd, grpc_addr, http_addr) = patd_with_tls().await;
+
+    // The manifest's HTTP listener port is this patd's HTTP port; the
+    // probes must go there (the only listener with /healthz and /readyz).
+    let http_port = port_of(env_value(&env, "PATD_HTTP_ADDR"));
+    for which in ["livenessProbe", "readinessProbe"] {
+        let probe = http_probe(c, which);
+        assert_eq!(
+            probe.port, http_port,
+            "{which}: port {} is not patd's HTTP listener (PATD_HTTP_ADDR)",
+            probe.port
+        );
+        // As the kubelet offers ALPN (h2 first), and HTTP/1.1 only (a
+        // kubelet with DISABLE_HTTP2).
+        for alpn in [&["h2", "http/1.1"][..], &["http/1.1"]] {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, perform(&probe, http_addr, alpn))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
+            assert!(
+                matches!(answer, Ok((200, _))),
+                "{which} {probe:?} (ALPN {alpn:?}) against patd with TLS: {answer:?}"
+            );
+        }
+
+        // Without TLS the same request gets no answer: TLS is really on.
+        let plain = HttpProbe {
+            scheme: "HTTP".to_owned(),
+            ..probe
+        };
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, perform(&plain, http_addr, &[]))
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        assert!(
+            answer.is_err(),
+            "{which} over plain HTTP got an answer from patd with TLS: {answer:?}"
+        );
+    }
+
+    // And the kubelet's native gRPC probe (plaintext HTTP/2), which the
+    // manifest used to ship, fails against it.
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()));
+    assert!(
+        answer.is_err(),
+        "a plaintext gRPC health check answered by patd with TLS: {answer:?}"
+    );
 }
 
 /// The Redis URL of the Secret template: (host, port).
@@ -632,6 +997,14 @@ fn fills() -> BTreeMap<String, String> {
         "REPLACE_WITH_BASE64_32_BYTE_KEY".to_owned(),
         base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
     );
+    // A certificate and key for the TLS Secret.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["patd.patd.svc".to_owned()]).unwrap();
+    fills.insert("REPLACE_WITH_PEM_CERTIFICATE_CHAIN".to_owned(), cert.pem());
+    fills.insert(
+        "REPLACE_WITH_PEM_PRIVATE_KEY".to_owned(),
+        signing_key.serialize_pem(),
+    );
     for caller in ["GATEWAY", "CONSOLE"] {
         let (_key, entry) = patd::auth::new_caller_key("x", &[patd::auth::Role::Introspect]);
         let digest = entry
@@ -647,32 +1020,75 @@ fn fills() -> BTreeMap<String, String> {
     fills
 }
 
+/// The files patd's container mounts, as (mount path, file name, contents
+/// as the templates have them): the items of its ConfigMap and Secret
+/// volumes (every key where a volume lists no items).
+fn patd_files(objects: &Objects) -> Vec<(String, String, String)> {
+    let pod = &objects.get("Deployment", "patd")["spec"]["template"]["spec"];
+    let mut files = Vec::new();
+    for m in list(&patd_container(objects)["volumeMounts"]) {
+        let volume = list(&pod["volumes"])
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for the mount {m}"));
+        let (kind, source) = match volume.get("configMap") {
+            Some(cm) => ("ConfigMap", cm),
+            None => ("Secret", &volume["secret"]),
+        };
+        let name = text(source.get("name").unwrap_or(&source["secretName"]));
+        let items: Vec<(String, String)> = match source.get("items") {
+            Some(items) => list(items)
+                .iter()
+                .map(|i| (text(&i["key"]).to_owned(), text(&i["path"]).to_owned()))
+                .collect(),
+            None => {
+                let object = objects.get(kind, name);
+                ["data", "stringData"]
+                    .iter()
+                    .filter_map(|field| object[*field].as_object())
+                    .flat_map(|map| map.keys())
+                    .map(|k| (k.clone(), k.clone()))
+                    .collect()
+            }
+        };
+        for (key, path) in items {
+            let contents = objects.key(kind, name, &key);
+            files.push((text(&m["mountPath"]).to_owned(), path, contents));
+        }
+    }
+    files
+}
+
 /// patd's settings from the Deployment's environment (as flags: every
-/// `PATD_X_Y` is `--x-y`), with the callers file written to `dir`.
+/// `PATD_X_Y` is `--x-y`), with the files it mounts (callers, TLS) written
+/// under `dir` and the paths pointing there.
 fn patd_settings(
     objects: &Objects,
     dir: &Path,
     fill: &BTreeMap<String, String>,
 ) -> Result<patd::settings::Settings, String> {
     let env = patd_env(objects);
-    let callers_path = PathBuf::from(env_value(&env, "PATD_CALLERS_FILE"));
-    let callers = objects.key(
-        "ConfigMap",
-        "patd-callers",
-        callers_path.file_name().unwrap().to_str().unwrap(),
-    );
-    let local_callers = dir.join("callers.toml");
-    std::fs::write(&local_callers, filled(&callers, fill)).unwrap();
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for (mount, file, contents) in patd_files(objects) {
+        let local = dir.join(mount.trim_start_matches('/'));
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join(file), filled(&contents, fill)).unwrap();
+        mounts.push((mount, local));
+    }
     let mut args = vec!["patd".to_owned()];
     for (name, value) in &env {
         let Some(flag) = name.strip_prefix("PATD_") else {
             continue;
         };
-        let value = if name == "PATD_CALLERS_FILE" {
-            local_callers.display().to_string()
-        } else {
-            filled(value, fill)
-        };
+        let value = filled(value, fill);
+        let value = mounts
+            .iter()
+            .find_map(|(mount, local)| {
+                value
+                    .strip_prefix(&format!("{mount}/"))
+                    .map(|rest| local.join(rest).display().to_string())
+            })
+            .unwrap_or(value);
         args.push(format!(
             "--{}={value}",
             flag.to_lowercase().replace('_', "-")
@@ -714,7 +1130,7 @@ fn templates_keep_patd_down_until_filled_then_pass_its_settings() {
     assert!(!refused.is_empty());
 
     // Filled in, patd's own settings accept them: callers on, keyed
-    // digests, the Redis store, listening beyond loopback.
+    // digests, the Redis store, listening beyond loopback, over TLS.
     let fills = fills();
     let settings = patd_settings(&objects, &dir, &fills).unwrap_or_else(|e| {
         panic!("patd refuses the Deployment's settings with the templates filled in: {e}")
@@ -726,12 +1142,17 @@ fn templates_keep_patd_down_until_filled_then_pass_its_settings() {
         patd::settings::StoreSettings::Redis { .. }
     ));
     assert!(!settings.grpc_addr.ip().is_loopback());
+    assert!(settings.tls.is_some(), "patd serves TLS");
     let _ = std::fs::remove_dir_all(&dir);
 
     // Nothing patd reads is left with a placeholder the fills do not cover.
     let env = patd_env(&objects);
-    let callers = objects.key("ConfigMap", "patd-callers", "callers.toml");
-    for value in env.iter().map(|(_, v)| v).chain([&callers]) {
+    let files = patd_files(&objects);
+    for value in env
+        .iter()
+        .map(|(_, v)| v)
+        .chain(files.iter().map(|(_, _, contents)| contents))
+    {
         let left = placeholders(&filled(value, &fills));
         assert!(left.is_empty(), "no fill for {left:?}: extend fills()");
     }
