@@ -13,7 +13,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use arc_swap::ArcSwap;
@@ -24,7 +23,8 @@ use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
 use crate::health::Health;
-use crate::listener::{HTTP2_KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
+use crate::listener::gate::ConnectionGate;
+use crate::listener::{HTTP2_KEEPALIVE_TIMEOUT, Limits, MAX_HEADER_BYTES};
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::reload::Reloader;
 use crate::service::Tokens;
@@ -147,7 +147,11 @@ impl Application {
             .max_decoding_message_size(REFLECTION_MAX_REQUEST_BYTES);
         let settings = self.settings;
         let max_request = settings.max_request_bytes;
-        let limits = settings.limits;
+        let limits = fit_to_descriptors(settings.limits);
+        let grpc_gate =
+            ConnectionGate::new(limits.max_connections, limits.max_connections_per_peer);
+        let http_gate =
+            ConnectionGate::new(limits.max_connections, limits.max_connections_per_peer);
         let callers = self.callers.clone();
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
@@ -212,6 +216,7 @@ impl Application {
         });
         let http = tokio::spawn(crate::listener::serve(
             self.http_listener,
+            http_gate,
             http_app,
             settings.tls.clone(),
             limits,
@@ -249,14 +254,18 @@ impl Application {
                 Some(tls) => {
                     let incoming = crate::listener::grpc_tls_incoming(
                         self.grpc_listener,
+                        grpc_gate,
                         tls.clone(),
                         stop_accepting.clone(),
                     );
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
-                // Small unary answers must not wait for Nagle's algorithm.
                 None => {
-                    let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+                    let incoming = crate::listener::grpc_incoming(
+                        self.grpc_listener,
+                        grpc_gate,
+                        stop_accepting.clone(),
+                    );
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
             }
@@ -289,6 +298,44 @@ fn write_ready_file(path: &Path, grpc: SocketAddr, http: SocketAddr) -> Result<(
             path: path.display().to_string(),
             source,
         })
+}
+
+/// File descriptors kept back from the connection caps (Redis connections,
+/// the callers and TLS files, the log).
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft file-descriptor limit to the hard one (systemd's
+/// default soft limit is 1024) and lowers the connection caps so that both
+/// listeners together stay below it: at the limit, accepting fails for
+/// every client, so patd refuses new connections a little before.
+fn fit_to_descriptors(mut limits: Limits) -> Limits {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the file-descriptor limit");
+            return limits;
+        }
+    };
+    let per_listener = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if limits.max_connections > per_listener {
+        tracing::warn!(
+            configured = limits.max_connections,
+            allowed = per_listener,
+            descriptor_limit = soft,
+            "PATD_MAX_CONNECTIONS lowered to fit the file-descriptor limit"
+        );
+        limits.max_connections = per_listener;
+    }
+    limits.max_connections_per_peer = limits.max_connections_per_peer.min(limits.max_connections);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_connections_per_peer = limits.max_connections_per_peer,
+        descriptor_limit = soft,
+        "connection caps"
+    );
+    limits
 }
 
 /// Start-up warnings for a patd reachable beyond loopback.

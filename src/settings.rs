@@ -261,6 +261,8 @@ impl TryFrom<Config> for Settings {
                 max_concurrent_requests: config.max_concurrent_requests as usize,
                 http2_max_concurrent_streams: config.http2_max_concurrent_streams,
                 http2_keepalive: *config.http2_keepalive,
+                max_connections: config.max_connections as usize,
+                max_connections_per_peer: config.max_connections_per_peer as usize,
             },
             forward_auth: ForwardAuth {
                 token_header: config.forward_auth_token_header,

@@ -130,3 +130,136 @@ async fn core_dumps_are_off_unless_an_operator_opts_in() {
         "1048576"
     );
 }
+
+/// Whether the server closed `socket` (EOF or reset) within `within`;
+/// what it sent before (an HTTP/2 server's SETTINGS) is read and dropped.
+fn closed_within(socket: &mut std::net::TcpStream, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        socket.set_read_timeout(Some(left)).expect("timeout");
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+async fn health_answers(patd: &Patd) -> bool {
+    let channel = match tonic::transport::Channel::from_shared(patd.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+    {
+        Ok(channel) => channel,
+        Err(_) => return false,
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn silent_and_half_preface_connections_are_dropped_on_both_ports() {
+    let patd = Patd::memory().await;
+    let connect = |addr| std::net::TcpStream::connect(addr).expect("connect");
+    let mut sockets: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..10 {
+        sockets.push(connect(patd.grpc_addr));
+        sockets.push(connect(patd.http_addr));
+    }
+    for addr in [patd.grpc_addr, patd.http_addr] {
+        let mut half = connect(addr);
+        half.write_all(b"PRI * HTTP/2.0\r\n")
+            .expect("half a preface");
+        sockets.push(half);
+    }
+    // Still open a moment later: the deadline is 5 s, not "at once".
+    assert!(!closed_within(&mut sockets[0], Duration::from_millis(300)));
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        assert!(
+            closed_within(socket, Duration::from_secs(2)),
+            "socket {i} still open"
+        );
+    }
+    assert!(health_answers(&patd).await);
+}
+
+#[tokio::test]
+async fn a_peer_cannot_hold_more_than_its_connections() {
+    let patd = Patd::spawn(
+        crate::helpers::PatdOptions::new(crate::helpers::Backend::Memory)
+            .env("PATD_MAX_CONNECTIONS_PER_PEER", "5"),
+    )
+    .await;
+    let held: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| std::net::TcpStream::connect(patd.grpc_addr).expect("connect"))
+        .collect();
+    // Give the accept loop a moment to admit them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut one_more = std::net::TcpStream::connect(patd.grpc_addr).expect("connect");
+    assert!(
+        closed_within(&mut one_more, Duration::from_secs(1)),
+        "a sixth connection was kept"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(health_answers(&patd).await, "places came back");
+}
+
+/// CPU time (user + system, in clock ticks) `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = stat.rsplit_once(')').expect("stat").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after `)`.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test]
+async fn at_a_low_descriptor_limit_patd_caps_connections_and_does_not_spin() {
+    let ready = ReadyFile::new();
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=160:160", "--", env!("CARGO_BIN_EXE_patd")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("PATD_GRPC_ADDR", "127.0.0.1:0"),
+            ("PATD_HTTP_ADDR", "127.0.0.1:0"),
+            ("PATD_STORE", "memory"),
+        ])
+        .env(ready.env().0, ready.env().1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit patd");
+    let addrs = ready.wait(&mut child).await.expect("patd started");
+    // (160 - 64) / 2 = 48 per listener. 200 silent sockets would exhaust
+    // the 160 descriptors, where accepting fails for everyone and an
+    // accept loop without a back-off spins.
+    let sockets: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(addrs.grpc_addr).ok())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(child.id()) - before;
+    assert!(used < 20, "patd used {used} ticks in 1 s holding the cap");
+    let alive = std::net::TcpStream::connect(addrs.http_addr).is_ok();
+    drop(sockets);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "the other listener still accepts");
+}

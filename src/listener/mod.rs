@@ -1,9 +1,14 @@
 //! The listener plumbing both transports share: bounds on request heads
-//! and HTTP/2 (`Limits` and the constants here), the HTTP listener's accept
-//! loop (TCP_NODELAY, a first-bytes deadline, the TLS handshake, graceful
-//! drain) and the gRPC listener's TLS handshakes, both with the reloadable
-//! `TlsConfig`. gRPC's tonic server takes the same limits in `server.rs`.
+//! and HTTP/2 (`Limits` and the constants here), connection admission and
+//! the first-bytes deadline ([`gate`]), the HTTP listener's accept loop
+//! (TCP_NODELAY, the TLS handshake, graceful drain) and the gRPC listener's
+//! incoming connections (plain or TLS, with the reloadable `TlsConfig`).
+//! gRPC's tonic server takes the same limits in `server.rs`.
 
+pub mod gate;
+
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +18,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use self::gate::{ConnectionGate, Guarded};
 use crate::tls::{PeerSans, TlsConfig, client_sans};
+
+/// Bytes a connection must deliver within `HEADER_READ_TIMEOUT`: the
+/// HTTP/2 client preface is 24, and a request that stops inside it would
+/// otherwise hold its connection for ever.
+pub const FIRST_BYTES: usize = 24;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -33,6 +45,10 @@ pub struct Limits {
     pub http2_max_concurrent_streams: u32,
     /// HTTP/2 keepalive ping interval; zero turns pings off.
     pub http2_keepalive: Duration,
+    /// Connections one listener holds at once.
+    pub max_connections: usize,
+    /// Connections one IP address may hold on one listener.
+    pub max_connections_per_peer: usize,
 }
 
 /// A peer that leaves a keepalive ping unanswered this long is dropped.
@@ -45,15 +61,29 @@ impl Limits {
     }
 }
 
-/// The next accepted connection, with TCP_NODELAY (small answers must not
-/// wait for Nagle's algorithm); `None` after an accept error (out of file
-/// descriptors and the like), after a short back-off so the loop does not
-/// spin.
-async fn accept(listener: &TcpListener, which: &'static str) -> Option<TcpStream> {
+/// The next admitted connection, with TCP_NODELAY (small answers must not
+/// wait for Nagle's algorithm) and its first-bytes deadline. `None` when
+/// the gate refused it (closed at once, unread), or after an accept error
+/// (out of file descriptors and the like), after a short back-off so the
+/// loop never spins.
+async fn accept(
+    listener: &TcpListener,
+    gate: &ConnectionGate,
+    which: &'static str,
+) -> Option<Guarded<TcpStream>> {
     match listener.accept().await {
-        Ok((stream, _)) => {
+        Ok((stream, peer)) => {
+            let Some(admitted) = gate.admit(peer.ip()) else {
+                tracing::debug!(listener = which, %peer, "connection refused: at the cap");
+                return None;
+            };
             let _ = stream.set_nodelay(true);
-            Some(stream)
+            Some(Guarded::new(
+                stream,
+                admitted,
+                FIRST_BYTES,
+                HEADER_READ_TIMEOUT,
+            ))
         }
         Err(e) => {
             tracing::warn!(listener = which, error = %e, "accept failed");
@@ -65,7 +95,10 @@ async fn accept(listener: &TcpListener, which: &'static str) -> Option<TcpStream
 
 /// The TLS handshake, bounded by `HEADER_READ_TIMEOUT` so a client that
 /// never finishes it cannot hold a connection.
-async fn handshake(stream: TcpStream, acceptor: &TlsAcceptor) -> Option<TlsStream<TcpStream>> {
+async fn handshake<IO>(stream: IO, acceptor: &TlsAcceptor) -> Option<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
@@ -76,29 +109,34 @@ async fn handshake(stream: TcpStream, acceptor: &TlsAcceptor) -> Option<TlsStrea
     }
 }
 
-/// The gRPC listener's connections over TLS, handshaken here with the
-/// configuration current at accept time (a reload applies from the next
-/// connection on). Ends once `stop` is cancelled and the handshakes under
-/// way are over.
-pub fn grpc_tls_incoming(
+/// Admitted connections of `listener`, each made ready by `prepare` (a TLS
+/// handshake, or nothing) off the accept loop. Ends once `stop` is
+/// cancelled and the preparations under way are over.
+fn incoming<T, F, Fut>(
     listener: TcpListener,
-    tls: Arc<TlsConfig>,
+    gate: ConnectionGate,
     stop: CancellationToken,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    prepare: F,
+) -> impl Stream<Item = Result<T, io::Error>>
+where
+    T: Send + 'static,
+    F: Fn(Guarded<TcpStream>) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+{
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => break,
-                stream = accept(&listener, "grpc") => stream,
+                stream = accept(&listener, &gate, "grpc") => stream,
             };
             let Some(stream) = stream else {
                 continue;
             };
-            let acceptor = tls.grpc_acceptor();
+            let ready = prepare(stream);
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake(stream, &acceptor).await {
+                if let Some(stream) = ready.await {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });
@@ -107,12 +145,37 @@ pub fn grpc_tls_incoming(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The gRPC listener's plaintext connections.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    gate: ConnectionGate,
+    stop: CancellationToken,
+) -> impl Stream<Item = Result<Guarded<TcpStream>, io::Error>> {
+    incoming(listener, gate, stop, |stream| async move { Some(stream) })
+}
+
+/// The gRPC listener's connections over TLS, handshaken with the
+/// configuration current at accept time (a reload applies from the next
+/// connection on).
+pub fn grpc_tls_incoming(
+    listener: TcpListener,
+    gate: ConnectionGate,
+    tls: Arc<TlsConfig>,
+    stop: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<Guarded<TcpStream>>, io::Error>> {
+    incoming(listener, gate, stop, move |stream| {
+        let acceptor = tls.grpc_acceptor();
+        async move { handshake(stream, &acceptor).await }
+    })
+}
+
 /// Serves `app` on `listener` (over TLS when an acceptor is given) until
 /// `stop` is cancelled, then lets open requests finish for at most `drain`.
 /// Request heads are bounded in size and time so a slow or huge request
 /// cannot pin a connection; so is the TLS handshake.
 pub async fn serve(
     listener: TcpListener,
+    gate: ConnectionGate,
     app: Router,
     tls: Option<Arc<TlsConfig>>,
     limits: Limits,
@@ -136,7 +199,7 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
-            stream = accept(&listener, "http") => stream,
+            stream = accept(&listener, &gate, "http") => stream,
         };
         let Some(stream) = stream else {
             continue;
@@ -148,15 +211,8 @@ pub async fn serve(
         // connection on.
         let tls = tls.as_ref().map(|tls| tls.http_acceptor());
         tokio::spawn(async move {
-            // hyper's protocol sniffing has no timeout of its own: a client
-            // that connects and says nothing is dropped here.
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await,
-                Ok(Ok(1..))
-            ) {
-                return;
-            }
+            // hyper's protocol sniffing has no timeout of its own: the
+            // first-bytes deadline of `Guarded` drops a silent client.
             let Some(tls) = tls else {
                 let service = TowerToHyperService::new(app);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
