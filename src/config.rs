@@ -179,6 +179,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_peer: u32,
 
+    /// Token-service requests one client connection may have in flight at
+    /// once (its share of PATD_MAX_CONCURRENT_REQUESTS), so a few
+    /// connections cannot take every slot.
+    #[arg(long, env = "PATD_MAX_REQUESTS_PER_CONNECTION", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_requests_per_connection: u32,
+
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, env = "PATD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]

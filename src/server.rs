@@ -234,6 +234,9 @@ impl Application {
             .layer(ShieldLayer::new(
                 limits.request_timeout,
                 limits.max_concurrent_requests,
+                limits.max_requests_per_connection,
+                // The message and its 5-byte gRPC frame header.
+                max_request + 5,
             ))
             .layer(CallerGateLayer::new(callers));
         let router = Server::builder()

@@ -259,6 +259,7 @@ impl TryFrom<Config> for Settings {
             limits: Limits {
                 request_timeout: *config.request_timeout,
                 max_concurrent_requests: config.max_concurrent_requests as usize,
+                max_requests_per_connection: config.max_requests_per_connection as usize,
                 http2_max_concurrent_streams: config.http2_max_concurrent_streams,
                 http2_keepalive: *config.http2_keepalive,
                 max_connections: config.max_connections as usize,

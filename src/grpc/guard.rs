@@ -15,9 +15,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+
 use futures_util::FutureExt as _;
 use futures_util::future::{Either, Ready, ready};
-use tokio::sync::Semaphore;
+use http_body_util::BodyExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{BoxError, Layer, Service};
@@ -46,18 +52,80 @@ pub fn role_for_grpc_path(path: &str) -> Option<Role> {
 type HttpResponse = http::Response<Body>;
 
 /// Catches panics, bounds every request in time and sheds token-service
-/// calls beyond `max_in_flight`.
+/// calls beyond the concurrency limits. A call takes its slot only once its
+/// whole message has arrived (a client that sends headers and never the
+/// body holds nothing), and one connection holds at most
+/// `max_per_connection` slots, so a few connections cannot starve the
+/// rest.
 #[derive(Debug, Clone)]
 pub struct ShieldLayer {
     timeout: Duration,
     slots: Arc<Semaphore>,
+    per_connection: Arc<PerConnection>,
+    max_message_bytes: usize,
+}
+
+/// Slots held per client connection (by its remote address).
+#[derive(Debug)]
+struct PerConnection {
+    held: Mutex<HashMap<SocketAddr, usize>>,
+    max: usize,
+}
+
+/// One connection's share of a slot; returned on drop.
+struct ConnectionShare {
+    owner: Arc<PerConnection>,
+    peer: SocketAddr,
+}
+
+impl PerConnection {
+    fn take(self: &Arc<Self>, peer: SocketAddr) -> Option<ConnectionShare> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(peer).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionShare {
+            owner: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ConnectionShare {
+    fn drop(&mut self) {
+        let mut held = self
+            .owner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl ShieldLayer {
-    pub fn new(timeout: Duration, max_in_flight: usize) -> Self {
+    /// `max_message_bytes` bounds the message buffered before a slot is
+    /// taken (larger: OUT_OF_RANGE, as tonic answers).
+    pub fn new(
+        timeout: Duration,
+        max_in_flight: usize,
+        max_per_connection: usize,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             timeout,
             slots: Arc::new(Semaphore::new(max_in_flight)),
+            per_connection: Arc::new(PerConnection {
+                held: Mutex::new(HashMap::new()),
+                max: max_per_connection.max(1),
+            }),
+            max_message_bytes,
         }
     }
 }
@@ -68,8 +136,7 @@ impl<S> Layer<S> for ShieldLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Shield {
             inner,
-            timeout: self.timeout,
-            slots: self.slots.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -77,13 +144,25 @@ impl<S> Layer<S> for ShieldLayer {
 #[derive(Debug, Clone)]
 pub struct Shield<S> {
     inner: S,
-    timeout: Duration,
-    slots: Arc<Semaphore>,
+    layer: ShieldLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for Shield<S>
+/// The remote address of the connection a request came on.
+fn remote_addr<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
+impl<S> Service<http::Request<Body>> for Shield<S>
 where
-    S: Service<http::Request<B>, Response = HttpResponse>,
+    S: Service<http::Request<Body>, Response = HttpResponse> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -95,7 +174,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // gRPC over HTTP/2: a content-type that does not begin with
         // `application/grpc` gets HTTP 415, before any gRPC processing.
         if !is_grpc(request.headers()) {
@@ -108,61 +187,131 @@ where
         let counted = role_for_grpc_path(request.uri().path()).is_some();
         // Cheap: a `Uri` shares its bytes; only read for a log line.
         let uri = request.uri().clone();
-        let permit = match counted {
-            true => match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    Unfinished::new(RpcName::Grpc(uri)).finish("overloaded");
-                    let refused = Verdict::Overloaded.to_status();
-                    return Box::pin(ready(Ok(refused.into_http())));
-                }
-            },
-            false => None,
-        };
         // The client's own deadline (`grpc-timeout`) counts too, and must
         // end as DEADLINE_EXCEEDED: tonic's outer timeout would answer
         // CANCELLED, so this one fires a moment before it.
         let (timeout, which) = match client_deadline(request.headers()) {
-            Some(client) if client < self.timeout => (
+            Some(client) if client < self.layer.timeout => (
                 client.saturating_sub(CLIENT_DEADLINE_MARGIN),
                 "deadline_exceeded_client",
             ),
-            _ => (self.timeout, "deadline_exceeded"),
+            _ => (self.layer.timeout, "deadline_exceeded"),
         };
-        let call = self.inner.call(request);
+        let peer = remote_addr(&request);
+        let layer = self.layer.clone();
+        // The service made ready is the one that must be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let _permit = permit;
             // Logs the request if it ends without an answer (the client
             // went away and its future was dropped).
             let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
-            let answer =
-                match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
-                    // The handler answered and wrote its own line.
-                    Ok(Ok(result)) => result.map_err(Into::into),
-                    Ok(Err(panic)) => {
-                        tracing::error!(
-                            method = uri.path(),
-                            panic = panic_message(&*panic),
-                            "handler panicked"
-                        );
-                        if let Some(u) = unfinished.take() {
-                            u.finish("internal");
-                        }
-                        Ok(Verdict::Internal.to_status().into_http())
-                    }
-                    Err(_) => {
-                        if let Some(u) = unfinished.take() {
-                            u.finish(which);
-                        }
-                        Ok(Verdict::Deadline.to_status().into_http())
-                    }
+            let work = async {
+                let request = match counted {
+                    true => match buffered(request, layer.max_message_bytes).await {
+                        Ok(request) => request,
+                        Err(refusal) => return Err(refusal),
+                    },
+                    false => request,
                 };
-            if let Some(u) = unfinished.as_mut() {
-                u.answered();
+                let _slots = match counted {
+                    true => match admit(&layer, peer) {
+                        Some(slots) => Some(slots),
+                        None => return Err(Refused::Overloaded),
+                    },
+                    false => None,
+                };
+                Ok(AssertUnwindSafe(inner.call(request)).catch_unwind().await)
+            };
+            match tokio::time::timeout(timeout, work).await {
+                // The handler answered and wrote its own line.
+                Ok(Ok(Ok(result))) => {
+                    if let Some(u) = unfinished.as_mut() {
+                        u.answered();
+                    }
+                    result.map_err(Into::into)
+                }
+                Ok(Ok(Err(panic))) => {
+                    tracing::error!(
+                        method = uri.path(),
+                        panic = panic_message(&*panic),
+                        "handler panicked"
+                    );
+                    if let Some(u) = unfinished.take() {
+                        u.finish("internal");
+                    }
+                    Ok(Verdict::Internal.to_status().into_http())
+                }
+                Ok(Err(Refused::Overloaded)) => {
+                    if let Some(u) = unfinished.take() {
+                        u.finish("overloaded");
+                    }
+                    Ok(Verdict::Overloaded.to_status().into_http())
+                }
+                Ok(Err(Refused::TooLarge)) => {
+                    if let Some(u) = unfinished.take() {
+                        u.finish("out_of_range");
+                    }
+                    let status = Status::out_of_range("the request message is too large");
+                    Ok(status.into_http())
+                }
+                Ok(Err(Refused::Unreadable)) => {
+                    if let Some(u) = unfinished.take() {
+                        u.finish("cancelled");
+                    }
+                    Ok(Status::cancelled("the request body did not arrive").into_http())
+                }
+                Err(_) => {
+                    if let Some(u) = unfinished.take() {
+                        u.finish(which);
+                    }
+                    Ok(Verdict::Deadline.to_status().into_http())
+                }
             }
-            answer
         })
     }
+}
+
+/// Why a token-service call was answered before its handler ran.
+enum Refused {
+    Overloaded,
+    TooLarge,
+    Unreadable,
+}
+
+/// The request with its whole body read (at most `max_bytes`), so that a
+/// slot is only ever held by a request that has fully arrived.
+async fn buffered(
+    request: http::Request<Body>,
+    max_bytes: usize,
+) -> Result<http::Request<Body>, Refused> {
+    let (parts, body) = request.into_parts();
+    let collected = http_body_util::Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Refused::TooLarge
+            } else {
+                Refused::Unreadable
+            }
+        })?;
+    let body = Body::new(http_body_util::Full::new(collected.to_bytes()));
+    Ok(http::Request::from_parts(parts, body))
+}
+
+/// A slot in the global limit and in the connection's share, or `None`
+/// (shed at once, never queued).
+fn admit(
+    layer: &ShieldLayer,
+    peer: Option<SocketAddr>,
+) -> Option<(OwnedSemaphorePermit, Option<ConnectionShare>)> {
+    let share = match peer {
+        Some(peer) => Some(layer.per_connection.take(peer)?),
+        None => None,
+    };
+    let slot = layer.slots.clone().try_acquire_owned().ok()?;
+    Some((slot, share))
 }
 
 /// Whether the request says it is gRPC (`application/grpc`, optionally
@@ -291,20 +440,34 @@ mod tests {
 
     use super::*;
 
-    fn grpc_request() -> http::Request<()> {
+    fn grpc_request() -> http::Request<Body> {
         http::Request::builder()
             .uri("/patd.v1.TokenService/Introspect")
             .header("content-type", "application/grpc")
-            .body(())
+            .body(Body::default())
             .unwrap()
+    }
+
+    #[test]
+    fn one_connection_holds_at_most_its_share() {
+        let layer = ShieldLayer::new(Duration::from_secs(1), 10, 2, 1024);
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:1".parse().unwrap(), "10.0.0.1:2".parse().unwrap());
+        let first = admit(&layer, Some(a)).expect("first");
+        let second = admit(&layer, Some(a)).expect("second");
+        assert!(admit(&layer, Some(a)).is_none(), "a's share is used up");
+        let other = admit(&layer, Some(b)).expect("another connection");
+        drop(first);
+        assert!(admit(&layer, Some(a)).is_some(), "the share came back");
+        drop((second, other));
     }
 
     #[tokio::test]
     async fn only_grpc_content_types_are_served() {
-        let ok = service_fn(|_: http::Request<()>| async {
+        let ok = service_fn(|_: http::Request<Body>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let shield = ShieldLayer::new(Duration::from_secs(1), 8).layer(ok);
+        let shield = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024).layer(ok);
         for (content_type, status) in [
             ("application/grpc", 200),
             ("application/grpc+proto", 200),
@@ -315,7 +478,7 @@ mod tests {
             let request = http::Request::builder()
                 .uri("/patd.v1.TokenService/Introspect")
                 .header("content-type", content_type)
-                .body(())
+                .body(Body::default())
                 .unwrap();
             let response = shield.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status().as_u16(), status, "{content_type:?}");
@@ -331,13 +494,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_becomes_a_generic_internal_status() {
-        let inner = service_fn(|_: http::Request<()>| async {
+        let inner = service_fn(|_: http::Request<Body>| async {
             if true {
                 panic!("secret detail");
             }
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_secs(1), 8)
+        let response = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024)
             .layer(inner)
             .oneshot(grpc_request())
             .await
@@ -354,11 +517,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_handler_gets_deadline_exceeded() {
-        let inner = service_fn(|_: http::Request<()>| async {
+        let inner = service_fn(|_: http::Request<Body>| async {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_millis(20), 8)
+        let response = ShieldLayer::new(Duration::from_millis(20), 8, 8, 1024)
             .layer(inner)
             .oneshot(grpc_request())
             .await

@@ -42,6 +42,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Limits {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
+    /// gRPC token-service requests one connection may have in flight.
+    pub max_requests_per_connection: usize,
     pub http2_max_concurrent_streams: u32,
     /// HTTP/2 keepalive ping interval; zero turns pings off.
     pub http2_keepalive: Duration,

@@ -263,3 +263,70 @@ async fn at_a_low_descriptor_limit_patd_caps_connections_and_does_not_spin() {
     let _ = child.wait();
     assert!(alive, "the other listener still accepts");
 }
+
+/// Opens an HTTP/2 connection to `addr` and starts `streams` Introspect
+/// calls whose headers are sent but whose body never comes; returns what
+/// keeps them open.
+async fn stalled_calls(
+    addr: std::net::SocketAddr,
+    streams: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use http_body_util::StreamBody;
+    use hyper::body::{Bytes, Frame};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2");
+    let mut held = vec![tokio::spawn(async move {
+        let _ = connection.await;
+    })];
+    for _ in 0..streams {
+        let mut send = send.clone();
+        let body = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::convert::Infallible>,
+        >());
+        let request =
+            hyper::Request::post(format!("http://{addr}/patd.v1.TokenService/Introspect"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(body)
+                .expect("request");
+        held.push(tokio::spawn(async move {
+            let _ = send.send_request(request).await;
+        }));
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_body_never_comes_hold_no_slot() {
+    let patd = Patd::spawn(
+        crate::helpers::PatdOptions::new(crate::helpers::Backend::Memory)
+            .env("PATD_MAX_CONCURRENT_REQUESTS", "64"),
+    )
+    .await;
+    let mut client = patd.client().await;
+    let (token, _) = crate::helpers::issue(&mut client, "acct-slots", 600).await;
+    let mut stalls = Vec::new();
+    for _ in 0..4 {
+        stalls.extend(stalled_calls(patd.grpc_addr, 100).await);
+    }
+    // Let every stalled call reach patd.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = 0;
+    for _ in 0..200 {
+        match client.introspect(&token).await {
+            Ok(answer) => assert!(answer.active),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    for stall in stalls {
+        stall.abort();
+    }
+    assert_eq!(refused, 0, "{refused} of 200 legitimate calls were shed");
+}

@@ -31,12 +31,17 @@ async fn no_token_value_reaches_the_logs_or_redis() {
     let kept = issue(&mut client, &account, 600).await;
     client.introspect(&kept.0).await.unwrap();
 
+    // The log is written in the background: wait for the last line.
+    let logged = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+        patd.logs().contains(&kept.1)
+    })
+    .await;
+    assert!(logged, "token ids are logged");
     let logs = patd.logs();
     assert!(
         logs.contains("rpc=\"Introspect\""),
         "expected RPC lines in:\n{logs}"
     );
-    assert!(logs.contains(&kept.1), "token ids are logged");
     let dump = format!("{:?}", redis.dump(&patd.key_prefix));
     assert!(dump.contains(&kept.1), "the live token is in redis: {dump}");
     for (token, _) in tokens.iter().chain([&kept]) {
