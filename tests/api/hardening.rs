@@ -93,24 +93,35 @@ async fn chunked_applied_twice_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
-/// The soft core-file limit of a patd started with `limit` and `env`.
-async fn core_limit(env: &[(&str, &str)]) -> String {
+/// A memory-store patd on loopback started under `prlimit` with `limit`
+/// (e.g. `--core=0:0`) and `env`, once it listens.
+async fn patd_under_prlimit(
+    limit: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, crate::helpers::ReadyAddrs) {
     let ready = ReadyFile::new();
-    let mut command = std::process::Command::new("prlimit");
-    command
-        .args(["--core=1048576:1048576", "--", env!("CARGO_BIN_EXE_patd")])
+    let mut child = std::process::Command::new("prlimit")
+        .args([limit, "--", env!("CARGO_BIN_EXE_patd")])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs([
             ("PATD_GRPC_ADDR", "127.0.0.1:0"),
             ("PATD_HTTP_ADDR", "127.0.0.1:0"),
+            ("PATD_STORE", "memory"),
         ])
         .envs(env.iter().copied())
         .env(ready.env().0, ready.env().1)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = command.spawn().expect("prlimit patd");
-    ready.wait(&mut child).await.expect("patd started");
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit patd");
+    let addrs = ready.wait(&mut child).await.expect("patd started");
+    (child, addrs)
+}
+
+/// The soft core-file limit of a patd started with a 1 MiB one and `env`.
+async fn core_limit(env: &[(&str, &str)]) -> String {
+    let (mut child, _) = patd_under_prlimit("--core=1048576:1048576", env).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
     let _ = child.kill();
     let _ = child.wait();
@@ -230,22 +241,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn at_a_low_descriptor_limit_patd_caps_connections_and_does_not_spin() {
-    let ready = ReadyFile::new();
-    let mut child = std::process::Command::new("prlimit")
-        .args(["--nofile=160:160", "--", env!("CARGO_BIN_EXE_patd")])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs([
-            ("PATD_GRPC_ADDR", "127.0.0.1:0"),
-            ("PATD_HTTP_ADDR", "127.0.0.1:0"),
-            ("PATD_STORE", "memory"),
-        ])
-        .env(ready.env().0, ready.env().1)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit patd");
-    let addrs = ready.wait(&mut child).await.expect("patd started");
+    let (mut child, addrs) = patd_under_prlimit("--nofile=160:160", &[]).await;
     // (160 - 64) / 2 = 48 per listener. 200 silent sockets would exhaust
     // the 160 descriptors, where accepting fails for everyone and an
     // accept loop without a back-off spins.
