@@ -5,6 +5,7 @@
 
 mod accounting;
 mod bad_input;
+mod clock;
 mod configuration;
 mod decision;
 mod gateways;
