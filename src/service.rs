@@ -201,9 +201,11 @@ impl<S: Store> Tokens<S> {
     async fn issue_inner(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
         let lifetime = self.rules.lifetime;
         let expiry = lifetime.request(cmd.expiry)?;
+        let live_keys = self.rules.hasher.live_keys();
         let terms = IssueTerms {
             limit: self.rules.max_tokens_per_account,
             max_ttl: lifetime.max_ttl,
+            live_keys: &live_keys,
         };
         for _ in 0..ISSUE_ATTEMPTS {
             let (token, parsed) = self.rules.format.generate(&cmd.account);
@@ -255,11 +257,12 @@ impl<S: Store> Tokens<S> {
         let store = self.store.clone();
         let account = token.account_id.clone();
         let token_id = token.token_id.clone();
+        let live_keys = self.rules.hasher.live_keys();
         tokio::spawn(async move {
             let deadline = Instant::now() + UNDO_PATIENCE;
             let mut pause = Duration::from_millis(100);
             loop {
-                match store.revoke(&account, &token_id).await {
+                match store.revoke(&account, &token_id, &live_keys).await {
                     Ok(landed) => {
                         tracing::info!(
                             account_id = account.as_str(),
@@ -421,7 +424,8 @@ impl<S: Store> Tokens<S> {
         let result = if token_id.shard_tag() != account.shard_tag() {
             Err(ServiceError::NotFound)
         } else {
-            match self.store.revoke(&account, &token_id).await {
+            let live_keys = self.rules.hasher.live_keys();
+            match self.store.revoke(&account, &token_id, &live_keys).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(ServiceError::NotFound),
                 Err(e) => Err(e.into()),
@@ -433,7 +437,8 @@ impl<S: Store> Tokens<S> {
         result
     }
 
-    /// Revokes every token of an account; returns how many were live.
+    /// Revokes every token of an account, live or not; returns how many
+    /// were live (unexpired, and verifiable with the configured keys).
     ///
     /// # Errors
     /// `Unavailable`.
@@ -441,7 +446,7 @@ impl<S: Store> Tokens<S> {
         let mut log = RpcLog::start("RevokeAll", Some(caller));
         let result = self
             .store
-            .revoke_all(&account)
+            .revoke_all(&account, &self.rules.hasher.live_keys())
             .await
             .map_err(ServiceError::from);
         log.revoked = result.as_ref().ok().copied();
@@ -464,7 +469,7 @@ impl<S: Store> Tokens<S> {
         let log = RpcLog::start("List", Some(caller));
         let result = self
             .store
-            .list(&account)
+            .list(&account, &self.rules.hasher.live_keys())
             .await
             .map(|mut tokens| {
                 // Both stores return the same set; the order is decided here.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
 use crate::domain::{AccountId, Expiry, TokenId, TokenInfo, UnixMillis};
+use crate::token::LiveKeys;
 
 /// How often expired tokens are swept out of memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -43,19 +44,24 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_live(&self, id: &TokenId, now: UnixMillis) -> bool {
-        self.tokens.get(id).is_some_and(|t| t.info.expires_at > now)
+    /// Unexpired and verifiable: what every count and listing means by a
+    /// live token.
+    fn is_live(&self, id: &TokenId, now: UnixMillis, live_keys: &LiveKeys) -> bool {
+        self.tokens
+            .get(id)
+            .is_some_and(|t| t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()))
     }
 
     /// Drops the account's expired tokens, like the index pruning in
-    /// `issue.lua`.
+    /// `issue.lua`. Tokens whose key is gone stay until they expire or are
+    /// revoked (the key may come back), but are never live.
     fn prune(&mut self, account: &AccountId, now: UnixMillis) {
         let Some(ids) = self.accounts.get(account) else {
             return;
         };
         let expired: Vec<TokenId> = ids
             .iter()
-            .filter(|id| !self.is_live(id, now))
+            .filter(|id| self.tokens.get(id).is_none_or(|t| t.info.expires_at <= now))
             .cloned()
             .collect();
         for id in &expired {
@@ -130,7 +136,7 @@ impl Store for MemoryStore {
         &self,
         token: &NewToken,
         expiry: Expiry,
-        terms: &IssueTerms,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
@@ -140,7 +146,11 @@ impl Store for MemoryStore {
         };
         let account = &token.account_id;
         inner.prune(account, now);
-        let held = inner.accounts.get(account).map_or(0, BTreeSet::len);
+        let held = inner.accounts.get(account).map_or(0, |ids| {
+            ids.iter()
+                .filter(|id| inner.is_live(id, now, terms.live_keys))
+                .count()
+        });
         if held >= terms.limit as usize {
             return Ok(IssueOutcome::LimitReached);
         }
@@ -186,7 +196,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn revoke(&self, account: &AccountId, token_id: &TokenId) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        account: &AccountId,
+        token_id: &TokenId,
+        live_keys: &LiveKeys,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
         let held = inner
@@ -199,18 +214,22 @@ impl Store for MemoryStore {
         if inner.accounts.get(account).is_some_and(BTreeSet::is_empty) {
             inner.accounts.remove(account);
         }
-        let live = inner.is_live(token_id, now);
+        let live = inner.is_live(token_id, now, live_keys);
         inner.tokens.remove(token_id);
         Ok(live)
     }
 
-    async fn revoke_all(&self, account: &AccountId) -> Result<u32, StoreError> {
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
         let ids = inner.accounts.remove(account).unwrap_or_default();
         let mut live = 0u32;
         for id in &ids {
-            if inner.is_live(id, now) {
+            if inner.is_live(id, now, live_keys) {
                 live += 1;
             }
             inner.tokens.remove(id);
@@ -218,7 +237,11 @@ impl Store for MemoryStore {
         Ok(live)
     }
 
-    async fn list(&self, account: &AccountId) -> Result<Vec<TokenInfo>, StoreError> {
+    async fn list(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
         let inner = self.lock();
         let now = self.clock.now();
         let Some(ids) = inner.accounts.get(account) else {
@@ -226,7 +249,7 @@ impl Store for MemoryStore {
         };
         Ok(ids
             .iter()
-            .filter(|id| inner.is_live(id, now))
+            .filter(|id| inner.is_live(id, now, live_keys))
             .filter_map(|id| inner.tokens.get(id))
             .map(|t| t.info.clone())
             .collect())

@@ -1,8 +1,8 @@
 //! The `Store` interface and its two implementations: `memory` (embedded,
 //! and the reference model) and `redis` (production). Both keep the same
 //! rules: the live-token limit is enforced atomically, expiry is decided on
-//! the store's one clock, expired tokens vanish on their own, and a
-//! revocation is final.
+//! the store's one clock, expired tokens vanish on their own, a token whose
+//! digest can no longer verify is not live, and a revocation is final.
 
 pub mod keys;
 pub mod memory;
@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
-use crate::token::{KeyId, TokenDigest};
+use crate::token::{KeyId, LiveKeys, TokenDigest};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -81,11 +81,13 @@ impl NewToken {
 
 /// The rules an Issue is held to, besides the token's own expiry.
 #[derive(Debug, Clone, Copy)]
-pub struct IssueTerms {
+pub struct IssueTerms<'a> {
     /// Most live tokens per account.
     pub limit: u32,
     /// Longest lifetime, from the store's now.
     pub max_ttl: Duration,
+    /// Which records are live tokens (the others do not count).
+    pub live_keys: &'a LiveKeys,
 }
 
 /// What an atomic issue did.
@@ -122,6 +124,11 @@ pub struct Found {
 /// the Redis store (shared by every instance), a monotonic clock anchored
 /// once at start for the memory store. A caller's wall clock decides
 /// nothing.
+///
+/// **Live tokens.** A token is live while it has not expired and its
+/// record can verify (its key id is admitted by the `LiveKeys` given):
+/// only live tokens are listed, counted toward the limit and counted as
+/// revoked.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Resolves `expiry` at the store's now, prunes the account's expired
     /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`.
@@ -129,7 +136,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         token: &NewToken,
         expiry: Expiry,
-        terms: &IssueTerms,
+        terms: &IssueTerms<'_>,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
 
     /// The record of a token id, if the store holds one, with the store's
@@ -148,24 +155,27 @@ pub trait Store: Clone + Send + Sync + 'static {
         min_interval: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Revokes one token of an account; `false` when the account holds no
-    /// such live token.
+    /// Revokes (removes) one token of an account; `true` only when it was
+    /// live.
     fn revoke(
         &self,
         account: &AccountId,
         token_id: &TokenId,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Revokes every token of an account; returns how many were live.
+    /// Removes every token of an account; returns how many were live.
     fn revoke_all(
         &self,
         account: &AccountId,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
 
     /// The account's live tokens, in no particular order.
     fn list(
         &self,
         account: &AccountId,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<Vec<TokenInfo>, StoreError>> + Send;
 
     /// Whether the store can do its job (readiness); the error says why
@@ -194,7 +204,7 @@ impl Store for AnyStore {
         &self,
         token: &NewToken,
         expiry: Expiry,
-        terms: &IssueTerms,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
         dispatch!(self, s => s.issue(token, expiry, terms))
     }
@@ -207,16 +217,29 @@ impl Store for AnyStore {
         dispatch!(self, s => s.touch(token_id, min_interval))
     }
 
-    async fn revoke(&self, account: &AccountId, token_id: &TokenId) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.revoke(account, token_id))
+    async fn revoke(
+        &self,
+        account: &AccountId,
+        token_id: &TokenId,
+        live_keys: &LiveKeys,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke(account, token_id, live_keys))
     }
 
-    async fn revoke_all(&self, account: &AccountId) -> Result<u32, StoreError> {
-        dispatch!(self, s => s.revoke_all(account))
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.revoke_all(account, live_keys))
     }
 
-    async fn list(&self, account: &AccountId) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, s => s.list(account))
+    async fn list(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
+        dispatch!(self, s => s.list(account, live_keys))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

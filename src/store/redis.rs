@@ -19,7 +19,7 @@ use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, Stored
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
-use crate::token::TokenDigest;
+use crate::token::{LiveKeys, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
 const FIELDS: [&str; 8] = [
@@ -153,7 +153,8 @@ fn decode_record(
     Ok(Some(StoredToken {
         info,
         digest,
-        key_id,
+        // The scripts treat an empty key id as none (plain SHA-256).
+        key_id: key_id.filter(|kid| !kid.is_empty()),
     }))
 }
 
@@ -162,7 +163,7 @@ impl Store for RedisStore {
         &self,
         token: &NewToken,
         expiry: Expiry,
-        terms: &IssueTerms,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
@@ -181,7 +182,8 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(value)
             .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(terms.limit);
+            .arg(terms.limit)
+            .arg(terms.live_keys.as_args());
         let (outcome, now, expires): (i64, u64, u64) =
             self.timed(call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
@@ -221,17 +223,27 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn revoke(&self, account: &AccountId, token_id: &TokenId) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        account: &AccountId,
+        token_id: &TokenId,
+        live_keys: &LiveKeys,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
-            .arg(token_id.as_str());
+            .arg(token_id.as_str())
+            .arg(live_keys.as_args());
         let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(revoked == 1)
     }
 
-    async fn revoke_all(&self, account: &AccountId) -> Result<u32, StoreError> {
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
         let mut writes = self.writes.clone();
@@ -246,7 +258,9 @@ impl Store for RedisStore {
                 )
                 .await?;
             let mut call = self.scripts.revoke_all.prepare_invoke();
-            call.key(&index);
+            call.key(&index)
+                .arg(live_keys.as_args().len())
+                .arg(live_keys.as_args());
             for member in &members {
                 call.arg(member);
                 // A member that is no token id (written by hand) names no
@@ -266,7 +280,11 @@ impl Store for RedisStore {
 
     /// Two round trips on the read connection: the index, then every
     /// record and Redis's `TIME` (which decides what has expired).
-    async fn list(&self, account: &AccountId) -> Result<Vec<TokenInfo>, StoreError> {
+    async fn list(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
         let mut conn = self.reads.clone();
         let members: Vec<String> = self
             .timed(
@@ -298,7 +316,9 @@ impl Store for RedisStore {
                 redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
             // One bad record must not hide the account's other tokens.
             match decode_record(id, row) {
-                Ok(Some(t)) if t.info.expires_at > now => tokens.push(t.info),
+                Ok(Some(t)) if t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()) => {
+                    tokens.push(t.info);
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "skipping a corrupt token record in List"),
             }

@@ -7,6 +7,7 @@ mod accounting;
 mod bad_input;
 mod clock;
 mod configuration;
+mod dead_keys;
 mod decision;
 mod gateways;
 mod helpers;

@@ -10,10 +10,17 @@
 -- ARGV[5]  scopes, space-separated ARGV[6]  digest key id ('' = plain SHA-256)
 -- ARGV[7]  'ttl' or 'at'           ARGV[8]  ttl in ms, or expiry in Unix ms
 -- ARGV[9]  longest lifetime, ms    ARGV[10] limit of live tokens
+-- ARGV[11..] the key ids whose records can verify ('' = plain SHA-256)
 -- Returns  {outcome, now, expiry}, times in Unix ms on Redis's clock;
 --          outcome 1 issued, 0 limit reached, -1 token id already taken,
 --          -2 expiry not in the future, -3 expiry beyond the longest lifetime
 --          (the same rule as domain::Expiry::resolve)
+--
+-- A live token has not expired and its record's key id is among ARGV[11..]:
+-- a token whose key was removed can never verify, so it holds no slot. Its
+-- record stays until it expires or is revoked (the key may come back). To
+-- read those key ids the script opens the index's members' hashes; their
+-- names share KEYS[2]'s hash tag, so they are in the declared keys' slot.
 --
 -- Declared a writer without allow-oom: over maxmemory Redis refuses the
 -- whole script up front (OOM) rather than after its first write.
@@ -35,7 +42,23 @@ end
 local limit = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= limit then
-  return {0, now, 0}
+  -- At most ZCARD are live: count the ones that are.
+  local live_keys = {}
+  for i = 11, #ARGV do
+    live_keys[ARGV[i]] = true
+  end
+  local stem = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[1])
+  local held = 0
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local record = redis.call('HMGET', stem .. id, 'expires', 'kid')
+    if record[1] and tonumber(record[1]) and tonumber(record[1]) > now
+        and live_keys[record[2] or ''] then
+      held = held + 1
+      if held >= limit then
+        return {0, now, 0}
+      end
+    end
+  end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1, now, 0}
