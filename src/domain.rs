@@ -287,6 +287,58 @@ pub enum ExpiryRequest {
     At(UnixMillis),
 }
 
+/// A requested lifetime that passed every check needing no clock. The
+/// store turns it into an absolute expiry on its own clock
+/// ([`Expiry::resolve`]), so every instance decides expiry the same way
+/// whatever its own clock says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Whole milliseconds from the store's now: at least 1, at most the
+    /// maximum lifetime.
+    AfterMillis(u64),
+    /// An absolute instant, from the client's clock: the store checks that
+    /// it lies in the future and within the maximum lifetime.
+    At(UnixMillis),
+}
+
+/// Why a store refused an [`Expiry`] at its own now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryRefusal {
+    /// At or before the store's now.
+    NotInFuture,
+    /// Beyond the store's now plus the maximum lifetime.
+    BeyondMax,
+}
+
+impl Expiry {
+    /// The absolute expiry at the store's `now`. The Redis store's
+    /// `issue.lua` applies this same rule to Redis's `TIME`.
+    ///
+    /// # Errors
+    /// An instant not after `now`, or after `now + max_ttl`.
+    pub fn resolve(self, now: UnixMillis, max_ttl: Duration) -> Result<UnixMillis, ExpiryRefusal> {
+        let at = match self {
+            Expiry::AfterMillis(ms) => UnixMillis(now.0.saturating_add(ms)),
+            Expiry::At(at) => at,
+        };
+        if at <= now {
+            return Err(ExpiryRefusal::NotInFuture);
+        }
+        if at > now.saturating_add(max_ttl) {
+            return Err(ExpiryRefusal::BeyondMax);
+        }
+        Ok(at)
+    }
+
+    /// The request field it came from.
+    pub fn field(self) -> &'static str {
+        match self {
+            Expiry::AfterMillis(_) => "ttl",
+            Expiry::At(_) => "expires_at",
+        }
+    }
+}
+
 /// Server-wide lifetime rules.
 #[derive(Debug, Clone, Copy)]
 pub struct LifetimePolicy {
@@ -295,45 +347,60 @@ pub struct LifetimePolicy {
 }
 
 impl LifetimePolicy {
-    /// The absolute expiry for a request made at `now`.
+    /// Checks what needs no clock: a ttl must be positive, at least 1 ms
+    /// and at most the maximum lifetime; an `expires_at` is left to the
+    /// store's clock.
     ///
     /// # Errors
-    /// A ttl that is not positive, an `expires_at` not in the future, or
-    /// either beyond the maximum lifetime.
-    pub fn resolve(&self, req: ExpiryRequest, now: UnixMillis) -> Result<UnixMillis, FieldError> {
-        let max = now.saturating_add(self.max_ttl);
-        let (field, at) = match req {
-            ExpiryRequest::Default => ("ttl", now.saturating_add(self.default_ttl)),
+    /// A ttl that is not positive, under 1 ms or beyond the maximum.
+    pub fn request(&self, req: ExpiryRequest) -> Result<Expiry, FieldError> {
+        let d = match req {
+            ExpiryRequest::Default => self.default_ttl,
             ExpiryRequest::Ttl { seconds, nanos } => {
                 if seconds < 0 || nanos < 0 || (seconds == 0 && nanos == 0) {
                     return Err(FieldError::new("ttl", "must be positive"));
                 }
-                let d = Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs());
-                if d > self.max_ttl {
-                    return Err(FieldError::new(
-                        "ttl",
-                        format!("must be at most {}", format_duration(self.max_ttl)),
-                    ));
-                }
-                ("ttl", now.saturating_add(d))
+                Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs())
             }
-            ExpiryRequest::At(at) => {
-                if at <= now {
-                    return Err(FieldError::new("expires_at", "must be in the future"));
-                }
-                ("expires_at", at)
-            }
+            ExpiryRequest::At(at) => return Ok(Expiry::At(at)),
         };
-        if at > max {
+        if d > self.max_ttl {
             return Err(FieldError::new(
-                field,
-                format!("must be at most {} from now", format_duration(self.max_ttl)),
+                "ttl",
+                format!("must be at most {}", format_duration(self.max_ttl)),
             ));
         }
-        if at <= now {
-            return Err(FieldError::new(field, "must be at least 1ms from now"));
+        match u64::try_from(d.as_millis()) {
+            Ok(0) => Err(FieldError::new("ttl", "must be at least 1ms from now")),
+            Ok(ms) => Ok(Expiry::AfterMillis(ms)),
+            Err(_) => Err(FieldError::new(
+                "ttl",
+                format!("must be at most {}", format_duration(self.max_ttl)),
+            )),
         }
-        Ok(at)
+    }
+
+    /// The answer to a store's refusal of `expiry`, naming its field.
+    pub fn refused(&self, expiry: Expiry, why: ExpiryRefusal) -> FieldError {
+        let reason = match why {
+            ExpiryRefusal::NotInFuture => "must be in the future".to_owned(),
+            ExpiryRefusal::BeyondMax => {
+                format!("must be at most {} from now", format_duration(self.max_ttl))
+            }
+        };
+        FieldError::new(expiry.field(), reason)
+    }
+
+    /// [`Self::request`] then [`Expiry::resolve`] at `now`: the whole rule,
+    /// as a store applies it on its clock.
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn resolve(&self, req: ExpiryRequest, now: UnixMillis) -> Result<UnixMillis, FieldError> {
+        let expiry = self.request(req)?;
+        expiry
+            .resolve(now, self.max_ttl)
+            .map_err(|why| self.refused(expiry, why))
     }
 }
 
@@ -612,6 +679,53 @@ mod tests {
         assert_eq!(err(ExpiryRequest::At(UnixMillis(10))), "expires_at");
         let too_far = now.saturating_add(Duration::from_secs(366 * 86_400));
         assert_eq!(err(ExpiryRequest::At(too_far)), "expires_at");
+    }
+
+    #[test]
+    fn only_the_stores_clock_places_an_expiry() {
+        let p = policy();
+        // No clock needed to accept a request: an instant goes to the store.
+        assert_eq!(
+            p.request(ExpiryRequest::At(UnixMillis(10))).unwrap(),
+            Expiry::At(UnixMillis(10))
+        );
+        assert_eq!(
+            p.request(ExpiryRequest::Ttl {
+                seconds: 1,
+                nanos: 500_000
+            })
+            .unwrap(),
+            Expiry::AfterMillis(1000)
+        );
+        assert_eq!(
+            p.request(ExpiryRequest::Ttl {
+                seconds: 0,
+                nanos: 999_999
+            })
+            .unwrap_err()
+            .field,
+            "ttl"
+        );
+        // The store's now decides.
+        let max = p.max_ttl;
+        let at = Expiry::At(UnixMillis(5_000));
+        assert_eq!(at.resolve(UnixMillis(4_999), max), Ok(UnixMillis(5_000)));
+        assert_eq!(
+            at.resolve(UnixMillis(5_000), max),
+            Err(ExpiryRefusal::NotInFuture)
+        );
+        let far = Expiry::At(UnixMillis(5_000).saturating_add(max));
+        assert_eq!(
+            far.resolve(UnixMillis(4_999), max),
+            Err(ExpiryRefusal::BeyondMax)
+        );
+        assert_eq!(
+            Expiry::AfterMillis(60_000).resolve(UnixMillis(7), max),
+            Ok(UnixMillis(60_007))
+        );
+        let refused = p.refused(at, ExpiryRefusal::NotInFuture);
+        assert_eq!(refused.field, "expires_at");
+        assert_eq!(refused.reason, "must be in the future");
     }
 
     #[test]

@@ -2,6 +2,14 @@
 //! calls these with validated domain types; this layer applies the rules
 //! (limit, lifetime, digest check) and talks to the store. It never sees
 //! protobuf or HTTP.
+//!
+//! It never reads the wall clock either: the store's clock decides when a
+//! token was created, when it expires, whether it has expired and when it
+//! was last used (see `store::Store`), so patd instances whose clocks
+//! disagree still give one answer. `Instant` here only measures latency
+//! and the undo's patience. (`UnixMillis::now()` is left to the memory
+//! store's start, and to certificate-expiry warnings in `reload`, which
+//! are about the wall clock by nature.)
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +19,7 @@ use crate::domain::{
     AccountId, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, Note, PageRequest, Scopes,
     TokenId, TokenInfo, UnixMillis,
 };
-use crate::store::{IssueOutcome, Store, StoreError, StoredToken};
+use crate::store::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError};
 use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
 
 /// Last-use times are written at most this often per token, so Introspect
@@ -87,10 +95,19 @@ pub struct Page {
     pub next: Option<ListCursor>,
 }
 
+/// A live token as the store saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub info: TokenInfo,
+    /// Its lifetime left, on the store's clock (a gateway may cache an
+    /// allow this long at most).
+    pub remaining: Duration,
+}
+
 /// The answer to "is this token good?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
-    Active(TokenInfo),
+    Active(Live),
     Inactive(Inactive),
 }
 
@@ -122,7 +139,7 @@ impl From<ParseError> for Inactive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A live token holding every required scope.
-    Allow(TokenInfo),
+    Allow(Live),
     /// No credential was presented.
     Missing,
     /// A credential that is not a live token of ours.
@@ -182,42 +199,48 @@ impl<S: Store> Tokens<S> {
     }
 
     async fn issue_inner(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
-        let now = UnixMillis::now();
-        let expires_at = self.rules.lifetime.resolve(cmd.expiry, now)?;
-        let limit = self.rules.max_tokens_per_account;
+        let lifetime = self.rules.lifetime;
+        let expiry = lifetime.request(cmd.expiry)?;
+        let live_keys = self.rules.hasher.live_keys();
+        let terms = IssueTerms {
+            limit: self.rules.max_tokens_per_account,
+            max_ttl: lifetime.max_ttl,
+            live_keys: &live_keys,
+        };
         for _ in 0..ISSUE_ATTEMPTS {
             let (token, parsed) = self.rules.format.generate(&cmd.account);
             let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
-            let stored = StoredToken {
-                info: TokenInfo {
-                    token_id: parsed.token_id,
-                    account_id: cmd.account.clone(),
-                    note: cmd.note.clone(),
-                    scopes: cmd.scopes.clone(),
-                    created_at: now,
-                    expires_at,
-                    last_used_at: None,
-                },
+            let new = NewToken {
+                token_id: parsed.token_id,
+                account_id: cmd.account.clone(),
+                note: cmd.note.clone(),
+                scopes: cmd.scopes.clone(),
                 digest,
                 key_id,
             };
-            let outcome = match self.store.issue(&stored, limit, now).await {
+            let outcome = match self.store.issue(&new, expiry, &terms).await {
                 Ok(outcome) => outcome,
                 // Refused whole before any write: nothing to undo.
                 Err(StoreError::Full) => return Err(ServiceError::StoreFull),
                 Err(e) => {
-                    self.undo_issue(&stored.info);
+                    self.undo_issue(&new);
                     return Err(e.into());
                 }
             };
             match outcome {
-                IssueOutcome::Issued => {
+                IssueOutcome::Issued {
+                    created_at,
+                    expires_at,
+                } => {
                     return Ok(Issued {
                         token,
-                        info: stored.info,
+                        info: new.info(created_at, expires_at),
                     });
                 }
-                IssueOutcome::LimitReached => return Err(ServiceError::LimitReached { limit }),
+                IssueOutcome::LimitReached => {
+                    return Err(ServiceError::LimitReached { limit: terms.limit });
+                }
+                IssueOutcome::Refused(why) => return Err(lifetime.refused(expiry, why).into()),
                 IssueOutcome::IdTaken => continue,
             }
         }
@@ -230,15 +253,16 @@ impl<S: Store> Tokens<S> {
     /// removed, lest it hold a slot until expiry: the revoke is retried with
     /// back-off until the store gives a definite answer (revoked, or no such
     /// token), for at most `UNDO_PATIENCE`.
-    fn undo_issue(&self, info: &TokenInfo) {
+    fn undo_issue(&self, token: &NewToken) {
         let store = self.store.clone();
-        let account = info.account_id.clone();
-        let token_id = info.token_id.clone();
+        let account = token.account_id.clone();
+        let token_id = token.token_id.clone();
+        let live_keys = self.rules.hasher.live_keys();
         tokio::spawn(async move {
             let deadline = Instant::now() + UNDO_PATIENCE;
             let mut pause = Duration::from_millis(100);
             loop {
-                match store.revoke(&account, &token_id, UnixMillis::now()).await {
+                match store.revoke(&account, &token_id, &live_keys).await {
                     Ok(landed) => {
                         tracing::info!(
                             account_id = account.as_str(),
@@ -275,7 +299,7 @@ impl<S: Store> Tokens<S> {
         let log = RpcLog::start("Introspect", None);
         let (token_id, result) = self.introspect_inner(presented).await;
         let (account, label) = match &result {
-            Ok(Introspection::Active(info)) => (Some(&info.account_id), "active"),
+            Ok(Introspection::Active(live)) => (Some(&live.info.account_id), "active"),
             Ok(Introspection::Inactive(why)) => (None, why.as_str()),
             Err(_) => (None, ""),
         };
@@ -303,17 +327,17 @@ impl<S: Store> Tokens<S> {
             Some(value) => {
                 let (token_id, result) = self.introspect_inner(value).await;
                 let decision = result.map(|answer| match answer {
-                    Introspection::Active(info) if info.scopes.contains_all(required) => {
-                        Decision::Allow(info)
+                    Introspection::Active(live) if live.info.scopes.contains_all(required) => {
+                        Decision::Allow(live)
                     }
-                    Introspection::Active(info) => Decision::InsufficientScope(info),
+                    Introspection::Active(live) => Decision::InsufficientScope(live.info),
                     Introspection::Inactive(why) => Decision::Invalid(why),
                 });
                 (token_id, decision)
             }
         };
         let (account, label) = match &result {
-            Ok(d @ (Decision::Allow(info) | Decision::InsufficientScope(info))) => {
+            Ok(d @ (Decision::Allow(Live { info, .. }) | Decision::InsufficientScope(info))) => {
                 (Some(&info.account_id), d.label())
             }
             Ok(d) => (None, d.label()),
@@ -333,26 +357,32 @@ impl<S: Store> Tokens<S> {
             Ok(p) => p,
             Err(e) => return (None, Ok(Introspection::Inactive(e.into()))),
         };
-        let now = UnixMillis::now();
-        let stored = match self.store.lookup(&parsed.token_id, now).await {
-            Ok(s) => s,
+        let found = match self.store.lookup(&parsed.token_id).await {
+            Ok(found) => found,
             Err(e) => return (Some(parsed.token_id), Err(e.into())),
         };
-        let answer = match stored {
-            Some(s)
+        let answer = match found {
+            Some(Found { token, .. })
                 if !self.rules.hasher.verify(
                     presented,
                     &parsed.digest,
-                    s.key_id.as_deref(),
-                    &s.digest,
+                    token.key_id.as_deref(),
+                    &token.digest,
                 ) =>
             {
                 Introspection::Inactive(Inactive::Unknown)
             }
-            Some(s) if s.info.expires_at <= now => Introspection::Inactive(Inactive::Expired),
-            Some(s) => {
-                self.maybe_touch(&s.info, now);
-                Introspection::Active(s.info)
+            // Expired on the store's clock, not this instance's.
+            Some(Found { token, now }) if token.info.expires_at <= now => {
+                Introspection::Inactive(Inactive::Expired)
+            }
+            Some(Found { token, now }) => {
+                self.maybe_touch(&token.info, now);
+                let left = token.info.expires_at.0.saturating_sub(now.0);
+                Introspection::Active(Live {
+                    info: token.info,
+                    remaining: Duration::from_millis(left),
+                })
             }
             None => Introspection::Inactive(Inactive::Unknown),
         };
@@ -360,7 +390,8 @@ impl<S: Store> Tokens<S> {
     }
 
     /// Records the use in the background, at most once per interval: a
-    /// lost last-used time is harmless, a slower Introspect is not.
+    /// lost last-used time is harmless, a slower Introspect is not. `now`
+    /// is the store's, read with the record.
     fn maybe_touch(&self, info: &TokenInfo, now: UnixMillis) {
         let fresh = info
             .last_used_at
@@ -371,7 +402,7 @@ impl<S: Store> Tokens<S> {
         let store = self.store.clone();
         let token_id = info.token_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.touch(&token_id, now, TOUCH_INTERVAL).await {
+            if let Err(e) = store.touch(&token_id, TOUCH_INTERVAL).await {
                 tracing::debug!(token_id = token_id.as_str(), error = %e, "last-used update failed");
             }
         });
@@ -393,11 +424,8 @@ impl<S: Store> Tokens<S> {
         let result = if token_id.shard_tag() != account.shard_tag() {
             Err(ServiceError::NotFound)
         } else {
-            match self
-                .store
-                .revoke(&account, &token_id, UnixMillis::now())
-                .await
-            {
+            let live_keys = self.rules.hasher.live_keys();
+            match self.store.revoke(&account, &token_id, &live_keys).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(ServiceError::NotFound),
                 Err(e) => Err(e.into()),
@@ -409,7 +437,8 @@ impl<S: Store> Tokens<S> {
         result
     }
 
-    /// Revokes every token of an account; returns how many were live.
+    /// Revokes every token of an account, live or not; returns how many
+    /// were live (unexpired, and verifiable with the configured keys).
     ///
     /// # Errors
     /// `Unavailable`.
@@ -417,7 +446,7 @@ impl<S: Store> Tokens<S> {
         let mut log = RpcLog::start("RevokeAll", Some(caller));
         let result = self
             .store
-            .revoke_all(&account, UnixMillis::now())
+            .revoke_all(&account, &self.rules.hasher.live_keys())
             .await
             .map_err(ServiceError::from);
         log.revoked = result.as_ref().ok().copied();
@@ -440,7 +469,7 @@ impl<S: Store> Tokens<S> {
         let log = RpcLog::start("List", Some(caller));
         let result = self
             .store
-            .list(&account, UnixMillis::now())
+            .list(&account, &self.rules.hasher.live_keys())
             .await
             .map(|mut tokens| {
                 // Both stores return the same set; the order is decided here.

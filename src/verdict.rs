@@ -47,8 +47,8 @@ use tonic::{Code, Status};
 
 use crate::auth::{Refusal, Role};
 use crate::bearer;
-use crate::domain::{FieldError, Scopes, TokenInfo, UnixMillis};
-use crate::service::{Decision, Inactive, ServiceError};
+use crate::domain::{FieldError, Scopes, TokenInfo};
+use crate::service::{Decision, Inactive, Live, ServiceError};
 
 /// Upstream header naming the token's account (forward-auth and ext_authz).
 pub const ACCOUNT_ID_HEADER: &str = "x-account-id";
@@ -63,7 +63,7 @@ const NO_STORE: &str = "no-store";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A live token holding every required scope.
-    Allow(TokenInfo),
+    Allow(Live),
     /// No credential was presented.
     MissingCredential,
     /// A credential that is not a live token of ours (the reason is for
@@ -210,7 +210,7 @@ impl Verdict {
     /// expiry); everything else is `no-store`, with the challenge where
     /// there is one and the message as a one-line body.
     pub fn to_forward_auth(&self, max_age: Duration) -> Response {
-        let Verdict::Allow(info) = self else {
+        let Verdict::Allow(Live { info, remaining }) = self else {
             return self.forward_auth_denial();
         };
         let Some(identity) = identity_headers(info) else {
@@ -222,9 +222,8 @@ impl Verdict {
         for (name, value) in identity {
             h.insert(name, value);
         }
-        let remaining =
-            Duration::from_millis(info.expires_at.0.saturating_sub(UnixMillis::now().0));
-        let cache = match max_age.min(remaining).as_secs() {
+        // The lifetime left on the store's clock, not this instance's.
+        let cache = match max_age.min(*remaining).as_secs() {
             0 => HeaderValue::from_static(NO_STORE),
             secs => HeaderValue::from_str(&format!("private, max-age={secs}"))
                 .unwrap_or(HeaderValue::from_static(NO_STORE)),
@@ -256,7 +255,7 @@ impl Verdict {
     /// (403 unless told otherwise), so a store outage says 503 here.
     pub fn to_check_response(&self) -> CheckResponse {
         let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-        if let Verdict::Allow(info) = self {
+        if let Verdict::Allow(Live { info, .. }) = self {
             let mut ok = OkHttpResponseBuilder::new();
             ok.add_header(ACCOUNT_ID_HEADER, info.account_id.as_str(), overwrite, true)
                 .add_header(TOKEN_ID_HEADER, info.token_id.as_str(), overwrite, true)

@@ -77,9 +77,9 @@ impl<S: Store> TokenService for TokenApi<S> {
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         let pb::IntrospectRequest { token } = request.into_inner();
         let answer = match self.tokens.introspect(&token).await? {
-            Introspection::Active(info) => pb::IntrospectResponse {
+            Introspection::Active(live) => pb::IntrospectResponse {
                 active: true,
-                info: Some(convert::token_info(info)),
+                info: Some(convert::token_info(live.info)),
             },
             Introspection::Inactive(_) => pb::IntrospectResponse::default(),
         };

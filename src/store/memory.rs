@@ -4,13 +4,38 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{IssueOutcome, Store, StoreError, StoredToken};
-use crate::domain::{AccountId, TokenId, TokenInfo, UnixMillis};
+use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
+use crate::domain::{AccountId, Expiry, TokenId, TokenInfo, UnixMillis};
+use crate::token::LiveKeys;
 
 /// How often expired tokens are swept out of memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The store's one clock: the wall clock read once, when the store is made,
+/// plus the monotonic time elapsed since. A wall clock stepped later (by
+/// NTP or by hand) moves no expiry: an expired token never comes back and
+/// a live one is not cut short. Timestamps it gives are wall time as of the
+/// start, advanced by a clock that never goes backwards.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall_at_start: UnixMillis,
+    started: Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall_at_start: UnixMillis::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.wall_at_start.saturating_add(self.started.elapsed())
+    }
+}
 
 #[derive(Default)]
 struct Inner {
@@ -19,19 +44,24 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_live(&self, id: &TokenId, now: UnixMillis) -> bool {
-        self.tokens.get(id).is_some_and(|t| t.info.expires_at > now)
+    /// Unexpired and verifiable: what every count and listing means by a
+    /// live token.
+    fn is_live(&self, id: &TokenId, now: UnixMillis, live_keys: &LiveKeys) -> bool {
+        self.tokens
+            .get(id)
+            .is_some_and(|t| t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()))
     }
 
     /// Drops the account's expired tokens, like the index pruning in
-    /// `issue.lua`.
+    /// `issue.lua`. Tokens whose key is gone stay until they expire or are
+    /// revoked (the key may come back), but are never live.
     fn prune(&mut self, account: &AccountId, now: UnixMillis) {
         let Some(ids) = self.accounts.get(account) else {
             return;
         };
         let expired: Vec<TokenId> = ids
             .iter()
-            .filter(|id| !self.is_live(id, now))
+            .filter(|id| self.tokens.get(id).is_none_or(|t| t.info.expires_at <= now))
             .cloned()
             .collect();
         for id in &expired {
@@ -56,9 +86,19 @@ impl Inner {
 }
 
 /// In-process token store.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    clock: Clock,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            clock: Clock::start(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -68,12 +108,13 @@ impl MemoryStore {
     pub fn new() -> Self {
         let store = Self::default();
         let weak: Weak<Mutex<Inner>> = Arc::downgrade(&store.inner);
+        let clock = store.clock;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                lock(&inner).sweep(UnixMillis::now());
+                lock(&inner).sweep(clock.now());
             }
         });
         store
@@ -93,53 +134,63 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl Store for MemoryStore {
     async fn issue(
         &self,
-        token: &StoredToken,
-        limit: u32,
-        now: UnixMillis,
+        token: &NewToken,
+        expiry: Expiry,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
         let mut inner = self.lock();
-        let account = &token.info.account_id;
+        let now = self.clock.now();
+        let expires_at = match expiry.resolve(now, terms.max_ttl) {
+            Ok(at) => at,
+            Err(why) => return Ok(IssueOutcome::Refused(why)),
+        };
+        let account = &token.account_id;
         inner.prune(account, now);
-        let held = inner.accounts.get(account).map_or(0, BTreeSet::len);
-        if held >= limit as usize {
+        let held = inner.accounts.get(account).map_or(0, |ids| {
+            ids.iter()
+                .filter(|id| inner.is_live(id, now, terms.live_keys))
+                .count()
+        });
+        if held >= terms.limit as usize {
             return Ok(IssueOutcome::LimitReached);
         }
-        let id = &token.info.token_id;
+        let id = &token.token_id;
         if inner.tokens.contains_key(id) {
             return Ok(IssueOutcome::IdTaken);
         }
-        inner.tokens.insert(id.clone(), token.clone());
+        let stored = StoredToken {
+            info: token.info(now, expires_at),
+            digest: token.digest.clone(),
+            key_id: token.key_id.clone(),
+        };
+        inner.tokens.insert(id.clone(), stored);
         inner
             .accounts
             .entry(account.clone())
             .or_default()
             .insert(id.clone());
-        Ok(IssueOutcome::Issued)
+        Ok(IssueOutcome::Issued {
+            created_at: now,
+            expires_at,
+        })
     }
 
-    async fn lookup(
-        &self,
-        token_id: &TokenId,
-        now: UnixMillis,
-    ) -> Result<Option<StoredToken>, StoreError> {
+    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .tokens
-            .get(token_id)
-            .filter(|t| t.info.expires_at > now)
-            .cloned())
+        let now = self.clock.now();
+        Ok(inner.tokens.get(token_id).map(|t| Found {
+            token: t.clone(),
+            now,
+        }))
     }
 
-    async fn touch(
-        &self,
-        token_id: &TokenId,
-        at: UnixMillis,
-        min_interval: Duration,
-    ) -> Result<(), StoreError> {
-        if let Some(t) = self.lock().tokens.get_mut(token_id) {
+    async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let now = self.clock.now();
+        if let Some(t) = inner.tokens.get_mut(token_id) {
             let last = t.info.last_used_at.map_or(0, |u| u.0);
-            if u128::from(at.0.saturating_sub(last)) >= min_interval.as_millis() {
-                t.info.last_used_at = Some(at);
+            if u128::from(now.0.saturating_sub(last)) >= min_interval.as_millis() {
+                t.info.last_used_at = Some(now);
             }
         }
         Ok(())
@@ -149,9 +200,10 @@ impl Store for MemoryStore {
         &self,
         account: &AccountId,
         token_id: &TokenId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
+        let now = self.clock.now();
         let held = inner
             .accounts
             .get_mut(account)
@@ -162,24 +214,25 @@ impl Store for MemoryStore {
         if inner.accounts.get(account).is_some_and(BTreeSet::is_empty) {
             inner.accounts.remove(account);
         }
-        Ok(inner
-            .tokens
-            .remove(token_id)
-            .is_some_and(|t| t.info.expires_at > now))
+        let live = inner.is_live(token_id, now, live_keys);
+        inner.tokens.remove(token_id);
+        Ok(live)
     }
 
-    async fn revoke_all(&self, account: &AccountId, now: UnixMillis) -> Result<u32, StoreError> {
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
         let mut inner = self.lock();
+        let now = self.clock.now();
         let ids = inner.accounts.remove(account).unwrap_or_default();
         let mut live = 0u32;
         for id in &ids {
-            if inner
-                .tokens
-                .remove(id)
-                .is_some_and(|t| t.info.expires_at > now)
-            {
+            if inner.is_live(id, now, live_keys) {
                 live += 1;
             }
+            inner.tokens.remove(id);
         }
         Ok(live)
     }
@@ -187,16 +240,17 @@ impl Store for MemoryStore {
     async fn list(
         &self,
         account: &AccountId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<Vec<TokenInfo>, StoreError> {
         let inner = self.lock();
+        let now = self.clock.now();
         let Some(ids) = inner.accounts.get(account) else {
             return Ok(Vec::new());
         };
         Ok(ids
             .iter()
+            .filter(|id| inner.is_live(id, now, live_keys))
             .filter_map(|id| inner.tokens.get(id))
-            .filter(|t| t.info.expires_at > now)
             .map(|t| t.info.clone())
             .collect())
     }

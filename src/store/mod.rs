@@ -1,7 +1,8 @@
 //! The `Store` interface and its two implementations: `memory` (embedded,
 //! and the reference model) and `redis` (production). Both keep the same
-//! rules: the live-token limit is enforced atomically, expired tokens vanish
-//! on their own, and a revocation is final.
+//! rules: the live-token limit is enforced atomically, expiry is decided on
+//! the store's one clock, expired tokens vanish on their own, a token whose
+//! digest can no longer verify is not live, and a revocation is final.
 
 pub mod connection;
 pub mod keys;
@@ -13,8 +14,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::domain::{AccountId, TokenId, TokenInfo, UnixMillis};
-use crate::token::{KeyId, TokenDigest};
+use crate::domain::{
+    AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
+};
+use crate::token::{KeyId, LiveKeys, TokenDigest};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisTls};
@@ -49,67 +52,131 @@ pub struct StoredToken {
     pub key_id: Option<KeyId>,
 }
 
+/// A token to issue: everything but its times, which the store sets on its
+/// own clock.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub token_id: TokenId,
+    pub account_id: AccountId,
+    pub note: Note,
+    pub scopes: Scopes,
+    pub digest: TokenDigest,
+    /// The digest key that made `digest`; `None` for plain SHA-256.
+    pub key_id: Option<KeyId>,
+}
+
+impl NewToken {
+    /// Its public facts once issued at `created_at`.
+    pub fn info(&self, created_at: UnixMillis, expires_at: UnixMillis) -> TokenInfo {
+        TokenInfo {
+            token_id: self.token_id.clone(),
+            account_id: self.account_id.clone(),
+            note: self.note.clone(),
+            scopes: self.scopes.clone(),
+            created_at,
+            expires_at,
+            last_used_at: None,
+        }
+    }
+}
+
+/// The rules an Issue is held to, besides the token's own expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueTerms<'a> {
+    /// Most live tokens per account.
+    pub limit: u32,
+    /// Longest lifetime, from the store's now.
+    pub max_ttl: Duration,
+    /// Which records are live tokens (the others do not count).
+    pub live_keys: &'a LiveKeys,
+}
+
 /// What an atomic issue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueOutcome {
-    Issued,
+    /// Stored, created and expiring at these instants of the store's clock.
+    Issued {
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+    },
     /// The account already holds `limit` live tokens; nothing was written.
     LimitReached,
     /// The random token id is already taken (astronomically rare); nothing
     /// was written and the caller retries with a fresh token.
     IdTaken,
+    /// The expiry is not acceptable at the store's now; nothing was written.
+    Refused(ExpiryRefusal),
+}
+
+/// A token record and the store's now, read together: whether the token
+/// has expired is decided against this `now`, never a caller's clock.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub token: StoredToken,
+    pub now: UnixMillis,
 }
 
 /// Persistence of tokens. Every method is one atomic step. Implementations
 /// are cheap handles (`Clone` shares the underlying store), so background
 /// work such as the last-used write can take its own copy.
+///
+/// **One clock.** Every instant (created, expires, last use) and every
+/// "has it expired?" comes from the store's own clock: Redis's `TIME` for
+/// the Redis store (shared by every instance), a monotonic clock anchored
+/// once at start for the memory store. A caller's wall clock decides
+/// nothing.
+///
+/// **Live tokens.** A token is live while it has not expired and its
+/// record can verify (its key id is admitted by the `LiveKeys` given):
+/// only live tokens are listed, counted toward the limit and counted as
+/// revoked.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Prunes the account's expired tokens, refuses at `limit` live ones,
-    /// otherwise stores `token`.
+    /// Resolves `expiry` at the store's now, prunes the account's expired
+    /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`.
     fn issue(
         &self,
-        token: &StoredToken,
-        limit: u32,
-        now: UnixMillis,
+        token: &NewToken,
+        expiry: Expiry,
+        terms: &IssueTerms<'_>,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
 
-    /// The live record of a token id, if any.
+    /// The record of a token id, if the store holds one, with the store's
+    /// now (an expired record may still be returned; the caller compares).
     fn lookup(
         &self,
         token_id: &TokenId,
-        now: UnixMillis,
-    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
 
-    /// Records a use, only if the token still exists (never resurrects one)
-    /// and its last recorded use is at least `min_interval` old.
+    /// Records a use at the store's now, only if the token still exists
+    /// (never resurrects one) and its last recorded use is at least
+    /// `min_interval` old.
     fn touch(
         &self,
         token_id: &TokenId,
-        at: UnixMillis,
         min_interval: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Revokes one token of an account; `false` when the account holds no
-    /// such live token.
+    /// Revokes (removes) one token of an account; `true` only when it was
+    /// live.
     fn revoke(
         &self,
         account: &AccountId,
         token_id: &TokenId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Revokes every token of an account; returns how many were live.
+    /// Removes every token of an account; returns how many were live.
     fn revoke_all(
         &self,
         account: &AccountId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
 
-    /// The account's live tokens, newest first.
+    /// The account's live tokens, in no particular order.
     fn list(
         &self,
         account: &AccountId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<Vec<TokenInfo>, StoreError>> + Send;
 
     /// Whether the store can do its job (readiness); the error says why
@@ -136,49 +203,44 @@ macro_rules! dispatch {
 impl Store for AnyStore {
     async fn issue(
         &self,
-        token: &StoredToken,
-        limit: u32,
-        now: UnixMillis,
+        token: &NewToken,
+        expiry: Expiry,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
-        dispatch!(self, s => s.issue(token, limit, now))
+        dispatch!(self, s => s.issue(token, expiry, terms))
     }
 
-    async fn lookup(
-        &self,
-        token_id: &TokenId,
-        now: UnixMillis,
-    ) -> Result<Option<StoredToken>, StoreError> {
-        dispatch!(self, s => s.lookup(token_id, now))
+    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
+        dispatch!(self, s => s.lookup(token_id))
     }
 
-    async fn touch(
-        &self,
-        token_id: &TokenId,
-        at: UnixMillis,
-        min_interval: Duration,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.touch(token_id, at, min_interval))
+    async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch(token_id, min_interval))
     }
 
     async fn revoke(
         &self,
         account: &AccountId,
         token_id: &TokenId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.revoke(account, token_id, now))
+        dispatch!(self, s => s.revoke(account, token_id, live_keys))
     }
 
-    async fn revoke_all(&self, account: &AccountId, now: UnixMillis) -> Result<u32, StoreError> {
-        dispatch!(self, s => s.revoke_all(account, now))
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.revoke_all(account, live_keys))
     }
 
     async fn list(
         &self,
         account: &AccountId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, s => s.list(account, now))
+        dispatch!(self, s => s.list(account, live_keys))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

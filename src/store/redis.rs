@@ -16,9 +16,11 @@ use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
 
 use super::connection::HealingConnection;
 use super::keys::Keys;
-use super::{IssueOutcome, Store, StoreError, StoredToken};
-use crate::domain::{AccountId, Note, Scopes, TokenId, TokenInfo, UnixMillis};
-use crate::token::TokenDigest;
+use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
+use crate::domain::{
+    AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
+};
+use crate::token::{LiveKeys, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
 const FIELDS: [&str; 8] = [
@@ -65,7 +67,7 @@ impl std::fmt::Debug for RedisTls {
 /// connections).
 #[derive(Clone)]
 pub struct RedisStore {
-    /// HMGET, ZRANGE and readiness.
+    /// HMGET, ZRANGE, TIME and readiness.
     reads: HealingConnection,
     /// The scripts.
     writes: HealingConnection,
@@ -139,12 +141,19 @@ impl RedisStore {
     }
 }
 
+/// Redis's `TIME` (seconds, microseconds) in Unix ms: the one clock that
+/// decides expiry for every instance sharing this Redis.
+fn redis_millis((seconds, micros): (u64, u64)) -> UnixMillis {
+    UnixMillis(seconds.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
 /// Rebuilds a stored token from its hash fields; a record is re-validated
-/// because anyone with write access to Redis could have written it.
+/// because anyone with write access to Redis could have written it. `None`
+/// when there is no record. Whether it has expired is the caller's
+/// question, asked against Redis's clock.
 fn decode_record(
     token_id: &TokenId,
     values: Vec<Option<String>>,
-    now: UnixMillis,
 ) -> Result<Option<StoredToken>, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         token_id: token_id.as_str().to_owned(),
@@ -169,17 +178,13 @@ fn decode_record(
             .map(UnixMillis)
             .ok_or_else(|| corrupt(field))
     };
-    let expires_at = millis(expires, "expires")?;
-    if expires_at <= now {
-        return Ok(None);
-    }
     let info = TokenInfo {
         token_id: token_id.clone(),
         account_id: AccountId::parse(account).map_err(|_| corrupt("account"))?,
         note: Note::parse(note.unwrap_or_default()).map_err(|_| corrupt("note"))?,
         scopes: Scopes::from_stored(&scopes.unwrap_or_default()),
         created_at: millis(created, "created")?,
-        expires_at,
+        expires_at: millis(expires, "expires")?,
         last_used_at: used.and_then(|s| s.parse().ok()).map(UnixMillis),
     };
     let digest = digest
@@ -189,67 +194,71 @@ fn decode_record(
     Ok(Some(StoredToken {
         info,
         digest,
-        key_id,
+        // The scripts treat an empty key id as none (plain SHA-256).
+        key_id: key_id.filter(|kid| !kid.is_empty()),
     }))
 }
 
 impl Store for RedisStore {
     async fn issue(
         &self,
-        token: &StoredToken,
-        limit: u32,
-        now: UnixMillis,
+        token: &NewToken,
+        expiry: Expiry,
+        terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
-        let info = &token.info;
         let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
-        call.key(self.keys.account(&info.account_id))
-            .key(self.keys.token(&info.token_id))
-            .arg(now.0)
-            .arg(limit)
-            .arg(info.token_id.as_str())
-            .arg(info.expires_at.0)
-            .arg(info.account_id.as_str())
+        let (kind, value) = match expiry {
+            Expiry::AfterMillis(ms) => ("ttl", ms),
+            Expiry::At(at) => ("at", at.0),
+        };
+        call.key(self.keys.account(&token.account_id))
+            .key(self.keys.token(&token.token_id))
+            .arg(token.token_id.as_str())
+            .arg(token.account_id.as_str())
             .arg(token.digest.to_hex())
-            .arg(info.note.as_str())
-            .arg(info.scopes.joined())
-            .arg(info.created_at.0)
-            .arg(token.key_id.as_deref().unwrap_or_default());
-        let outcome: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+            .arg(token.note.as_str())
+            .arg(token.scopes.joined())
+            .arg(token.key_id.as_deref().unwrap_or_default())
+            .arg(kind)
+            .arg(value)
+            .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(terms.limit)
+            .arg(terms.live_keys.as_args());
+        let (outcome, now, expires): (i64, u64, u64) =
+            self.timed(call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
-            1 => IssueOutcome::Issued,
+            1 => IssueOutcome::Issued {
+                created_at: UnixMillis(now),
+                expires_at: UnixMillis(expires),
+            },
             0 => IssueOutcome::LimitReached,
+            -2 => IssueOutcome::Refused(ExpiryRefusal::NotInFuture),
+            -3 => IssueOutcome::Refused(ExpiryRefusal::BeyondMax),
             _ => IssueOutcome::IdTaken,
         })
     }
 
-    async fn lookup(
-        &self,
-        token_id: &TokenId,
-        now: UnixMillis,
-    ) -> Result<Option<StoredToken>, StoreError> {
+    /// One round trip on the read connection: the record, then Redis's
+    /// `TIME` (so "expired?" is decided on Redis's clock, at or after the
+    /// read). Redis drops an expired key by itself as well.
+    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
         let mut conn = self.reads.clone();
-        let values: Vec<Option<String>> = self
-            .timed(
-                redis::cmd("HMGET")
-                    .arg(self.keys.token(token_id))
-                    .arg(&FIELDS)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        decode_record(token_id, values, now)
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.keys.token(token_id))
+            .arg(&FIELDS)
+            .cmd("TIME");
+        let (values, time): (Vec<Option<String>>, (u64, u64)) =
+            self.timed(pipe.query_async(&mut conn)).await?;
+        let now = redis_millis(time);
+        Ok(decode_record(token_id, values)?.map(|token| Found { token, now }))
     }
 
-    async fn touch(
-        &self,
-        token_id: &TokenId,
-        at: UnixMillis,
-        min_interval: Duration,
-    ) -> Result<(), StoreError> {
+    async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.touch.prepare_invoke();
         call.key(self.keys.token(token_id))
-            .arg(at.0)
             .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX));
         let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(())
@@ -259,18 +268,23 @@ impl Store for RedisStore {
         &self,
         account: &AccountId,
         token_id: &TokenId,
-        _now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
-            .arg(token_id.as_str());
+            .arg(token_id.as_str())
+            .arg(live_keys.as_args());
         let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(revoked == 1)
     }
 
-    async fn revoke_all(&self, account: &AccountId, _now: UnixMillis) -> Result<u32, StoreError> {
+    async fn revoke_all(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
         let mut writes = self.writes.clone();
@@ -285,7 +299,9 @@ impl Store for RedisStore {
                 )
                 .await?;
             let mut call = self.scripts.revoke_all.prepare_invoke();
-            call.key(&index);
+            call.key(&index)
+                .arg(live_keys.as_args().len())
+                .arg(live_keys.as_args());
             for member in &members {
                 call.arg(member);
                 // A member that is no token id (written by hand) names no
@@ -303,19 +319,20 @@ impl Store for RedisStore {
         Err(StoreError::Contended)
     }
 
+    /// Two round trips on the read connection: the index, then every
+    /// record and Redis's `TIME` (which decides what has expired).
     async fn list(
         &self,
         account: &AccountId,
-        now: UnixMillis,
+        live_keys: &LiveKeys,
     ) -> Result<Vec<TokenInfo>, StoreError> {
         let mut conn = self.reads.clone();
         let members: Vec<String> = self
             .timed(
                 redis::cmd("ZRANGE")
                     .arg(self.keys.account(account))
-                    .arg(format!("({}", now.0))
-                    .arg("+inf")
-                    .arg("BYSCORE")
+                    .arg(0)
+                    .arg(-1)
                     .query_async(&mut conn),
             )
             .await?;
@@ -330,13 +347,20 @@ impl Store for RedisStore {
         for id in &ids {
             pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
         }
-        let rows: Vec<Vec<Option<String>>> = self.timed(pipe.query_async(&mut conn)).await?;
+        pipe.cmd("TIME");
+        let mut replies: Vec<redis::Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let time = replies.pop().unwrap_or(redis::Value::Nil);
+        let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
         let mut tokens = Vec::with_capacity(ids.len());
-        for (id, row) in ids.iter().zip(rows) {
+        for (id, reply) in ids.iter().zip(replies) {
+            let row: Vec<Option<String>> =
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
             // One bad record must not hide the account's other tokens.
-            match decode_record(id, row, now) {
-                Ok(Some(t)) => tokens.push(t.info),
-                Ok(None) => {}
+            match decode_record(id, row) {
+                Ok(Some(t)) if t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()) => {
+                    tokens.push(t.info);
+                }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "skipping a corrupt token record in List"),
             }
         }
@@ -346,10 +370,10 @@ impl Store for RedisStore {
     /// Ready means able to do the job, checked with reads only (so a write
     /// pause never makes patd unready): Redis answers, is the primary
     /// (`ROLE`: a replica refuses every write with READONLY), lets this
-    /// user read patd's keys (`HMGET`) and run scripts (`SCRIPT LOAD` and
-    /// `EVALSHA` of a script that writes nothing). A refusal comes back as
-    /// Redis's own words (`NOPERM ... 'evalsha'`), which the readiness log
-    /// line carries.
+    /// user read patd's keys (`HMGET`) and Redis's clock (`TIME`, which
+    /// decides expiry) and run scripts (`SCRIPT LOAD` and `EVALSHA` of a
+    /// script that writes nothing). A refusal comes back as Redis's own
+    /// words (`NOPERM ... 'evalsha'`), which the readiness log line carries.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reads.clone();
         let mut pipe = redis::pipe();
@@ -358,11 +382,17 @@ impl Store for RedisStore {
             .cmd("HMGET")
             .arg(self.keys.probe())
             .arg("probe")
+            .cmd("TIME")
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(PROBE_SCRIPT);
-        let (_pong, role, _probe, sha): (String, redis::Value, redis::Value, String) =
-            self.timed(pipe.query_async(&mut conn)).await?;
+        let (_pong, role, _probe, _time, sha): (
+            String,
+            redis::Value,
+            redis::Value,
+            redis::Value,
+            String,
+        ) = self.timed(pipe.query_async(&mut conn)).await?;
         let primary = matches!(
             &role,
             redis::Value::Array(items)

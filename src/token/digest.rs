@@ -46,6 +46,29 @@ impl fmt::Debug for TokenDigest {
 /// knows which key made it.
 pub type KeyId = String;
 
+/// The digests that can still verify, named by key id: a record whose key
+/// id is not among them can never verify again, so it is not a live token
+/// (it is not listed, does not count toward the account's limit and is not
+/// counted by RevokeAll). Without keys only records without a key id are
+/// live; with keys only records carrying one of the configured ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveKeys(Vec<String>);
+
+impl LiveKeys {
+    /// Whether a record made with `key_id` (`None`: plain SHA-256) can
+    /// verify.
+    pub fn admits(&self, key_id: Option<&str>) -> bool {
+        let kid = key_id.unwrap_or_default();
+        self.0.iter().any(|live| live == kid)
+    }
+
+    /// As the Redis scripts take them: key ids, `""` standing for plain
+    /// SHA-256 (a key id is never empty).
+    pub fn as_args(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// Why `PATD_TOKEN_HASH_KEYS` is unusable. Never shows key material.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HashKeyError {
@@ -130,6 +153,15 @@ impl TokenHasher {
 
     pub fn is_keyed(&self) -> bool {
         matches!(self, TokenHasher::Keyed(_))
+    }
+
+    /// The key ids whose records can verify ([`LiveKeys`]); `verify`
+    /// refuses every record this does not admit.
+    pub fn live_keys(&self) -> LiveKeys {
+        match self {
+            TokenHasher::Plain => LiveKeys(vec![String::new()]),
+            TokenHasher::Keyed(keys) => LiveKeys(keys.iter().map(|(id, _)| id.clone()).collect()),
+        }
     }
 
     /// The digest (and key id) to store for a new token.
@@ -227,6 +259,29 @@ mod tests {
         assert!(!keyed.verify(value, &plain, None, &plain));
         assert!(TokenHasher::Plain.verify(value, &plain, None, &plain));
         assert!(!TokenHasher::Plain.verify(value, &plain, Some("k1"), &plain));
+    }
+
+    #[test]
+    fn live_keys_admit_exactly_the_records_that_can_verify() {
+        let value = "pat_example";
+        let plain = TokenDigest::of(value);
+        let k1 = TokenHasher::from_setting(&format!("k1:{}", key(1))).unwrap();
+        let (_, by_k1) = k1.for_new(value, &plain);
+        let rotated = TokenHasher::from_setting(&format!("k2:{},k1:{}", key(2), key(1))).unwrap();
+        let only_k2 = TokenHasher::from_setting(&format!("k2:{}", key(2))).unwrap();
+        let records = [(None, &plain), (Some("k1"), &by_k1)];
+        for hasher in [TokenHasher::Plain, k1, rotated, only_k2] {
+            let live = hasher.live_keys();
+            for (kid, digest) in records {
+                assert_eq!(
+                    live.admits(kid),
+                    hasher.verify(value, &plain, kid, digest),
+                    "{hasher:?} {kid:?}"
+                );
+            }
+            assert!(!live.admits(Some("k9")));
+        }
+        assert_eq!(TokenHasher::Plain.live_keys().as_args(), [""]);
     }
 
     #[test]

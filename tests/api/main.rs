@@ -5,7 +5,9 @@
 
 mod accounting;
 mod bad_input;
+mod clock;
 mod configuration;
+mod dead_keys;
 mod decision;
 mod gateways;
 mod hardening;

@@ -243,8 +243,16 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
     })
     .await;
     assert!(named, "logs:\n{}", patd.logs());
+
+    // Without TIME (Redis's clock decides expiry): not ready either.
+    set_user(&redis, "patd", &["-time".to_owned()]);
+    let named = eventually(Duration::from_secs(10), || async {
+        get(patd.http_addr, "/readyz", &[]).await.status == 503 && patd.logs().contains("'time'")
+    })
+    .await;
+    assert!(named, "logs:\n{}", patd.logs());
     // Granted again: patd recovers by itself.
-    set_user(&redis, "patd", &["+evalsha".to_owned()]);
+    set_user(&redis, "patd", &["+evalsha".to_owned(), "+time".to_owned()]);
     let back = eventually(Duration::from_secs(10), || async {
         get(patd.http_addr, "/readyz", &[]).await.status == 200
     })

@@ -1,7 +1,9 @@
 //! Nothing secret at rest or in logs: after driving every RPC, no token value
 //! (nor its secret part) appears in patd's log or anywhere in Redis.
 
-use crate::helpers::{Patd, RedisServer, is_active, issue, issue_request, random_name};
+use std::time::Duration;
+
+use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, issue_request, random_name};
 use crate::http_helpers::get;
 
 #[tokio::test]
@@ -31,12 +33,12 @@ async fn no_token_value_reaches_the_logs_or_redis() {
     let kept = issue(&mut client, &account, 600).await;
     client.introspect(&kept.0).await.unwrap();
 
-    // The log is written in the background: wait for the last line.
-    let logged = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+    // Lines reach the log from a background writer: wait for the last ones.
+    let flushed = eventually(Duration::from_secs(5), || async {
         patd.logs().contains(&kept.1)
     })
     .await;
-    assert!(logged, "token ids are logged");
+    assert!(flushed, "token ids are logged");
     let logs = patd.logs();
     assert!(
         logs.contains("rpc=\"Introspect\""),

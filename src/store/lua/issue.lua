@@ -1,35 +1,79 @@
 #!lua
--- Issue one token, atomically: prune the account's expired ids, refuse at
--- the limit, write the record with its expiry, add it to the index.
+-- Issue one token, atomically, on Redis's clock: resolve its expiry at
+-- Redis's TIME, prune the account's expired ids, refuse at the limit of
+-- live tokens, write the record with its expiry, add it to the index.
 --
 -- KEYS[1]  the account's index (sorted set of token ids, scored by expiry)
 -- KEYS[2]  the new token's hash
--- ARGV[1]  now, Unix ms            ARGV[2]  limit of live tokens
--- ARGV[3]  token id                ARGV[4]  expiry, Unix ms
--- ARGV[5]  account id              ARGV[6]  digest (hex)
--- ARGV[7]  note                    ARGV[8]  scopes, space-separated
--- ARGV[9]  created, Unix ms        ARGV[10] digest key id ('' = plain SHA-256)
--- Returns  1 issued, 0 limit reached, -1 token id already taken
+-- ARGV[1]  token id                ARGV[2]  account id
+-- ARGV[3]  digest (hex)            ARGV[4]  note
+-- ARGV[5]  scopes, space-separated ARGV[6]  digest key id ('' = plain SHA-256)
+-- ARGV[7]  'ttl' or 'at'           ARGV[8]  ttl in ms, or expiry in Unix ms
+-- ARGV[9]  longest lifetime, ms    ARGV[10] limit of live tokens
+-- ARGV[11..] the key ids whose records can verify ('' = plain SHA-256)
+-- Returns  {outcome, now, expiry}, times in Unix ms on Redis's clock;
+--          outcome 1 issued, 0 limit reached, -1 token id already taken,
+--          -2 expiry not in the future, -3 expiry beyond the longest lifetime
+--          (the same rule as domain::Expiry::resolve)
+--
+-- A live token has not expired and its record's key id is among ARGV[11..]:
+-- a token whose key was removed can never verify, so it holds no slot. Its
+-- record stays until it expires or is revoked (the key may come back). To
+-- read those key ids the script opens the index's members' hashes; their
+-- names share KEYS[2]'s hash tag, so they are in the declared keys' slot.
 --
 -- Declared a writer without allow-oom: over maxmemory Redis refuses the
 -- whole script up front (OOM) rather than after its first write.
 
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local expires
+if ARGV[7] == 'ttl' then
+  expires = now + tonumber(ARGV[8])
+else
+  expires = tonumber(ARGV[8])
+end
+if expires <= now then
+  return {-2, now, 0}
+end
+if expires > now + tonumber(ARGV[9]) then
+  return {-3, now, 0}
+end
+local limit = tonumber(ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  -- At most ZCARD are live: count the ones that are.
+  local live_keys = {}
+  for i = 11, #ARGV do
+    live_keys[ARGV[i]] = true
+  end
+  local stem = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[1])
+  local held = 0
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local record = redis.call('HMGET', stem .. id, 'expires', 'kid')
+    if record[1] and tonumber(record[1]) and tonumber(record[1]) > now
+        and live_keys[record[2] or ''] then
+      held = held + 1
+      if held >= limit then
+        return {0, now, 0}
+      end
+    end
+  end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return -1
+  return {-1, now, 0}
 end
+local created_ms = string.format('%.0f', now)
+local expires_ms = string.format('%.0f', expires)
 redis.call('HSET', KEYS[2],
-  'account', ARGV[5], 'digest', ARGV[6], 'note', ARGV[7],
-  'scopes', ARGV[8], 'created', ARGV[9], 'expires', ARGV[4])
-if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[2], 'kid', ARGV[10])
+  'account', ARGV[2], 'digest', ARGV[3], 'note', ARGV[4],
+  'scopes', ARGV[5], 'created', created_ms, 'expires', expires_ms)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[2], 'kid', ARGV[6])
 end
-redis.call('PEXPIREAT', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIREAT', KEYS[2], expires_ms)
+redis.call('ZADD', KEYS[1], expires_ms, ARGV[1])
 -- The index lives as long as its longest-lived token.
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], last[2])
-return 1
+return {1, now, expires}

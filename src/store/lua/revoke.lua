@@ -4,7 +4,10 @@
 -- KEYS[1]  the account's index
 -- KEYS[2]  the token's hash
 -- ARGV[1]  token id
--- Returns  1 when a live token of this account was revoked, else 0
+-- ARGV[2..] the key ids whose records can verify ('' = plain SHA-256)
+-- Returns  1 when a live token of this account was revoked, else 0 (a
+--          token whose key id is not in ARGV[2..] is removed all the same,
+--          but it was not live)
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
 
@@ -12,4 +15,13 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   -- Not this account's token: leave any record of that id alone.
   return 0
 end
-return redis.call('DEL', KEYS[2])
+local kid = redis.call('HGET', KEYS[2], 'kid') or ''
+if redis.call('DEL', KEYS[2]) == 0 then
+  return 0
+end
+for i = 2, #ARGV do
+  if ARGV[i] == kid then
+    return 1
+  end
+end
+return 0

@@ -5,24 +5,36 @@
 --
 -- KEYS[1]      the account's index
 -- KEYS[2..]    the hashes of those members that are token ids
--- ARGV[1..]    the index members as returned by ZRANGE 0 -1
+-- ARGV[1]      n, how many key ids follow
+-- ARGV[2..n+1] the key ids whose records can verify ('' = plain SHA-256)
+-- ARGV[n+2..]  the index members as returned by ZRANGE 0 -1
 -- Returns      the number of live tokens revoked, or -1 when the index no
---              longer matches ARGV (nothing was changed)
+--              longer matches ARGV (nothing was changed). Every token is
+--              removed; one whose key id is not among the live ones was not
+--              live and is not counted.
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
 
+local n = tonumber(ARGV[1])
+local live_keys = {}
+for i = 2, n + 1 do
+  live_keys[ARGV[i]] = true
+end
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-if #members ~= #ARGV then
+if #members ~= #ARGV - n - 1 then
   return -1
 end
 for i = 1, #members do
-  if members[i] ~= ARGV[i] then
+  if members[i] ~= ARGV[n + 1 + i] then
     return -1
   end
 end
 local revoked = 0
 for i = 2, #KEYS do
-  revoked = revoked + redis.call('DEL', KEYS[i])
+  local kid = redis.call('HGET', KEYS[i], 'kid') or ''
+  if redis.call('DEL', KEYS[i]) == 1 and live_keys[kid] then
+    revoked = revoked + 1
+  end
 end
 redis.call('DEL', KEYS[1])
 return revoked
