@@ -34,6 +34,20 @@ impl Keys {
         format!("{}:{{probe}}:readiness", self.prefix)
     }
 
+    /// A `SCAN MATCH` pattern for every token hash with the account's shard
+    /// tag (other accounts' too: the caller checks each record's
+    /// `account`). Glob characters of the prefix are escaped.
+    pub fn token_pattern(&self, account: &AccountId) -> String {
+        let mut prefix = String::with_capacity(self.prefix.len());
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                prefix.push('\\');
+            }
+            prefix.push(c);
+        }
+        format!("{prefix}:{{{}}}:t:*", account.shard_tag())
+    }
+
     /// The sorted set of an account's token ids, scored by expiry.
     pub fn account(&self, account: &AccountId) -> String {
         format!(

@@ -127,6 +127,63 @@ impl RedisStore {
         })
     }
 
+    /// RevokeAll when the account's index is not a sorted set (written by
+    /// hand, or corrupt): the account's tokens are found by scanning its
+    /// shard tag's keys and checking each record's `account`, each is
+    /// revoked on its own (the Revoke script does not need the index),
+    /// and the index is removed. Slow, and only for this repair.
+    async fn revoke_all_without_index(
+        &self,
+        account: &AccountId,
+        live_keys: &LiveKeys,
+    ) -> Result<u32, StoreError> {
+        tracing::error!(
+            account_id = account.as_str(),
+            "the account's index is not a sorted set; revoking its tokens by scanning"
+        );
+        let mut reads = self.reads.clone();
+        let pattern = self.keys.token_pattern(account);
+        let mut cursor: u64 = 0;
+        let mut ids = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .timed(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut reads),
+                )
+                .await?;
+            for key in keys {
+                let id = std::str::from_utf8(&key)
+                    .ok()
+                    .and_then(|k| k.rsplit(':').next())
+                    .and_then(|id| TokenId::parse(id.to_owned()).ok());
+                if let Some(id) = id {
+                    ids.push(id);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut revoked = 0;
+        for id in &ids {
+            if self.revoke(account, id, live_keys).await? {
+                revoked += 1;
+            }
+        }
+        let mut writes = self.writes.clone();
+        let mut call = self.scripts.revoke_all.prepare_invoke();
+        call.key(self.keys.account(account)).arg(0);
+        let _: i64 = self.timed(call.invoke_async(&mut writes)).await?;
+        Ok(revoked)
+    }
+
     async fn timed<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
@@ -153,13 +210,24 @@ fn redis_millis((seconds, micros): (u64, u64)) -> UnixMillis {
 /// question, asked against Redis's clock.
 fn decode_record(
     token_id: &TokenId,
-    values: Vec<Option<String>>,
+    values: Vec<Option<Vec<u8>>>,
 ) -> Result<Option<StoredToken>, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         token_id: token_id.as_str().to_owned(),
         reason: reason.to_owned(),
     };
-    let mut it = values.into_iter();
+    // Fields are read as bytes: one that is not UTF-8 makes this record
+    // corrupt, never the whole reply (and so never a whole List).
+    if values
+        .iter()
+        .flatten()
+        .any(|v| std::str::from_utf8(v).is_err())
+    {
+        return Err(corrupt("a field is not UTF-8"));
+    }
+    let mut it = values
+        .into_iter()
+        .map(|v| v.and_then(|bytes| String::from_utf8(bytes).ok()));
     let mut next = || it.next().flatten();
     let (Some(account), digest, note, scopes, created, expires, used, key_id) = (
         next(),
@@ -249,7 +317,7 @@ impl Store for RedisStore {
             .arg(self.keys.token(token_id))
             .arg(&FIELDS)
             .cmd("TIME");
-        let (values, time): (Vec<Option<String>>, (u64, u64)) =
+        let (values, time): (Vec<Option<Vec<u8>>>, (u64, u64)) =
             self.timed(pipe.query_async(&mut conn)).await?;
         let now = redis_millis(time);
         Ok(decode_record(token_id, values)?.map(|token| Found { token, now }))
@@ -275,6 +343,7 @@ impl Store for RedisStore {
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
             .arg(token_id.as_str())
+            .arg(account.as_str())
             .arg(live_keys.as_args());
         let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(revoked == 1)
@@ -289,7 +358,9 @@ impl Store for RedisStore {
         let mut reads = self.reads.clone();
         let mut writes = self.writes.clone();
         for _ in 0..REVOKE_ALL_ATTEMPTS {
-            let members: Vec<String> = self
+            // Members as bytes: a member that is not UTF-8 (or no token
+            // id) must not block the emergency button.
+            let members: Vec<Vec<u8>> = match self
                 .timed(
                     redis::cmd("ZRANGE")
                         .arg(&index)
@@ -297,22 +368,43 @@ impl Store for RedisStore {
                         .arg(-1)
                         .query_async(&mut reads),
                 )
-                .await?;
+                .await
+            {
+                Ok(members) => members,
+                Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                    return self.revoke_all_without_index(account, live_keys).await;
+                }
+                Err(e) => return Err(e),
+            };
             let mut call = self.scripts.revoke_all.prepare_invoke();
             call.key(&index)
                 .arg(live_keys.as_args().len())
                 .arg(live_keys.as_args());
+            let mut unnamed = 0;
             for member in &members {
-                call.arg(member);
+                call.arg(member.as_slice());
                 // A member that is no token id (written by hand) names no
-                // token key of ours; the emergency button must still work,
-                // so it is only listed, and goes with the index.
-                if let Ok(id) = TokenId::parse(member.clone()) {
-                    call.key(self.keys.token(&id));
+                // token key of ours; it is only listed, and goes with the
+                // index.
+                match std::str::from_utf8(member)
+                    .ok()
+                    .and_then(|m| TokenId::parse(m.to_owned()).ok())
+                {
+                    Some(id) => {
+                        call.key(self.keys.token(&id));
+                    }
+                    None => unnamed += 1,
                 }
             }
             let revoked: i64 = self.timed(call.invoke_async(&mut writes)).await?;
             if let Ok(n) = u32::try_from(revoked) {
+                if unnamed > 0 {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        unnamed,
+                        "RevokeAll removed index entries that name no token"
+                    );
+                }
                 return Ok(n);
             }
         }
@@ -327,7 +419,7 @@ impl Store for RedisStore {
         live_keys: &LiveKeys,
     ) -> Result<Vec<TokenInfo>, StoreError> {
         let mut conn = self.reads.clone();
-        let members: Vec<String> = self
+        let members: Vec<Vec<u8>> = self
             .timed(
                 redis::cmd("ZRANGE")
                     .arg(self.keys.account(account))
@@ -338,7 +430,18 @@ impl Store for RedisStore {
             .await?;
         let ids: Vec<TokenId> = members
             .into_iter()
-            .filter_map(|m| TokenId::parse(m).ok())
+            .filter_map(|m| {
+                let id = String::from_utf8(m)
+                    .ok()
+                    .and_then(|m| TokenId::parse(m).ok());
+                if id.is_none() {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        "skipping an index entry that names no token in List"
+                    );
+                }
+                id
+            })
             .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -353,7 +456,7 @@ impl Store for RedisStore {
         let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
         let mut tokens = Vec::with_capacity(ids.len());
         for (id, reply) in ids.iter().zip(replies) {
-            let row: Vec<Option<String>> =
+            let row: Vec<Option<Vec<u8>>> =
                 redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
             // One bad record must not hide the account's other tokens.
             match decode_record(id, row) {

@@ -342,3 +342,98 @@ async fn patd_recovers_by_itself_when_its_redis_user_comes_back() {
     );
     assert!(eventually(Duration::from_secs(15), ready).await);
 }
+
+#[tokio::test]
+async fn corrupt_entries_next_to_a_token_never_block_its_revocation() {
+    let redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let mut client = patd.client().await;
+    let prefix = &patd.key_prefix;
+    let keys = |account: &str| {
+        let tag = patd::domain::shard_tag(account);
+        (
+            format!("{prefix}:{{{tag}}}:a:{account}"),
+            move |id: &str| format!("{prefix}:{{{tag}}}:t:{id}"),
+        )
+    };
+    let mut conn = redis.conn();
+
+    // A non-UTF-8 index member and a non-UTF-8 note beside good tokens.
+    let (index, token_key) = keys("acct-corrupt");
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        issued.push(crate::helpers::issue(&mut client, "acct-corrupt", 600).await);
+    }
+    let _: () = redis::cmd("ZADD")
+        .arg(&index)
+        .arg("99999999999999")
+        .arg(&b"\xff\xfe"[..])
+        .query(&mut conn)
+        .expect("ZADD");
+    let _: () = redis::cmd("HSET")
+        .arg(token_key(&issued[1].1))
+        .arg("note")
+        .arg(&b"\xff"[..])
+        .query(&mut conn)
+        .expect("HSET");
+    let listed = client
+        .list("acct-corrupt")
+        .await
+        .expect("List past corrupt data");
+    let listed: Vec<String> = listed.tokens.into_iter().map(|t| t.token_id).collect();
+    assert!(
+        listed.contains(&issued[0].1) && listed.contains(&issued[2].1),
+        "{listed:?}"
+    );
+    client
+        .revoke("acct-corrupt", &issued[0].1)
+        .await
+        .expect("Revoke past corrupt data");
+    client
+        .revoke_all("acct-corrupt")
+        .await
+        .expect("RevokeAll past corrupt data");
+    for (token, _) in &issued {
+        assert!(!client.introspect(token).await.expect("introspect").active);
+    }
+
+    // An index of the wrong type: Revoke and RevokeAll still end the tokens.
+    let (index, _) = keys("acct-wrongtype");
+    let first = crate::helpers::issue(&mut client, "acct-wrongtype", 600).await;
+    let second = crate::helpers::issue(&mut client, "acct-wrongtype", 600).await;
+    let _: () = redis::cmd("DEL").arg(&index).query(&mut conn).expect("DEL");
+    let _: () = redis::cmd("SET")
+        .arg(&index)
+        .arg("oops")
+        .query(&mut conn)
+        .expect("SET");
+    client
+        .revoke("acct-wrongtype", &first.1)
+        .await
+        .expect("Revoke with a wrong-type index");
+    assert!(
+        !client
+            .introspect(&first.0)
+            .await
+            .expect("introspect")
+            .active
+    );
+    let revoked = client
+        .revoke_all("acct-wrongtype")
+        .await
+        .expect("RevokeAll with a wrong-type index")
+        .revoked;
+    assert_eq!(revoked, 1);
+    assert!(
+        !client
+            .introspect(&second.0)
+            .await
+            .expect("introspect")
+            .active
+    );
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&index)
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert_eq!(left, 0, "the corrupt index is gone");
+}

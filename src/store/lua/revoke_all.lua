@@ -15,6 +15,14 @@
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
 
+-- An index that is not a sorted set (written by hand, corrupt) names no
+-- token: the caller has revoked the account's tokens one by one after
+-- scanning for them, and this removes the index.
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
 local n = tonumber(ARGV[1])
 local live_keys = {}
 for i = 2, n + 1 do
