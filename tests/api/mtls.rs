@@ -332,3 +332,63 @@ async fn sighup_reloads_certificates_and_callers_and_keeps_the_old_ones_if_the_n
     );
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+/// The civil date (year, month, day) `days` from today, UTC.
+fn date_in_days(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = now / 86_400 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+/// Starts patd with a server certificate valid until `days` from today;
+/// returns its log after start.
+async fn logs_with_certificate_expiring_in(days: i64) -> String {
+    let ca = ca();
+    let dir = std::env::temp_dir().join(random_name("patd-expiry-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let (y, m, d) = date_in_days(days);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory)
+            .env("PATD_TLS_CERT", &path("server.pem"))
+            .env("PATD_TLS_KEY", &path("server.key")),
+    )
+    .await;
+    crate::helpers::eventually(std::time::Duration::from_secs(3), || async {
+        patd.logs().contains("certificate")
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    patd.logs()
+}
+
+#[tokio::test]
+async fn a_certificate_close_to_expiry_is_warned_about() {
+    let soon = logs_with_certificate_expiring_in(3).await;
+    assert!(soon.contains("the TLS certificate expires soon"), "{soon}");
+    let expired = logs_with_certificate_expiring_in(-2).await;
+    assert!(expired.contains("has EXPIRED"), "{expired}");
+    let later = logs_with_certificate_expiring_in(90).await;
+    assert!(
+        !later.contains("expires soon") && !later.contains("EXPIRED"),
+        "{later}"
+    );
+}
