@@ -26,6 +26,9 @@ use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
 /// stays one read on the hot path.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How many more times a failed Issue's undo asks after "no such token".
+const UNDO_CONFIRMATIONS: u32 = 2;
+
 /// How long a failed Issue's undo keeps retrying.
 const UNDO_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -261,8 +264,16 @@ impl<S: Store> Tokens<S> {
         tokio::spawn(async move {
             let deadline = Instant::now() + UNDO_PATIENCE;
             let mut pause = Duration::from_millis(100);
+            // "No such token" may only mean the Issue has not run yet (it can
+            // still be on its way over a connection that is being replaced),
+            // so it is asked again before the undo rests.
+            let mut absent = 0;
             loop {
                 match store.revoke(&account, &token_id, &live_keys).await {
+                    Ok(false) if absent < UNDO_CONFIRMATIONS => {
+                        absent += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
                     Ok(landed) => {
                         tracing::info!(
                             account_id = account.as_str(),

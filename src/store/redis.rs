@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
-use redis::{Client, ClientTlsConfig, Script, TlsCertificates};
+use redis::io::tcp::{TcpSettings, socket2};
+use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, Script, TlsCertificates};
 
 use super::connection::HealingConnection;
 use super::keys::Keys;
@@ -26,6 +27,9 @@ use crate::token::{LiveKeys, TokenDigest};
 const FIELDS: [&str; 8] = [
     "account", "digest", "note", "scopes", "created", "expires", "used", "kid",
 ];
+
+/// A connection whose sent data stays unacknowledged this long is dead.
+const DEAD_PEER_AFTER: Duration = Duration::from_secs(10);
 
 /// How often RevokeAll re-reads an index that kept changing under it.
 const REVOKE_ALL_ATTEMPTS: usize = 16;
@@ -90,6 +94,20 @@ impl RedisStore {
         timeout: Duration,
         tls: &RedisTls,
     ) -> Result<Self, StoreError> {
+        // A Redis host that vanishes without closing the connection (a
+        // rescheduled pod, a NAT that forgot it) must not leave patd waiting
+        // on a dead socket for the kernel's ~15 minutes: unacknowledged
+        // data fails the connection after 10 s and idle ones are probed, so
+        // it is reconnected. Small commands must not wait for Nagle either.
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(
+                socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(10))
+                    .with_interval(Duration::from_secs(5)),
+            )
+            .set_user_timeout(DEAD_PEER_AFTER);
+        let url = url.into_connection_info()?.set_tcp_settings(tcp);
         let client = if tls.ca_pem.is_none() && tls.client.is_none() {
             Client::open(url)?
         } else {
@@ -386,9 +404,12 @@ impl Store for RedisStore {
                 // A member that is no token id (written by hand) names no
                 // token key of ours; it is only listed, and goes with the
                 // index.
+                // Only ids with the account's shard tag can be its tokens
+                // (and keep the script inside one Cluster slot).
                 match std::str::from_utf8(member)
                     .ok()
                     .and_then(|m| TokenId::parse(m.to_owned()).ok())
+                    .filter(|id| id.shard_tag() == account.shard_tag())
                 {
                     Some(id) => {
                         call.key(self.keys.token(&id));
@@ -447,6 +468,8 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        // A record of the wrong type answers an error for itself only.
+        pipe.ignore_errors();
         for id in &ids {
             pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
         }
@@ -456,8 +479,17 @@ impl Store for RedisStore {
         let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
         let mut tokens = Vec::with_capacity(ids.len());
         for (id, reply) in ids.iter().zip(replies) {
-            let row: Vec<Option<Vec<u8>>> =
-                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            let row: Vec<Option<Vec<u8>>> = match redis::from_redis_value(reply) {
+                Ok(row) => row,
+                Err(e) => {
+                    tracing::warn!(
+                        token_id = id.as_str(),
+                        error = %e,
+                        "skipping an unreadable token record in List"
+                    );
+                    continue;
+                }
+            };
             // One bad record must not hide the account's other tokens.
             match decode_record(id, row) {
                 Ok(Some(t)) if t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()) => {

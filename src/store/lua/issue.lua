@@ -48,14 +48,20 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
     live_keys[ARGV[i]] = true
   end
   local stem = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[1])
+  -- Only members with the account's shard tag (the first 3 characters of
+  -- every id it owns) can be its tokens, and only their hashes share the
+  -- declared keys' slot.
+  local tag = string.sub(ARGV[1], 1, 3)
   local held = 0
   for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    local record = redis.call('HMGET', stem .. id, 'expires', 'kid')
-    if record[1] and tonumber(record[1]) and tonumber(record[1]) > now
-        and live_keys[record[2] or ''] then
-      held = held + 1
-      if held >= limit then
-        return {0, now, 0}
+    if string.sub(id, 1, 3) == tag then
+      local record = redis.call('HMGET', stem .. id, 'expires', 'kid')
+      if record[1] and tonumber(record[1]) and tonumber(record[1]) > now
+          and live_keys[record[2] or ''] then
+        held = held + 1
+        if held >= limit then
+          return {0, now, 0}
+        end
       end
     end
   end

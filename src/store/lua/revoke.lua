@@ -7,7 +7,7 @@
 -- ARGV[2]  account id
 -- ARGV[3..] the key ids whose records can verify ('' = plain SHA-256)
 -- Returns  1 when a live token of this account was revoked, else 0 (a
---          token whose key id is not in ARGV[2..] is removed all the same,
+--          token whose key id is not in ARGV[3..] is removed all the same,
 --          but it was not live)
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
