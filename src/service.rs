@@ -594,25 +594,23 @@ impl<'a> RpcLog<'a> {
                 cause = %crate::telemetry::error_chain(cause),
                 "rpc"
             ),
-            Err(e @ ServiceError::InvalidArgument(field)) => tracing::info!(
-                rpc,
-                caller,
-                account_id,
-                token_id,
-                outcome = error_label(e),
-                field = field.field,
-                latency_us,
-                "rpc"
-            ),
-            Err(e) => tracing::info!(
-                rpc,
-                caller,
-                account_id,
-                token_id,
-                outcome = error_label(e),
-                latency_us,
-                "rpc"
-            ),
+            Err(e) => {
+                // The refused field, when a field was refused.
+                let field = match e {
+                    ServiceError::InvalidArgument(field) => Some(field.field),
+                    _ => None,
+                };
+                tracing::info!(
+                    rpc,
+                    caller,
+                    account_id,
+                    token_id,
+                    outcome = error_label(e),
+                    field,
+                    latency_us,
+                    "rpc"
+                )
+            }
         }
     }
 }
