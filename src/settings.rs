@@ -357,6 +357,7 @@ mod tests {
         assert!(matches!(missing, Err(SettingsError::Read { .. })));
         // A certificate without its key stops at the command line.
         assert!(parse(&["--redis-client-cert", &ca]).is_err());
+        let _ = std::fs::remove_file(&ca);
     }
 
     #[test]

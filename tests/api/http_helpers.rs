@@ -36,6 +36,14 @@ impl Reply {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The seconds of `Cache-Control: private, max-age=N`, if that is what
+    /// the reply says.
+    pub fn max_age(&self) -> Option<u64> {
+        self.header("cache-control")
+            .and_then(|v| v.strip_prefix("private, max-age="))
+            .and_then(|v| v.parse().ok())
+    }
 }
 
 /// `GET path` with extra headers, over a fresh connection.
