@@ -334,6 +334,20 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_retention_out_of_range_is_refused() {
+        for bad in ["0s", "999ms", "3651d"] {
+            let refused = settings(&["--audit-retention", bad]);
+            assert!(
+                matches!(refused, Err(SettingsError::AuditRetention)),
+                "{bad}"
+            );
+        }
+        let s = settings(&["--audit-retention", "2s", "--audit-max-events", "3"]).unwrap();
+        assert_eq!(s.audit.retention, Duration::from_secs(2));
+        assert_eq!(s.audit.max_events, 3);
+    }
+
+    #[test]
     fn the_defaults_are_loopback_memory_and_fifty_tokens() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");

@@ -472,3 +472,27 @@ async fn the_readme_grpcurl_recipe_lists_the_trail() {
     assert_eq!(event["tokenIds"][0], id.as_str());
     assert_eq!(event["caller"], "anonymous");
 }
+
+/// A key of another type where an account's trail belongs (written by
+/// hand) blocks nothing: the trail reads as empty, and the next change
+/// replaces the key with its stream.
+#[tokio::test]
+async fn a_trail_key_of_the_wrong_type_blocks_no_change() {
+    let redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let mut client = patd.client().await;
+    let account = random_name("acct-");
+    let (_, first) = issue(&mut client, &account, 600).await;
+    let key = format!("{}:{{{}}}:e:{account}", patd.key_prefix, &first[..3]);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a stream")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(events(&mut client, &account).await.is_empty());
+    client.revoke(&account, &first).await.expect("revoke");
+    assert_eq!(
+        summary(&events(&mut client, &account).await),
+        vec![owned("Revoke", &[&first])]
+    );
+}

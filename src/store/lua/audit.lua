@@ -37,6 +37,12 @@ local KEYS, ARGV = audit_keys, audit_argv
 -- Appends one event: `action` (the RPC's name) and `token_ids` (a table
 -- of public ids), then applies the count and age caps.
 local function audit(action, token_ids)
+  -- Bad data (a key of another type, written by hand) must never block a
+  -- change, nor fail it halfway: it goes, as a corrupt index does.
+  local kind = redis.call('TYPE', audit_stream)['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    redis.call('DEL', audit_stream)
+  end
   local id = redis.call('XADD', audit_stream, 'MAXLEN', '=', audit_max, '*',
     'action', action, 'account', audit_account,
     'tokens', table.concat(token_ids, ' '),

@@ -12,6 +12,11 @@
 --
 -- no-writes: a read, so a write pause or a full Redis never stops it.
 
+-- A key of another type (written by hand) holds no events; the next
+-- change replaces it.
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then
+  return {}
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local oldest = now - tonumber(ARGV[1])
