@@ -665,3 +665,72 @@ impl Store for RedisStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_fragment_goes_right_after_the_flags_line() {
+        let script = carrying_audit("#!lua flags=allow-oom\nreturn audit('X', {})\n");
+        assert!(script.starts_with("#!lua flags=allow-oom\n-- The audit fragment"));
+        assert!(script.ends_with("\nreturn audit('X', {})\n"));
+    }
+
+    #[test]
+    fn every_script_that_appends_an_event_carries_the_fragment() {
+        // A script calling audit() without the fragment would fail at run
+        // time only; the ones loaded through carrying_audit are these.
+        let carried = [
+            include_str!("lua/issue.lua"),
+            include_str!("lua/revoke.lua"),
+            include_str!("lua/revoke_all.lua"),
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let calls_audit = text.lines().any(|l| l.trim_start().starts_with("audit("));
+            if calls_audit {
+                assert!(
+                    carried.contains(&text.as_str()),
+                    "{} calls audit() but is not loaded through carrying_audit",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_entry_decodes_into_an_event() {
+        use redis::Value::{Array, BulkString};
+        let text = |s: &str| BulkString(s.as_bytes().to_vec());
+        let entry = Array(vec![
+            text("1700000000123-2"),
+            Array(vec![
+                text("action"),
+                text("Revoke"),
+                text("account"),
+                text("acct-1"),
+                text("tokens"),
+                text("abc0123456789xyz"),
+                text("caller"),
+                text("console"),
+                text("request"),
+                text("00ff"),
+            ]),
+        ]);
+        let event = decode_event(entry).unwrap();
+        assert_eq!(
+            event.id,
+            EventId {
+                ms: 1_700_000_000_123,
+                seq: 2
+            }
+        );
+        assert_eq!(event.action, "Revoke");
+        assert_eq!(event.token_ids[0].as_str(), "abc0123456789xyz");
+        assert_eq!(event.caller, "console");
+        assert!(decode_event(Array(vec![text("1-0"), Array(vec![])])).is_none());
+    }
+}
