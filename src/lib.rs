@@ -62,7 +62,12 @@
 //! - Guards (panic, deadline, load shedding, caller authentication):
 //!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
 //! - Every status, challenge and body a caller sees: `verdict`.
-//! - The one log line per request: `service` (`log_rpc`).
+//! - The one log line per request: `service` (`log_rpc`); a management
+//!   request's id is made there too.
+//! - The audit trail: `audit` (its types and `audit` log line); each
+//!   store appends an event inside the change itself (`store::memory`'s
+//!   `append_event`, the Lua fragment `store/lua/audit.lua` that
+//!   `store::redis` puts into every changing script).
 //! - Listener limits (head size and time, HTTP/2): `listener`.
 //! - The shard tag that keeps an account in one Cluster slot:
 //!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).
