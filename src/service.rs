@@ -302,7 +302,10 @@ impl<S: Store> Tokens<S> {
                     }
                     Ok(landed) => {
                         if landed {
+                            // The Issue did land (its event is in the trail
+                            // though its RPC failed): both get their line.
                             let ids = [token_id.clone()];
+                            crate::audit::log_event(AuditAction::Issue, &account, &ids, &actor);
                             crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
                         }
                         tracing::info!(
