@@ -255,6 +255,13 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
             .revoked,
         1
     );
+    let trail = client
+        .audit_events("acct-acl", 0, "")
+        .await
+        .expect("audit trail")
+        .events;
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["RevokeAll", "Issue", "Revoke", "Issue"]);
 
     // The same user without EVALSHA: not ready, and the log says why.
     set_user(&redis, "patd", &["-evalsha".to_owned()]);
