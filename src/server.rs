@@ -78,18 +78,18 @@ impl Application {
     /// An unusable store URL, or an address that cannot be bound.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = match &settings.store {
-            StoreSettings::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreSettings::Memory => {
+                AnyStore::Memory(MemoryStore::new().with_tombstone_ttl(settings.tombstone_ttl))
+            }
             StoreSettings::Redis {
                 url,
                 key_prefix,
                 timeout,
                 tls,
-            } => AnyStore::Redis(RedisStore::connect(
-                url.expose_secret(),
-                key_prefix.as_str(),
-                *timeout,
-                tls,
-            )?),
+            } => AnyStore::Redis(
+                RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
+                    .with_tombstone_ttl(settings.tombstone_ttl),
+            ),
         };
         warn_about_exposure(&settings);
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;

@@ -1,4 +1,5 @@
-//! The use cases: issue, introspect, revoke, revoke all, list. Transport code
+//! The use cases: issue, introspect, revoke, revoke all, list, rotate,
+//! revoke by value. Transport code
 //! calls these with validated domain types; this layer applies the rules
 //! (limit, lifetime, digest check) and talks to the store. It never sees
 //! protobuf or HTTP.
@@ -16,11 +17,15 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::domain::{
-    AccountId, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, Note, PageRequest, Scopes,
-    TokenId, TokenInfo, UnixMillis,
+    AccountId, Expiry, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, ListedToken, Note,
+    PageRequest, RevocationReason, Scopes, TokenId, TokenInfo, TokenState, UnixMillis,
+    rotation_grace,
 };
-use crate::store::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError};
-use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
+use crate::store::{
+    Ending, Found, IssueOutcome, IssueTerms, NewToken, RotateOutcome, Rotation, Store, StoreError,
+    StoredToken, Tombstone,
+};
+use crate::token::{ParseError, PlainToken, TokenDigest, TokenFormat, TokenHasher};
 
 /// Last-use times are written at most this often per token, so Introspect
 /// stays one read on the hot path.
@@ -47,6 +52,9 @@ pub enum ServiceError {
     /// Nothing to act on.
     #[error("the account holds no such live token")]
     NotFound,
+    /// Rotate the successor instead: this token was already rotated.
+    #[error("the token was already rotated: rotate its successor")]
+    AlreadyRotated,
     /// Revoke tokens or give Redis more memory; nothing was written.
     #[error("the token store is full: revoke tokens or raise Redis's maxmemory")]
     StoreFull,
@@ -71,6 +79,8 @@ pub struct Rules {
     pub hasher: TokenHasher,
     pub max_tokens_per_account: u32,
     pub lifetime: LifetimePolicy,
+    /// Longest grace window a Rotate may give (`PATD_MAX_ROTATION_GRACE`).
+    pub max_rotation_grace: Duration,
 }
 
 /// A validated Issue request.
@@ -90,10 +100,31 @@ pub struct Issued {
     pub info: TokenInfo,
 }
 
+/// A validated Rotate request (the grace window is checked against the
+/// rules here, as `PATD_MAX_ROTATION_GRACE` is a rule).
+#[derive(Debug)]
+pub struct RotateCommand {
+    pub account: AccountId,
+    pub token_id: TokenId,
+    /// The grace window as sent (seconds, nanos); unset is 0.
+    pub grace: (i64, i32),
+    /// `Default` means the old token's lifetime length, from now.
+    pub expiry: ExpiryRequest,
+}
+
+/// A rotation done: the successor (the only time its value exists outside
+/// the caller's hands) and when the old token stops being active.
+#[derive(Debug)]
+pub struct Rotated {
+    pub token: PlainToken,
+    pub info: TokenInfo,
+    pub previous_expires_at: UnixMillis,
+}
+
 /// One page of a List.
 #[derive(Debug)]
 pub struct Page {
-    pub tokens: Vec<TokenInfo>,
+    pub tokens: Vec<ListedToken>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<ListCursor>,
 }
@@ -114,12 +145,17 @@ pub enum Introspection {
     Inactive(Inactive),
 }
 
-/// Why a token is inactive; for logs and metrics, never sent to callers.
+/// Why a token is inactive: told to callers (Introspect's `reason`,
+/// forward-auth's `error_description` and `X-Patd-Reason`, ext_authz's
+/// denial). `Expired`, `Revoked` and `Rotated` only when the presented
+/// value matched the kept digest, so a guessed id learns nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inactive {
     Malformed,
     Unknown,
     Expired,
+    Revoked,
+    Rotated,
 }
 
 impl Inactive {
@@ -128,7 +164,39 @@ impl Inactive {
             Inactive::Malformed => "malformed",
             Inactive::Unknown => "unknown",
             Inactive::Expired => "expired",
+            Inactive::Revoked => "revoked",
+            Inactive::Rotated => "rotated",
         }
+    }
+}
+
+/// A token's state and when it ended (or, rotating, will end), from its
+/// record and tombstone at the store's `now`: the one rule that Introspect,
+/// RevokeToken and List share. `None` when neither says anything true
+/// about it (no record, and a tombstone of a token that has not ended:
+/// its record was removed by other means).
+fn lifecycle(
+    token: Option<&StoredToken>,
+    tombstone: Option<&Tombstone>,
+    now: UnixMillis,
+) -> Option<(TokenState, Option<UnixMillis>)> {
+    if let Some(t) = token {
+        let expires = t.info.expires_at;
+        return Some(match t.rotated_at {
+            Some(end) if end > now && expires > now => (TokenState::Rotating, Some(end)),
+            Some(end) => (TokenState::Rotated, Some(end)),
+            None if expires > now => (TokenState::Active, None),
+            None => (TokenState::Expired, Some(expires)),
+        });
+    }
+    let t = tombstone?;
+    match t.ended {
+        Some((Ending::Revoked, at)) => Some((TokenState::Revoked, Some(at))),
+        Some((Ending::Rotated, at)) if at <= now => Some((TokenState::Rotated, Some(at))),
+        // Still in its grace window, yet the record is gone: unknown.
+        Some((Ending::Rotated, _)) => None,
+        None if t.expires_at <= now => Some((TokenState::Expired, Some(t.expires_at))),
+        None => None,
     }
 }
 
@@ -159,6 +227,8 @@ impl Decision {
             Decision::Invalid(Inactive::Malformed) => "deny_malformed",
             Decision::Invalid(Inactive::Unknown) => "deny_unknown",
             Decision::Invalid(Inactive::Expired) => "deny_expired",
+            Decision::Invalid(Inactive::Revoked) => "deny_revoked",
+            Decision::Invalid(Inactive::Rotated) => "deny_rotated",
             Decision::InsufficientScope(_) => "deny_scope",
         }
     }
@@ -372,30 +442,34 @@ impl<S: Store> Tokens<S> {
             Ok(found) => found,
             Err(e) => return (Some(parsed.token_id), Err(e.into())),
         };
-        let answer = match found {
-            Some(Found { token, .. })
-                if !self.rules.hasher.verify(
-                    presented,
-                    &parsed.digest,
-                    token.key_id.as_deref(),
-                    &token.digest,
-                ) =>
-            {
-                Introspection::Inactive(Inactive::Unknown)
-            }
-            // Expired on the store's clock, not this instance's.
-            Some(Found { token, now }) if token.info.expires_at <= now => {
-                Introspection::Inactive(Inactive::Expired)
-            }
-            Some(Found { token, now }) => {
+        let Found {
+            token,
+            tombstone,
+            now,
+        } = found;
+        let verifies = |digest: &TokenDigest, key_id: Option<&str>| -> bool {
+            self.rules
+                .hasher
+                .verify(presented, &parsed.digest, key_id, digest)
+        };
+        // Only a record or tombstone the presented value matches tells
+        // anything: a guessed id with a wrong secret stays unknown.
+        let token = token.filter(|t| verifies(&t.digest, t.key_id.as_deref()));
+        let tombstone = tombstone.filter(|t| verifies(&t.digest, t.key_id.as_deref()));
+        // Expired on the store's clock, not this instance's.
+        let answer = match (lifecycle(token.as_ref(), tombstone.as_ref(), now), token) {
+            (Some((TokenState::Active | TokenState::Rotating, ends)), Some(token)) => {
                 self.maybe_touch(&token.info, now);
-                let left = token.info.expires_at.0.saturating_sub(now.0);
+                let end = ends.unwrap_or(token.info.expires_at);
                 Introspection::Active(Live {
                     info: token.info,
-                    remaining: Duration::from_millis(left),
+                    remaining: Duration::from_millis(end.0.saturating_sub(now.0)),
                 })
             }
-            None => Introspection::Inactive(Inactive::Unknown),
+            (Some((TokenState::Expired, _)), _) => Introspection::Inactive(Inactive::Expired),
+            (Some((TokenState::Revoked, _)), _) => Introspection::Inactive(Inactive::Revoked),
+            (Some((TokenState::Rotated, _)), _) => Introspection::Inactive(Inactive::Rotated),
+            _ => Introspection::Inactive(Inactive::Unknown),
         };
         (Some(parsed.token_id), Ok(answer))
     }
@@ -466,8 +540,9 @@ impl<S: Store> Tokens<S> {
         result
     }
 
-    /// One page of the account's live tokens, newest first (then by id),
-    /// and the cursor of the next page if there is one.
+    /// One page of the account's live tokens (with `include_inactive`,
+    /// also those ended within the tombstone TTL), newest first (then by
+    /// id), and the cursor of the next page if there is one.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -476,25 +551,65 @@ impl<S: Store> Tokens<S> {
         caller: &str,
         account: AccountId,
         page: PageRequest,
+        include_inactive: bool,
     ) -> Result<Page, ServiceError> {
         let log = RpcLog::start("List", Some(caller));
+        let live_keys = self.rules.hasher.live_keys();
         let result = self
             .store
-            .list(&account, &self.rules.hasher.live_keys())
+            .list(&account, include_inactive)
             .await
-            .map(|mut tokens| {
+            .map(|listing| {
+                let now = listing.now;
+                let mut tokens: Vec<ListedToken> = listing
+                    .entries
+                    .into_iter()
+                    .filter_map(|entry| {
+                        // A record or tombstone whose key is gone can never
+                        // verify: as if it did not exist.
+                        let token = entry
+                            .token
+                            .filter(|t| live_keys.admits(t.key_id.as_deref()));
+                        let tombstone = entry
+                            .tombstone
+                            .filter(|t| live_keys.admits(t.key_id.as_deref()));
+                        let (state, ended_at) = lifecycle(token.as_ref(), tombstone.as_ref(), now)?;
+                        if !state.is_live() && !include_inactive {
+                            return None;
+                        }
+                        let info = match (token, tombstone) {
+                            (Some(t), _) => t.info,
+                            (None, Some(t)) => TokenInfo {
+                                token_id: entry.token_id,
+                                account_id: t.account_id,
+                                note: Note::default(),
+                                scopes: Scopes::default(),
+                                created_at: t.created_at,
+                                expires_at: t.expires_at,
+                                last_used_at: None,
+                            },
+                            (None, None) => return None,
+                        };
+                        Some(ListedToken {
+                            info,
+                            state,
+                            ended_at,
+                        })
+                    })
+                    .collect();
                 // Both stores return the same set; the order is decided here.
                 tokens.sort_by(|a, b| {
-                    b.created_at
-                        .cmp(&a.created_at)
-                        .then_with(|| a.token_id.cmp(&b.token_id))
+                    b.info
+                        .created_at
+                        .cmp(&a.info.created_at)
+                        .then_with(|| a.info.token_id.cmp(&b.info.token_id))
                 });
                 let mut rest = tokens
                     .into_iter()
-                    .filter(|t| page.after.as_ref().is_none_or(|c| c.precedes(t)));
-                let tokens: Vec<TokenInfo> = rest.by_ref().take(page.size).collect();
+                    .filter(|t| page.after.as_ref().is_none_or(|c| c.precedes(&t.info)));
+                let tokens: Vec<ListedToken> = rest.by_ref().take(page.size).collect();
                 let next = match (rest.next(), tokens.last()) {
-                    (Some(_), Some(last)) => Some(ListCursor::after(last)),
+                    (Some(_), Some(last)) => Some(ListCursor::after(&last.info)),
                     _ => None,
                 };
                 Page { tokens, next }
@@ -503,6 +618,175 @@ impl<S: Store> Tokens<S> {
         log.account(Some(&account))
             .finish(result.as_ref().map(|_| "ok"));
         result
+    }
+
+    /// Replaces a live token with a successor that inherits its note and
+    /// scopes; the old one stays active for the grace window (never past
+    /// its expiry), then reads `Rotated`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (a grace above `PATD_MAX_ROTATION_GRACE`, an
+    /// expiry outside the policy), `NotFound`, `AlreadyRotated`,
+    /// `Unavailable`.
+    pub async fn rotate(&self, caller: &str, cmd: RotateCommand) -> Result<Rotated, ServiceError> {
+        let log = RpcLog::start("Rotate", Some(caller));
+        let (account, old) = (cmd.account.clone(), cmd.token_id.clone());
+        let result = self.rotate_inner(cmd).await;
+        log.account(Some(&account))
+            .token_id(Some(&old))
+            .successor(result.as_ref().ok().map(|r| &r.info.token_id))
+            .finish(result.as_ref().map(|_| "ok"));
+        result
+    }
+
+    async fn rotate_inner(&self, cmd: RotateCommand) -> Result<Rotated, ServiceError> {
+        let (seconds, nanos) = cmd.grace;
+        let grace = rotation_grace(seconds, nanos, self.rules.max_rotation_grace)?;
+        let lifetime = self.rules.lifetime;
+        // Checked before any read, like Issue: a bad field writes nothing.
+        let requested = match cmd.expiry {
+            ExpiryRequest::Default => None,
+            other => Some(lifetime.request(other)?),
+        };
+        if cmd.token_id.shard_tag() != cmd.account.shard_tag() {
+            return Err(ServiceError::NotFound);
+        }
+        // Note, scopes and lifetime never change, so reading them ahead of
+        // the atomic step is safe; the script re-checks everything else.
+        let Found {
+            token, tombstone, ..
+        } = self.store.lookup(&cmd.token_id).await?;
+        let Some(old) = token.filter(|t| t.info.account_id == cmd.account) else {
+            let rotated = tombstone.is_some_and(|t| {
+                t.account_id == cmd.account && matches!(t.ended, Some((Ending::Rotated, _)))
+            });
+            return Err(if rotated {
+                ServiceError::AlreadyRotated
+            } else {
+                ServiceError::NotFound
+            });
+        };
+        let expiry = match requested {
+            Some(expiry) => expiry,
+            None => {
+                // The lifetime the old token was issued with, from now.
+                let length = old.info.expires_at.0.saturating_sub(old.info.created_at.0);
+                let max = u64::try_from(lifetime.max_ttl.as_millis()).unwrap_or(u64::MAX);
+                Expiry::AfterMillis(length.clamp(1, max))
+            }
+        };
+        let live_keys = self.rules.hasher.live_keys();
+        let terms = IssueTerms {
+            limit: self.rules.max_tokens_per_account,
+            max_ttl: lifetime.max_ttl,
+            live_keys: &live_keys,
+        };
+        for _ in 0..ISSUE_ATTEMPTS {
+            let (token, parsed) = self.rules.format.generate(&cmd.account);
+            let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
+            let new = NewToken {
+                token_id: parsed.token_id,
+                account_id: cmd.account.clone(),
+                note: old.info.note.clone(),
+                scopes: old.info.scopes.clone(),
+                digest,
+                key_id,
+            };
+            let rotation = Rotation {
+                old: &cmd.token_id,
+                new: &new,
+                expiry,
+                grace,
+            };
+            let outcome = match self.store.rotate(&rotation, &terms).await {
+                Ok(outcome) => outcome,
+                Err(StoreError::Full) => return Err(ServiceError::StoreFull),
+                Err(e) => {
+                    // The rotation may still land: its successor's value was
+                    // never shown, so it must not live on.
+                    self.undo_issue(&new);
+                    return Err(e.into());
+                }
+            };
+            match outcome {
+                RotateOutcome::Rotated {
+                    created_at,
+                    expires_at,
+                    previous_ends_at,
+                } => {
+                    return Ok(Rotated {
+                        token,
+                        info: new.info(created_at, expires_at),
+                        previous_expires_at: previous_ends_at,
+                    });
+                }
+                RotateOutcome::NotFound => return Err(ServiceError::NotFound),
+                RotateOutcome::Superseded => return Err(ServiceError::AlreadyRotated),
+                RotateOutcome::Refused(why) => return Err(lifetime.refused(expiry, why).into()),
+                RotateOutcome::IdTaken => continue,
+            }
+        }
+        Err(ServiceError::Unavailable(StoreError::Contended))
+    }
+
+    /// Revokes a token by its value, whichever account holds it (a leaked
+    /// token: the responder has the value, not the account and id). The
+    /// value's digest must match the record's (constant time); `reason`
+    /// goes to the log line, with any copy of the value in it redacted.
+    /// Returns the account and id of the revoked token.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (field `token`) for a value that is not of this
+    /// format; `NotFound` for anything but a live token; `Unavailable`.
+    pub async fn revoke_token(
+        &self,
+        caller: &str,
+        presented: &str,
+        reason: RevocationReason,
+    ) -> Result<(AccountId, TokenId), ServiceError> {
+        let mut log = RpcLog::start("RevokeToken", Some(caller));
+        let reason = reason.redacting(presented);
+        log.reason = Some(reason.as_str());
+        let result = self.revoke_token_inner(presented).await;
+        let (account, token_id) = match &result {
+            Ok((account, id)) => (Some(account), Some(id)),
+            Err(_) => (None, None),
+        };
+        log.account(account)
+            .token_id(token_id)
+            .finish(result.as_ref().map(|_| "ok"));
+        result
+    }
+
+    async fn revoke_token_inner(
+        &self,
+        presented: &str,
+    ) -> Result<(AccountId, TokenId), ServiceError> {
+        let parsed = self
+            .rules
+            .format
+            .parse(presented)
+            .map_err(|e| FieldError::new("token", format!("is not a token: {e}")))?;
+        let Found { token, now, .. } = self.store.lookup(&parsed.token_id).await?;
+        let token = token.filter(|t| {
+            self.rules
+                .hasher
+                .verify(presented, &parsed.digest, t.key_id.as_deref(), &t.digest)
+        });
+        let live = lifecycle(token.as_ref(), None, now).is_some_and(|(state, _)| state.is_live());
+        let Some(token) = token.filter(|_| live) else {
+            return Err(ServiceError::NotFound);
+        };
+        let account = token.info.account_id;
+        let live_keys = self.rules.hasher.live_keys();
+        match self
+            .store
+            .revoke(&account, &parsed.token_id, &live_keys)
+            .await?
+        {
+            true => Ok((account, parsed.token_id)),
+            false => Err(ServiceError::NotFound),
+        }
     }
 
     /// Whether the store answers (readiness).
@@ -519,6 +803,7 @@ fn error_label(e: &ServiceError) -> &'static str {
         ServiceError::InvalidArgument(_) => "invalid_argument",
         ServiceError::LimitReached { .. } => "limit_reached",
         ServiceError::NotFound => "not_found",
+        ServiceError::AlreadyRotated => "already_rotated",
         ServiceError::StoreFull => "store_full",
         ServiceError::Unavailable(_) => "unavailable",
     }
@@ -536,6 +821,10 @@ struct RpcLog<'a> {
     token_id: Option<&'a TokenId>,
     /// How many tokens a RevokeAll ended.
     revoked: Option<u32>,
+    /// The successor's id, for a Rotate.
+    successor: Option<&'a TokenId>,
+    /// Why, for a RevokeToken (bounded like a note, value redacted).
+    reason: Option<&'a str>,
 }
 
 impl<'a> RpcLog<'a> {
@@ -547,7 +836,14 @@ impl<'a> RpcLog<'a> {
             account: None,
             token_id: None,
             revoked: None,
+            successor: None,
+            reason: None,
         }
+    }
+
+    fn successor(mut self, successor: Option<&'a TokenId>) -> Self {
+        self.successor = successor;
+        self
     }
 
     fn account(mut self, account: Option<&'a AccountId>) -> Self {
@@ -569,7 +865,10 @@ impl<'a> RpcLog<'a> {
             account,
             token_id,
             revoked,
+            successor,
+            reason,
         } = self;
+        let successor = successor.map(TokenId::as_str);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let account_id = account.map(AccountId::as_str);
         let token_id = token_id.map(TokenId::as_str);
@@ -580,6 +879,8 @@ impl<'a> RpcLog<'a> {
                 account_id,
                 token_id,
                 revoked,
+                successor,
+                reason,
                 outcome = label,
                 latency_us,
                 "rpc"
@@ -605,6 +906,7 @@ impl<'a> RpcLog<'a> {
                     caller,
                     account_id,
                     token_id,
+                    reason,
                     outcome = error_label(e),
                     field,
                     latency_us,

@@ -137,6 +137,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Token format, digests, the per-account limit and lifetimes.
     pub rules: Rules,
+    /// How long a tombstone outlives its token's end (`PATD_TOMBSTONE_TTL`).
+    pub tombstone_ttl: Duration,
     /// Caller authentication; empty = off (loopback only, or opted out).
     pub callers: Callers,
     /// Where the callers came from, read again on SIGHUP.
@@ -252,7 +254,9 @@ impl TryFrom<Config> for Settings {
                     default_ttl: *config.default_ttl,
                     max_ttl: *config.max_ttl,
                 },
+                max_rotation_grace: *config.max_rotation_grace,
             },
+            tombstone_ttl: *config.tombstone_ttl,
             callers,
             callers_file: config.callers_file,
             tls,

@@ -38,6 +38,7 @@ fn info() -> pb::TokenInfo {
             nanos: 0,
         }),
         last_used_at: None,
+        ..Default::default()
     }
 }
 
@@ -62,6 +63,7 @@ impl TokenService for Baseline {
         Ok(Response::new(pb::IntrospectResponse {
             active: true,
             info: Some(info()),
+            ..Default::default()
         }))
     }
 
@@ -84,6 +86,27 @@ impl TokenService for Baseline {
         _request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         Ok(Response::new(pb::ListResponse::default()))
+    }
+
+    async fn rotate(
+        &self,
+        _request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        Ok(Response::new(pb::RotateResponse {
+            token: TOKEN.to_owned(),
+            info: Some(info()),
+            ..Default::default()
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        _request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Ok(Response::new(pb::RevokeTokenResponse {
+            account_id: ACCOUNT.to_owned(),
+            token_id: TOKEN_ID.to_owned(),
+        }))
     }
 }
 

@@ -1,5 +1,7 @@
 //! Redis key names: the one place that knows the layout
-//! `<prefix>:{TAG}:t:<token_id>` and `<prefix>:{TAG}:a:<account_id>`.
+//! `<prefix>:{TAG}:t:<token_id>` (record), `<prefix>:{TAG}:a:<account_id>`
+//! (index of live tokens), `<prefix>:{TAG}:x:<token_id>` (tombstone) and
+//! `<prefix>:{TAG}:h:<account_id>` (index of tombstones).
 //! The `{TAG}` hash tag puts an account's index and all its token records in
 //! one Redis Cluster slot, so every multi-key change is a single script.
 
@@ -25,6 +27,27 @@ impl Keys {
             self.prefix,
             token_id.shard_tag(),
             token_id.as_str()
+        )
+    }
+
+    /// The tombstone of one token: what is kept of it after it ended.
+    pub fn tombstone(&self, token_id: &TokenId) -> String {
+        format!(
+            "{}:{{{}}}:x:{}",
+            self.prefix,
+            token_id.shard_tag(),
+            token_id.as_str()
+        )
+    }
+
+    /// The sorted set of the ids of an account's tombstones, scored by when
+    /// each tombstone goes (Unix ms).
+    pub fn history(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:h:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
         )
     }
 
@@ -71,6 +94,11 @@ mod tests {
         let (_, parsed) = TokenFormat::new("pat").unwrap().generate(&account);
         let tag = account.shard_tag();
         assert_eq!(keys.account(&account), format!("patd:{{{tag}}}:a:acct-7"));
+        assert_eq!(keys.history(&account), format!("patd:{{{tag}}}:h:acct-7"));
+        assert_eq!(
+            keys.tombstone(&parsed.token_id),
+            format!("patd:{{{tag}}}:x:{}", parsed.token_id.as_str())
+        );
         assert_eq!(
             keys.token(&parsed.token_id),
             format!("patd:{{{tag}}}:t:{}", parsed.token_id.as_str())
