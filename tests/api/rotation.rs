@@ -729,3 +729,140 @@ async fn nothing_of_the_lifecycle_writes_a_value_or_digest_to_the_log() {
         }
     }
 }
+
+#[tokio::test]
+async fn rotate_and_revoke_token_need_the_manage_role() {
+    let (file, console, gateway) = crate::security::callers_file();
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory).env("PATD_CALLERS_FILE", file.to_str().unwrap()),
+    )
+    .await;
+    let client = patd.client().await;
+    let (mut console, mut gateway) = (client.as_caller(&console), client.as_caller(&gateway));
+    let account = random_name("acct-");
+    let (token, id) = issue(&mut console, &account, 600).await;
+    let refused = gateway
+        .rotate(rotate_request(&account, &id, 0))
+        .await
+        .expect_err("a gateway cannot rotate");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = gateway
+        .revoke_token(&token, "")
+        .await
+        .expect_err("a gateway cannot revoke");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(reason(&mut gateway, &token).await, "active");
+    let rotated = console
+        .rotate(rotate_request(&account, &id, 0))
+        .await
+        .unwrap();
+    console.revoke_token(&rotated.token, "").await.unwrap();
+    assert_eq!(reason(&mut gateway, &rotated.token).await, "REVOKED");
+    let _ = std::fs::remove_file(file);
+}
+
+/// Every `grpcurl` command in README.md (continuation lines joined) that
+/// contains `needle`.
+fn readme_recipes(needle: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut commands = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        if !line.starts_with("grpcurl ") {
+            continue;
+        }
+        let mut command = line.to_owned();
+        while command.ends_with('\\') {
+            command.pop();
+            command.push(' ');
+            command.push_str(lines.next().unwrap_or_default().trim());
+        }
+        if command.contains(needle) {
+            commands.push(command);
+        }
+    }
+    assert!(!commands.is_empty(), "README has no recipe with {needle}");
+    commands
+}
+
+/// Runs a README recipe as written, through `sh`, with the placeholders
+/// filled in; returns its JSON output.
+fn run_recipe(patd: &Patd, recipe: &str, fill: &[(&str, &str)]) -> serde_json::Value {
+    let mut command = recipe.replace("127.0.0.1:50051", &patd.grpc_addr.to_string());
+    for (placeholder, value) in fill {
+        command = command.replace(placeholder, value);
+    }
+    let grpcurl = crate::operators::grpcurl();
+    let path = format!(
+        "{}:{}",
+        grpcurl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("PATH", path)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{command}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON")
+}
+
+#[tokio::test]
+async fn the_readme_grpcurl_recipes_for_the_lifecycle_work() {
+    let patd = Patd::memory().await;
+    let mut client = patd.client().await;
+    let account = random_name("acct-");
+    let (old, old_id) = issue(&mut client, &account, 600).await;
+
+    let rotate = &readme_recipes("TokenService/Rotate")[0];
+    let rotated = run_recipe(
+        &patd,
+        rotate,
+        &[("acct-42", &account), ("<token_id from List>", &old_id)],
+    );
+    let new = rotated["token"].as_str().expect("the new value").to_owned();
+    assert!(rotated["previousExpiresAt"].is_string(), "{rotated}");
+    assert_eq!(
+        reason(&mut client, &old).await,
+        "active",
+        "in its grace window"
+    );
+
+    // Both RevokeToken recipes: the one with the RPCs, and the runbook's.
+    let (leaked, leaked_id) = issue(&mut client, &account, 600).await;
+    let recipes = readme_recipes("TokenService/RevokeToken");
+    assert_eq!(recipes.len(), 2, "{recipes:?}");
+    for (recipe, token) in recipes.iter().zip([&new, &leaked]) {
+        let revoked = run_recipe(&patd, recipe, &[("pat_...", token)]);
+        assert_eq!(revoked["accountId"], account.as_str(), "{revoked}");
+    }
+    let introspect = &readme_recipes("TokenService/Introspect")[0];
+    let answer = run_recipe(&patd, introspect, &[("pat_...", &leaked)]);
+    assert_eq!(answer["active"], false, "{answer}");
+    assert_eq!(answer["reason"], "REVOKED", "{answer}");
+
+    let list = &readme_recipes("include_inactive")[0];
+    let listed = run_recipe(&patd, list, &[("acct-42", &account)]);
+    let states: HashMap<String, String> = listed["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| {
+            (
+                t["tokenId"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states[&old_id], "ROTATING", "{listed}");
+    assert_eq!(states[&leaked_id], "REVOKED", "{listed}");
+    assert_eq!(states.len(), 3, "{listed}");
+}
