@@ -45,13 +45,15 @@
 //!
 //! Core:
 //! - [`service`] (uses `domain`, `store`, `telemetry`, `token`): the use
-//!   cases and their rules (limit, lifetime, digest check, the gateway
-//!   decision), with one error enum, and the one log line per request.
+//!   cases and their rules (limit, lifetime, digest check, rotation, a
+//!   token's state and why it is inactive, the gateway decision), with one
+//!   error enum, and the one log line per request.
 //! - [`store`] (uses `domain`, `token`): the `Store` trait, memory and
 //!   Redis implementations, key names and the Lua scripts.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
-//!   `Note`, `Scopes`, expiry) and the shard tag.
+//!   `Note`, `Scopes`, expiry, rotation grace, token states) and the shard
+//!   tag.
 //!
 //! # Where cross-cutting behaviour lives
 //!

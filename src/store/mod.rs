@@ -257,8 +257,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         min_interval: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Revokes (removes) one token of an account; `true` only when it was
-    /// live.
+    /// Revokes (removes) one token of an account, a token in its rotation
+    /// grace window included, and marks its tombstone revoked; `true` only
+    /// when it was live.
     fn revoke(
         &self,
         account: &AccountId,
@@ -266,7 +267,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         live_keys: &LiveKeys,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Removes every token of an account; returns how many were live.
+    /// Removes every token of an account (marking their tombstones
+    /// revoked); returns how many were live.
     fn revoke_all(
         &self,
         account: &AccountId,

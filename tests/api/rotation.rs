@@ -866,3 +866,38 @@ async fn the_readme_grpcurl_recipes_for_the_lifecycle_work() {
     assert_eq!(states[&leaked_id], "REVOKED", "{listed}");
     assert_eq!(states.len(), 3, "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_never_caches_a_rotating_token_past_its_grace_window() {
+    let redis = RedisServer::start();
+    for (store, patd) in both(&redis, &[("PATD_FORWARD_AUTH_MAX_AGE", "1h")]).await {
+        let mut client = patd.client().await;
+        let account = random_name("acct-");
+        let (old, id) = issue(&mut client, &account, 3000).await;
+        let allow = |token: String| {
+            let addr = patd.http_addr;
+            async move {
+                let authorization = format!("Bearer {token}");
+                get(
+                    addr,
+                    "/v1/forward-auth",
+                    &[("Authorization", &authorization)],
+                )
+                .await
+            }
+        };
+        let before = allow(old.clone()).await.max_age().expect("cached");
+        assert!(before > 2000, "{store}: {before}");
+        client
+            .rotate(rotate_request(&account, &id, 20_000))
+            .await
+            .unwrap();
+        let reply = allow(old).await;
+        assert_eq!(reply.status, 200, "{store}: still allowed in the window");
+        let max_age = reply.max_age().expect("cached");
+        assert!(
+            max_age <= 20,
+            "{store}: max-age {max_age} outlives the grace window"
+        );
+    }
+}
