@@ -280,14 +280,20 @@ impl Store for MemoryStore {
     async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
         let inner = self.lock();
         let now = self.clock.now();
-        // As Redis: a record past its expiry or grace is gone.
+        // As Redis: a record past its expiry or grace is gone, and the
+        // tombstone is only read without a record.
+        let token = inner
+            .tokens
+            .get(token_id)
+            .filter(|_| inner.exists(token_id, now))
+            .cloned();
+        let tombstone = match token {
+            Some(_) => None,
+            None => inner.tombstone(token_id, now),
+        };
         Ok(Found {
-            token: inner
-                .tokens
-                .get(token_id)
-                .filter(|_| inner.exists(token_id, now))
-                .cloned(),
-            tombstone: inner.tombstone(token_id, now),
+            token,
+            tombstone,
             now,
         })
     }

@@ -149,8 +149,8 @@ pub enum IssueOutcome {
     Refused(ExpiryRefusal),
 }
 
-/// A token id's record and tombstone (either may be missing) and the
-/// store's now, read together: whether the token has expired is decided
+/// A token id's record, or without one its tombstone (either may be
+/// missing), and the store's now, read together: whether the token has expired is decided
 /// against this `now`, never a caller's clock.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -233,10 +233,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         terms: &IssueTerms<'_>,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
 
-    /// The record and tombstone of a token id, as far as the store holds
-    /// them, with the store's now (an expired record may still be
-    /// returned; the caller compares). A tombstone past its TTL is never
-    /// returned.
+    /// The record of a token id, or, when it has none, its tombstone, with
+    /// the store's now (an expired record may still be returned; the caller
+    /// compares). A tombstone past its TTL is never returned.
     fn lookup(&self, token_id: &TokenId) -> impl Future<Output = Result<Found, StoreError>> + Send;
 
     /// Atomically: if `account` holds `rotation.old` live and not already

@@ -513,25 +513,40 @@ impl Store for RedisStore {
         })
     }
 
-    /// One round trip on the read connection: the record, the tombstone,
-    /// then Redis's `TIME` (so "expired?" is decided on Redis's clock, at
-    /// or after the read). Redis drops an expired key by itself as well.
+    /// One round trip on the read connection for a token that has a
+    /// record: the record, then Redis's `TIME` (so "expired?" is decided on
+    /// Redis's clock, at or after the read); Redis drops an expired key by
+    /// itself as well. Only without a record (an ended, unknown or guessed
+    /// token) a second read fetches the tombstone, so the hot path stays
+    /// one `HMGET`.
     async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
         let mut conn = self.reads.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
             .arg(self.keys.token(token_id))
             .arg(&FIELDS)
-            .cmd("HMGET")
-            .arg(self.keys.tombstone(token_id))
-            .arg(&TOMBSTONE_FIELDS)
             .cmd("TIME");
-        let (values, tomb, time): (Row, Row, (u64, u64)) =
-            self.timed(pipe.query_async(&mut conn)).await?;
+        let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
+        let now = redis_millis(time);
+        if let Some(token) = decode_record(token_id, values)? {
+            return Ok(Found {
+                token: Some(token),
+                tombstone: None,
+                now,
+            });
+        }
+        let tomb: Row = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.tombstone(token_id))
+                    .arg(&TOMBSTONE_FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(Found {
-            token: decode_record(token_id, values)?,
+            token: None,
             tombstone: decode_tombstone(token_id, tomb)?,
-            now: redis_millis(time),
+            now,
         })
     }
 
