@@ -901,3 +901,53 @@ async fn a_gateway_never_caches_a_rotating_token_past_its_grace_window() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_rotating_one_token_on_one_redis_have_one_winner() {
+    let redis = RedisServer::start();
+    let first = Patd::redis(&redis).await;
+    let second = Patd::spawn(
+        PatdOptions::new(Backend::Redis { url: redis.url() }).key_prefix(&first.key_prefix),
+    )
+    .await;
+    let clients = [first.client().await, second.client().await];
+    let account = random_name("acct-");
+    for round in 0..10 {
+        let (_, id) = issue(&mut clients[0].clone(), &account, 600).await;
+        let tasks: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                let request = rotate_request(&account, &id, 30_000 * (round % 2));
+                tokio::spawn(async move { c.rotate(request).await })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(
+                t.await
+                    .unwrap()
+                    .map(|_| Code::Ok)
+                    .unwrap_or_else(|e| e.code()),
+            );
+        }
+        codes.sort_by_key(|c| *c as i32);
+        assert_eq!(
+            codes,
+            vec![Code::Ok, Code::FailedPrecondition],
+            "round {round}"
+        );
+    }
+    // Ten rotations, each one successor: 10 live tokens, the odd rounds'
+    // old tokens still in their windows.
+    let listed = clients[1].clone().list(&account).await.unwrap().tokens;
+    let active = listed
+        .iter()
+        .filter(|t| t.state == State::Active as i32)
+        .count();
+    let rotating = listed
+        .iter()
+        .filter(|t| t.state == State::Rotating as i32)
+        .count();
+    assert_eq!((active, rotating), (10, 5));
+}
