@@ -916,3 +916,99 @@ impl<'a> RpcLog<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixMillis = UnixMillis(1_000_000);
+
+    fn record(expires: u64, rotated: Option<u64>) -> StoredToken {
+        let account = AccountId::parse("acct".into()).unwrap();
+        let (_, parsed) = TokenFormat::new("pat").unwrap().generate(&account);
+        StoredToken {
+            info: TokenInfo {
+                token_id: parsed.token_id,
+                account_id: account,
+                note: Note::default(),
+                scopes: Scopes::default(),
+                created_at: UnixMillis(0),
+                expires_at: UnixMillis(expires),
+                last_used_at: None,
+            },
+            digest: parsed.digest,
+            key_id: None,
+            rotated_at: rotated.map(UnixMillis),
+        }
+    }
+
+    fn tombstone(expires: u64, ended: Option<(Ending, u64)>) -> Tombstone {
+        let t = record(expires, None);
+        Tombstone {
+            account_id: t.info.account_id,
+            digest: t.digest,
+            key_id: None,
+            created_at: UnixMillis(0),
+            expires_at: UnixMillis(expires),
+            ended: ended.map(|(how, at)| (how, UnixMillis(at))),
+        }
+    }
+
+    fn state(
+        token: Option<StoredToken>,
+        tomb: Option<Tombstone>,
+    ) -> Option<(TokenState, Option<u64>)> {
+        lifecycle(token.as_ref(), tomb.as_ref(), NOW).map(|(s, at)| (s, at.map(|t| t.0)))
+    }
+
+    #[test]
+    fn a_record_decides_while_there_is_one() {
+        let later = NOW.0 + 1;
+        assert_eq!(
+            state(Some(record(later, None)), None),
+            Some((TokenState::Active, None))
+        );
+        assert_eq!(
+            state(Some(record(later + 9, Some(later))), None),
+            Some((TokenState::Rotating, Some(later)))
+        );
+        assert_eq!(
+            state(Some(record(later, Some(NOW.0))), None),
+            Some((TokenState::Rotated, Some(NOW.0)))
+        );
+        assert_eq!(
+            state(Some(record(NOW.0, None)), None),
+            Some((TokenState::Expired, Some(NOW.0)))
+        );
+        // A tombstone never overrides a live record.
+        let revoked = tombstone(later, Some((Ending::Revoked, 5)));
+        assert_eq!(
+            state(Some(record(later, None)), Some(revoked)),
+            Some((TokenState::Active, None))
+        );
+    }
+
+    #[test]
+    fn a_tombstone_tells_how_a_token_ended_and_never_makes_it_live() {
+        let later = NOW.0 + 1;
+        assert_eq!(
+            state(None, Some(tombstone(later, Some((Ending::Revoked, 5))))),
+            Some((TokenState::Revoked, Some(5)))
+        );
+        assert_eq!(
+            state(None, Some(tombstone(later, Some((Ending::Rotated, NOW.0))))),
+            Some((TokenState::Rotated, Some(NOW.0)))
+        );
+        assert_eq!(
+            state(None, Some(tombstone(NOW.0, None))),
+            Some((TokenState::Expired, Some(NOW.0)))
+        );
+        // Unended and unexpired, yet no record: nothing true to say.
+        assert_eq!(state(None, Some(tombstone(later, None))), None);
+        assert_eq!(
+            state(None, Some(tombstone(later, Some((Ending::Rotated, later))))),
+            None
+        );
+        assert_eq!(state(None, None), None);
+    }
+}
