@@ -48,6 +48,10 @@ pub enum AuditAction {
     Issue,
     Revoke,
     RevokeAll,
+    /// Names the old token id, then its successor's.
+    Rotate,
+    /// A revocation by value: names the token id, never the value.
+    RevokeToken,
 }
 
 impl AuditAction {
@@ -56,6 +60,8 @@ impl AuditAction {
             AuditAction::Issue => "Issue",
             AuditAction::Revoke => "Revoke",
             AuditAction::RevokeAll => "RevokeAll",
+            AuditAction::Rotate => "Rotate",
+            AuditAction::RevokeToken => "RevokeToken",
         }
     }
 }
@@ -163,8 +169,9 @@ pub struct AuditEvent {
     /// Its place in the trail; `id.ms` is the time of the change on the
     /// store's clock.
     pub id: EventId,
-    /// The RPC's name (`Issue`, `Revoke`, `RevokeAll`, ...). Kept as text:
-    /// a newer patd may have written an action this one does not know.
+    /// The RPC's name (`Issue`, `Revoke`, `RevokeAll`, `Rotate`,
+    /// `RevokeToken`, ...). Kept as text: a newer patd may have written an
+    /// action this one does not know.
     pub action: String,
     pub account_id: AccountId,
     /// The tokens the change made or removed (public ids only).

@@ -102,6 +102,15 @@ pub struct Config {
     #[arg(long, env = "PATD_AUDIT_RETENTION", default_value = "90d")]
     pub audit_retention: humantime::Duration,
 
+    /// How long what is kept of an ended token (its digest and times, for
+    /// Introspect's reason and List's ended tokens) outlives its end.
+    #[arg(long, env = "PATD_TOMBSTONE_TTL", default_value = "30d")]
+    pub tombstone_ttl: humantime::Duration,
+
+    /// Longest grace window a Rotate may give the old token.
+    #[arg(long, env = "PATD_MAX_ROTATION_GRACE", default_value = "7d")]
+    pub max_rotation_grace: humantime::Duration,
+
     /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,

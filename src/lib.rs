@@ -45,9 +45,9 @@
 //!
 //! Core:
 //! - [`service`] (uses `audit`, `domain`, `store`, `telemetry`, `token`):
-//!   the use cases and their rules (limit, lifetime, digest check, the
-//!   gateway decision), with one error enum, and the one log line per
-//!   request.
+//!   the use cases and their rules (limit, lifetime, digest check,
+//!   rotation, a token's state and why it is inactive, the gateway
+//!   decision), with one error enum, and the one log line per request.
 //! - [`store`] (uses `audit`, `domain`, `token`): the `Store` trait, memory
 //!   and Redis implementations, key names and the Lua scripts (each change
 //!   appends its audit event in the same atomic step).
@@ -55,7 +55,8 @@
 //!   id, event, paging, the count and age caps) and its `audit` log line.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
-//!   `Note`, `Scopes`, expiry) and the shard tag.
+//!   `Note`, `Scopes`, expiry, rotation grace, token states) and the shard
+//!   tag.
 //!
 //! # Where cross-cutting behaviour lives
 //!

@@ -78,7 +78,9 @@ impl Application {
     /// An unusable store URL, or an address that cannot be bound.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = match &settings.store {
-            StoreSettings::Memory => AnyStore::Memory(MemoryStore::with_audit(settings.audit)),
+            StoreSettings::Memory => AnyStore::Memory(
+                MemoryStore::with_audit(settings.audit).with_tombstone_ttl(settings.tombstone_ttl),
+            ),
             StoreSettings::Redis {
                 url,
                 key_prefix,
@@ -86,7 +88,8 @@ impl Application {
                 tls,
             } => AnyStore::Redis(
                 RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
-                    .with_audit(settings.audit),
+                    .with_audit(settings.audit)
+                    .with_tombstone_ttl(settings.tombstone_ttl),
             ),
         };
         warn_about_exposure(&settings);

@@ -142,6 +142,8 @@ pub struct Settings {
     pub rules: Rules,
     /// How many audit events each account keeps, and for how long.
     pub audit: AuditPolicy,
+    /// How long a tombstone outlives its token's end (`PATD_TOMBSTONE_TTL`).
+    pub tombstone_ttl: Duration,
     /// Caller authentication; empty = off (loopback only, or opted out).
     pub callers: Callers,
     /// Where the callers came from, read again on SIGHUP.
@@ -267,8 +269,10 @@ impl TryFrom<Config> for Settings {
                     default_ttl: *config.default_ttl,
                     max_ttl: *config.max_ttl,
                 },
+                max_rotation_grace: *config.max_rotation_grace,
             },
             audit,
+            tombstone_ttl: *config.tombstone_ttl,
             callers,
             callers_file: config.callers_file,
             tls,

@@ -38,6 +38,7 @@ fn info() -> pb::TokenInfo {
             nanos: 0,
         }),
         last_used_at: None,
+        ..Default::default()
     }
 }
 
@@ -62,6 +63,7 @@ impl TokenService for Baseline {
         Ok(Response::new(pb::IntrospectResponse {
             active: true,
             info: Some(info()),
+            ..Default::default()
         }))
     }
 
@@ -91,6 +93,27 @@ impl TokenService for Baseline {
         _request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         Ok(Response::new(pb::ListAuditEventsResponse::default()))
+    }
+
+    async fn rotate(
+        &self,
+        _request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        Ok(Response::new(pb::RotateResponse {
+            token: TOKEN.to_owned(),
+            info: Some(info()),
+            ..Default::default()
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        _request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Ok(Response::new(pb::RevokeTokenResponse {
+            account_id: ACCOUNT.to_owned(),
+            token_id: TOKEN_ID.to_owned(),
+        }))
     }
 }
 

@@ -1,5 +1,7 @@
 //! Redis key names: the one place that knows the layout
-//! `<prefix>:{TAG}:t:<token_id>`, `<prefix>:{TAG}:a:<account_id>` and
+//! `<prefix>:{TAG}:t:<token_id>` (record), `<prefix>:{TAG}:a:<account_id>`
+//! (index of live tokens), `<prefix>:{TAG}:x:<token_id>` (tombstone),
+//! `<prefix>:{TAG}:h:<account_id>` (index of tombstones) and
 //! `<prefix>:{TAG}:e:<account_id>` (the account's audit stream).
 //! The `{TAG}` hash tag puts an account's index and all its token records in
 //! one Redis Cluster slot, so every multi-key change is a single script.
@@ -34,6 +36,27 @@ impl Keys {
     pub fn audit(&self, account: &AccountId) -> String {
         format!(
             "{}:{{{}}}:e:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
+        )
+    }
+
+    /// The tombstone of one token: what is kept of it after it ended.
+    pub fn tombstone(&self, token_id: &TokenId) -> String {
+        format!(
+            "{}:{{{}}}:x:{}",
+            self.prefix,
+            token_id.shard_tag(),
+            token_id.as_str()
+        )
+    }
+
+    /// The sorted set of the ids of an account's tombstones, scored by when
+    /// each tombstone goes (Unix ms).
+    pub fn history(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:h:{}",
             self.prefix,
             account.shard_tag(),
             account.as_str()
@@ -84,6 +107,11 @@ mod tests {
         let tag = account.shard_tag();
         assert_eq!(keys.account(&account), format!("patd:{{{tag}}}:a:acct-7"));
         assert_eq!(keys.audit(&account), format!("patd:{{{tag}}}:e:acct-7"));
+        assert_eq!(keys.history(&account), format!("patd:{{{tag}}}:h:acct-7"));
+        assert_eq!(
+            keys.tombstone(&parsed.token_id),
+            format!("patd:{{{tag}}}:x:{}", parsed.token_id.as_str())
+        );
         assert_eq!(
             keys.token(&parsed.token_id),
             format!("patd:{{{tag}}}:t:{}", parsed.token_id.as_str())

@@ -22,16 +22,27 @@ use redis::{
 
 use super::connection::HealingConnection;
 use super::keys::Keys;
-use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
-use crate::audit::{Actor, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
+use super::{
+    DEFAULT_TOMBSTONE_TTL, Ending, Entry, Found, IssueOutcome, IssueTerms, Listing, NewToken,
+    RotateOutcome, Rotation, Store, StoreError, StoredToken, Tombstone,
+};
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
 use crate::token::{LiveKeys, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
-const FIELDS: [&str; 8] = [
-    "account", "digest", "note", "scopes", "created", "expires", "used", "kid",
+const FIELDS: [&str; 9] = [
+    "account", "digest", "note", "scopes", "created", "expires", "used", "kid", "rotated",
+];
+
+/// One `HMGET` reply, field by field, as bytes.
+type Row = Vec<Option<Vec<u8>>>;
+
+/// Hash fields read back for a tombstone, in this order.
+const TOMBSTONE_FIELDS: [&str; 7] = [
+    "account", "digest", "kid", "created", "expires", "end", "ended",
 ];
 
 /// A connection whose sent data stays unacknowledged this long is dead.
@@ -51,6 +62,7 @@ struct Scripts {
     revoke_all: Script,
     touch: Script,
     audit_events: Script,
+    rotate: Script,
 }
 
 /// The audit fragment every changing script carries.
@@ -98,6 +110,8 @@ pub struct RedisStore {
     timeout: Duration,
     scripts: Arc<Scripts>,
     audit: AuditPolicy,
+    /// How long a tombstone outlives its token's end.
+    tombstone_ttl: Duration,
 }
 
 impl RedisStore {
@@ -162,8 +176,10 @@ impl RedisStore {
                 revoke_all: Script::new(&carrying_audit(include_str!("lua/revoke_all.lua"))),
                 touch: Script::new(include_str!("lua/touch.lua")),
                 audit_events: Script::new(include_str!("lua/audit_events.lua")),
+                rotate: Script::new(&carrying_audit(include_str!("lua/rotate.lua"))),
             }),
             audit: AuditPolicy::default(),
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
         })
     }
 
@@ -172,6 +188,111 @@ impl RedisStore {
     pub fn with_audit(mut self, audit: AuditPolicy) -> Self {
         self.audit = audit;
         self
+    }
+
+    /// Keeps tombstones `ttl` after their token's end
+    /// (`PATD_TOMBSTONE_TTL`; 30 days unless set).
+    pub fn with_tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    fn tombstone_ttl_ms(&self) -> u64 {
+        u64::try_from(self.tombstone_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The records (and, with `tombstones`, the tombstones) of `ids` and
+    /// Redis's `TIME`, in one pipelined round trip. An unreadable or
+    /// corrupt record or tombstone is skipped and logged: one bad key must
+    /// not hide the account's other tokens.
+    async fn entries(&self, ids: Vec<TokenId>, tombstones: bool) -> Result<Listing, StoreError> {
+        let mut conn = self.reads.clone();
+        let mut pipe = redis::pipe();
+        // A key of the wrong type answers an error for itself only.
+        pipe.ignore_errors();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
+            if tombstones {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.tombstone(id))
+                    .arg(&TOMBSTONE_FIELDS);
+            }
+        }
+        pipe.cmd("TIME");
+        let mut replies: Vec<redis::Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let time = replies.pop().unwrap_or(redis::Value::Nil);
+        let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
+        let mut replies = replies.into_iter();
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = |reply: Option<redis::Value>| -> Option<Vec<Option<Vec<u8>>>> {
+                match redis::from_redis_value(reply.unwrap_or(redis::Value::Nil)) {
+                    Ok(row) => Some(row),
+                    Err(e) => {
+                        tracing::warn!(token_id = id.as_str(), error = %e, "skipping an unreadable key in List");
+                        None
+                    }
+                }
+            };
+            let token = row(replies.next()).and_then(|r| match decode_record(&id, r) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a corrupt token record in List");
+                    None
+                }
+            });
+            let tombstone = if tombstones {
+                row(replies.next()).and_then(|r| match decode_tombstone(&id, r) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a corrupt tombstone in List");
+                        None
+                    }
+                })
+            } else {
+                None
+            };
+            entries.push(Entry {
+                token_id: id,
+                token,
+                tombstone,
+            });
+        }
+        Ok(Listing { entries, now })
+    }
+
+    /// The members of an index that name a token id; others are logged
+    /// and skipped.
+    async fn index_ids(
+        &self,
+        key: String,
+        account: &AccountId,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        let mut conn = self.reads.clone();
+        let members: Vec<Vec<u8>> = self
+            .timed(
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|m| {
+                let id = String::from_utf8(m)
+                    .ok()
+                    .and_then(|m| TokenId::parse(m).ok());
+                if id.is_none() {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        "skipping an index entry that names no token in List"
+                    );
+                }
+                id
+            })
+            .collect())
     }
 
     /// Adds what the audit fragment reads to a call of a script loaded
@@ -235,13 +356,19 @@ impl RedisStore {
         // index appends a RevokeAll event naming none.
         let mut revoked = Vec::new();
         for id in ids {
-            if self.revoke(account, &id, live_keys, actor).await? {
+            if self
+                .revoke(account, &id, live_keys, actor, AuditAction::Revoke)
+                .await?
+            {
                 revoked.push(id);
             }
         }
         let mut writes = self.writes.clone();
         let mut call = self.scripts.revoke_all.prepare_invoke();
-        call.key(self.keys.account(account)).arg(0);
+        call.key(self.keys.account(account))
+            .key(self.keys.history(account))
+            .arg(self.tombstone_ttl_ms())
+            .arg(0);
         self.audited(&mut call, account, actor);
         let _: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
         Ok(revoked)
@@ -292,7 +419,8 @@ fn decode_record(
         .into_iter()
         .map(|v| v.and_then(|bytes| String::from_utf8(bytes).ok()));
     let mut next = || it.next().flatten();
-    let (Some(account), digest, note, scopes, created, expires, used, key_id) = (
+    let (Some(account), digest, note, scopes, created, expires, used, key_id, rotated) = (
+        next(),
         next(),
         next(),
         next(),
@@ -322,11 +450,71 @@ fn decode_record(
         .as_deref()
         .and_then(TokenDigest::from_hex)
         .ok_or_else(|| corrupt("digest"))?;
+    let rotated_at = match rotated {
+        Some(ms) => Some(millis(Some(ms), "rotated")?),
+        None => None,
+    };
     Ok(Some(StoredToken {
         info,
         digest,
         // The scripts treat an empty key id as none (plain SHA-256).
         key_id: key_id.filter(|kid| !kid.is_empty()),
+        rotated_at,
+    }))
+}
+
+/// Rebuilds a tombstone from its hash fields (`TOMBSTONE_FIELDS`), checked
+/// like a record. `None` when there is none.
+fn decode_tombstone(
+    token_id: &TokenId,
+    values: Vec<Option<Vec<u8>>>,
+) -> Result<Option<Tombstone>, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        token_id: token_id.as_str().to_owned(),
+        reason: format!("tombstone {reason}"),
+    };
+    let mut it = values
+        .into_iter()
+        .map(|v| v.map(|bytes| String::from_utf8(bytes).map_err(|_| ())));
+    let mut next = || -> Result<Option<String>, StoreError> {
+        it.next()
+            .flatten()
+            .transpose()
+            .map_err(|()| corrupt("field is not UTF-8"))
+    };
+    let (account, digest, kid, created, expires, end, ended) = (
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+    );
+    let Some(account) = account else {
+        return Ok(None);
+    };
+    let millis = |v: Option<String>, field: &str| -> Result<UnixMillis, StoreError> {
+        v.and_then(|s| s.parse().ok())
+            .map(UnixMillis)
+            .ok_or_else(|| corrupt(field))
+    };
+    let ended = match end.as_deref() {
+        None => None,
+        Some("revoked") => Some((Ending::Revoked, millis(ended, "ended")?)),
+        Some("rotated") => Some((Ending::Rotated, millis(ended, "ended")?)),
+        Some(_) => return Err(corrupt("end")),
+    };
+    Ok(Some(Tombstone {
+        account_id: AccountId::parse(account).map_err(|_| corrupt("account"))?,
+        digest: digest
+            .as_deref()
+            .and_then(TokenDigest::from_hex)
+            .ok_or_else(|| corrupt("digest"))?,
+        key_id: kid.filter(|kid| !kid.is_empty()),
+        created_at: millis(created, "created")?,
+        expires_at: millis(expires, "expires")?,
+        ended,
     }))
 }
 
@@ -370,6 +558,8 @@ impl Store for RedisStore {
         };
         call.key(self.keys.account(&token.account_id))
             .key(self.keys.token(&token.token_id))
+            .key(self.keys.history(&token.account_id))
+            .key(self.keys.tombstone(&token.token_id))
             .arg(token.token_id.as_str())
             .arg(token.account_id.as_str())
             .arg(token.digest.to_hex())
@@ -380,6 +570,7 @@ impl Store for RedisStore {
             .arg(value)
             .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(terms.limit)
+            .arg(self.tombstone_ttl_ms())
             .arg(terms.live_keys.as_args());
         self.audited(&mut call, &token.account_id, actor);
         let (outcome, now, expires): (i64, u64, u64) =
@@ -396,20 +587,91 @@ impl Store for RedisStore {
         })
     }
 
-    /// One round trip on the read connection: the record, then Redis's
-    /// `TIME` (so "expired?" is decided on Redis's clock, at or after the
-    /// read). Redis drops an expired key by itself as well.
-    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
+    /// One round trip on the read connection for a token that has a
+    /// record: the record, then Redis's `TIME` (so "expired?" is decided on
+    /// Redis's clock, at or after the read); Redis drops an expired key by
+    /// itself as well. Only without a record (an ended, unknown or guessed
+    /// token) a second read fetches the tombstone, so the hot path stays
+    /// one `HMGET`.
+    async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
         let mut conn = self.reads.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
             .arg(self.keys.token(token_id))
             .arg(&FIELDS)
             .cmd("TIME");
-        let (values, time): (Vec<Option<Vec<u8>>>, (u64, u64)) =
-            self.timed(pipe.query_async(&mut conn)).await?;
+        let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
         let now = redis_millis(time);
-        Ok(decode_record(token_id, values)?.map(|token| Found { token, now }))
+        if let Some(token) = decode_record(token_id, values)? {
+            return Ok(Found {
+                token: Some(token),
+                tombstone: None,
+                now,
+            });
+        }
+        let tomb: Row = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.tombstone(token_id))
+                    .arg(&TOMBSTONE_FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(Found {
+            token: None,
+            tombstone: decode_tombstone(token_id, tomb)?,
+            now,
+        })
+    }
+
+    async fn rotate(
+        &self,
+        rotation: &Rotation<'_>,
+        terms: &IssueTerms<'_>,
+        actor: &Actor,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut conn = self.writes.clone();
+        let mut call = self.scripts.rotate.prepare_invoke();
+        let new = rotation.new;
+        let account = &new.account_id;
+        let (kind, value) = match rotation.expiry {
+            Expiry::AfterMillis(ms) => ("ttl", ms),
+            Expiry::At(at) => ("at", at.0),
+        };
+        call.key(self.keys.account(account))
+            .key(self.keys.token(rotation.old))
+            .key(self.keys.token(&new.token_id))
+            .key(self.keys.history(account))
+            .key(self.keys.tombstone(rotation.old))
+            .key(self.keys.tombstone(&new.token_id))
+            .arg(rotation.old.as_str())
+            .arg(new.token_id.as_str())
+            .arg(account.as_str())
+            .arg(new.digest.to_hex())
+            .arg(new.note.as_str())
+            .arg(new.scopes.joined())
+            .arg(new.key_id.as_deref().unwrap_or_default())
+            .arg(kind)
+            .arg(value)
+            .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(rotation.grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.tombstone_ttl_ms())
+            .arg(terms.live_keys.as_args());
+        self.audited(&mut call, account, actor);
+        let (outcome, now, expires, ends): (i64, u64, u64, u64) =
+            self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(match outcome {
+            1 => RotateOutcome::Rotated {
+                created_at: UnixMillis(now),
+                expires_at: UnixMillis(expires),
+                previous_ends_at: UnixMillis(ends),
+            },
+            0 => RotateOutcome::NotFound,
+            -2 => RotateOutcome::Refused(ExpiryRefusal::NotInFuture),
+            -3 => RotateOutcome::Refused(ExpiryRefusal::BeyondMax),
+            -4 => RotateOutcome::Superseded,
+            _ => RotateOutcome::IdTaken,
+        })
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
@@ -427,13 +689,18 @@ impl Store for RedisStore {
         token_id: &TokenId,
         live_keys: &LiveKeys,
         actor: &Actor,
+        action: AuditAction,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
+            .key(self.keys.history(account))
+            .key(self.keys.tombstone(token_id))
             .arg(token_id.as_str())
             .arg(account.as_str())
+            .arg(self.tombstone_ttl_ms())
+            .arg(action.as_str())
             .arg(live_keys.as_args());
         self.audited(&mut call, account, actor);
         let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
@@ -472,6 +739,8 @@ impl Store for RedisStore {
             };
             let mut call = self.scripts.revoke_all.prepare_invoke();
             call.key(&index)
+                .key(self.keys.history(account))
+                .arg(self.tombstone_ttl_ms())
                 .arg(live_keys.as_args().len())
                 .arg(live_keys.as_args());
             let mut unnamed = 0;
@@ -488,7 +757,7 @@ impl Store for RedisStore {
                     .filter(|id| id.shard_tag() == account.shard_tag())
                 {
                     Some(id) => {
-                        call.key(self.keys.token(&id));
+                        call.key(self.keys.token(&id)).key(self.keys.tombstone(&id));
                     }
                     None => unnamed += 1,
                 }
@@ -514,74 +783,38 @@ impl Store for RedisStore {
         Err(StoreError::Contended)
     }
 
-    /// Two round trips on the read connection: the index, then every
-    /// record and Redis's `TIME` (which decides what has expired).
-    async fn list(
-        &self,
-        account: &AccountId,
-        live_keys: &LiveKeys,
-    ) -> Result<Vec<TokenInfo>, StoreError> {
-        let mut conn = self.reads.clone();
-        let members: Vec<Vec<u8>> = self
-            .timed(
-                redis::cmd("ZRANGE")
-                    .arg(self.keys.account(account))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let ids: Vec<TokenId> = members
-            .into_iter()
-            .filter_map(|m| {
-                let id = String::from_utf8(m)
-                    .ok()
-                    .and_then(|m| TokenId::parse(m).ok());
-                if id.is_none() {
-                    tracing::warn!(
-                        account_id = account.as_str(),
-                        "skipping an index entry that names no token in List"
-                    );
-                }
-                id
-            })
-            .collect();
+    /// Two round trips on the read connection: the index (and, with
+    /// `include_ended`, the tombstone index), then every record (and
+    /// tombstone) and Redis's `TIME` (which decides what has expired).
+    async fn list(&self, account: &AccountId, include_ended: bool) -> Result<Listing, StoreError> {
+        let mut ids = self.index_ids(self.keys.account(account), account).await?;
+        if include_ended {
+            ids.extend(self.index_ids(self.keys.history(account), account).await?);
+            ids.sort();
+            ids.dedup();
+        }
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Listing::default());
         }
-        let mut pipe = redis::pipe();
-        // A record of the wrong type answers an error for itself only.
-        pipe.ignore_errors();
-        for id in &ids {
-            pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
-        }
-        pipe.cmd("TIME");
-        let mut replies: Vec<redis::Value> = self.timed(pipe.query_async(&mut conn)).await?;
-        let time = replies.pop().unwrap_or(redis::Value::Nil);
-        let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
-        let mut tokens = Vec::with_capacity(ids.len());
-        for (id, reply) in ids.iter().zip(replies) {
-            let row: Vec<Option<Vec<u8>>> = match redis::from_redis_value(reply) {
-                Ok(row) => row,
-                Err(e) => {
-                    tracing::warn!(
-                        token_id = id.as_str(),
-                        error = %e,
-                        "skipping an unreadable token record in List"
-                    );
-                    continue;
-                }
-            };
-            // One bad record must not hide the account's other tokens.
-            match decode_record(id, row) {
-                Ok(Some(t)) if t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()) => {
-                    tokens.push(t.info);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt token record in List"),
+        let mut listing = self.entries(ids, include_ended).await?;
+        // Only records and tombstones that say they are this account's.
+        for entry in &mut listing.entries {
+            if entry
+                .token
+                .as_ref()
+                .is_some_and(|t| &t.info.account_id != account)
+            {
+                entry.token = None;
+            }
+            if entry
+                .tombstone
+                .as_ref()
+                .is_some_and(|t| &t.account_id != account)
+            {
+                entry.tombstone = None;
             }
         }
-        Ok(tokens)
+        Ok(listing)
     }
 
     /// One round trip on the read connection: a script that reads `TIME`
@@ -685,6 +918,7 @@ mod tests {
             include_str!("lua/issue.lua"),
             include_str!("lua/revoke.lua"),
             include_str!("lua/revoke_all.lua"),
+            include_str!("lua/rotate.lua"),
         ];
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
         for entry in std::fs::read_dir(dir).unwrap() {

@@ -14,7 +14,8 @@ use patd::pb::token_service_client::TokenServiceClient;
 use patd::pb::{
     IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListAuditEventsRequest,
     ListAuditEventsResponse, ListRequest, ListResponse, RevokeAllRequest, RevokeAllResponse,
-    RevokeRequest, RevokeResponse,
+    RevokeRequest, RevokeResponse, RevokeTokenRequest, RevokeTokenResponse, RotateRequest,
+    RotateResponse,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -88,8 +89,36 @@ impl Client {
             account_id: account.to_owned(),
             page_size,
             page_token: page_token.to_owned(),
+            include_inactive: false,
         });
         Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    /// The first page of the account's tokens, ended ones included.
+    pub async fn list_all(&mut self, account: &str) -> Result<ListResponse, Status> {
+        let request = self.request(ListRequest {
+            account_id: account.to_owned(),
+            include_inactive: true,
+            ..Default::default()
+        });
+        Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    pub async fn rotate(&mut self, message: RotateRequest) -> Result<RotateResponse, Status> {
+        let request = self.request(message);
+        Ok(self.inner.rotate(request).await?.into_inner())
+    }
+
+    pub async fn revoke_token(
+        &mut self,
+        token: &str,
+        reason: &str,
+    ) -> Result<RevokeTokenResponse, Status> {
+        let request = self.request(RevokeTokenRequest {
+            token: token.to_owned(),
+            reason: reason.to_owned(),
+        });
+        Ok(self.inner.revoke_token(request).await?.into_inner())
     }
 
     pub async fn revoke(
@@ -260,6 +289,19 @@ impl RedisServer {
                 (key, values)
             })
             .collect()
+    }
+
+    /// The keys under `prefix` that are not tombstones (`:x:`), their
+    /// index (`:h:`) or audit streams (`:e:`): what a revocation must leave
+    /// none of (those three stay by design).
+    pub fn live_keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut self.conn())
+            .expect("KEYS");
+        keys.retain(|k| !k.contains("}:x:") && !k.contains("}:h:") && !k.contains("}:e:"));
+        keys.sort();
+        keys
     }
 
     /// Freezes Redis for `ms`: it accepts bytes but answers nothing.

@@ -22,6 +22,7 @@ mod properties;
 mod redis_failure;
 mod redis_faults;
 mod redis_tls;
+mod rotation;
 mod secrets;
 mod security;
 mod tampered;
