@@ -1,14 +1,15 @@
-//! The audit trail (ListAuditEvents): every Issue, Revoke and RevokeAll
-//! that changed an account left its event, written in the same atomic step
-//! (Redis: the same script), newest first, with the caller's name and the
-//! request id of its RPC log line; refused calls leave none; the trail is
-//! capped by count and by age, survives a patd restart on Redis, pages like
-//! List, needs the `manage` role, and is also written as `audit` log lines.
+//! The audit trail (ListAuditEvents): every Issue, Revoke, RevokeAll,
+//! Rotate and RevokeToken that changed an account left its event, written
+//! in the same atomic step (Redis: the same script), newest first, with the
+//! caller's name and the request id of its RPC log line; refused calls
+//! leave none; the trail is capped by count and by age, survives a patd
+//! restart on Redis, pages like List, needs the `manage` role, and is also
+//! written as `audit` log lines.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use patd::pb::{AuditEvent, ListAuditEventsResponse};
+use patd::pb::{AuditEvent, ListAuditEventsResponse, RotateRequest};
 use tonic::Code;
 
 use crate::helpers::{
@@ -214,6 +215,192 @@ async fn refused_calls_write_no_event() {
         assert_eq!(
             summary(&events(&mut client, &other).await),
             vec![owned("Issue", &[&theirs])],
+            "{backend:?}"
+        );
+    }
+}
+
+/// A Rotate request for `token_id` with this grace window, in seconds.
+fn rotation(account: &str, token_id: &str, grace_seconds: i64) -> RotateRequest {
+    RotateRequest {
+        account_id: account.to_owned(),
+        token_id: token_id.to_owned(),
+        grace: Some(prost_types::Duration {
+            seconds: grace_seconds,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Rotate names the old token then its successor; RevokeToken names the
+/// token it revoked (never its value, nor the caller's free-text reason)
+/// with the caller; a token kept in its grace window is still named by
+/// RevokeAll. Each event joins its RPC's log line on the request id.
+#[tokio::test]
+async fn rotate_and_revoke_token_append_one_event_each_with_the_caller() {
+    let redis = RedisServer::start();
+    let (file, console, _) = crate::security::callers_file();
+    for backend in backends(&redis) {
+        let patd = Patd::spawn(
+            PatdOptions::new(backend.clone())
+                .env("PATD_CALLERS_FILE", file.to_str().unwrap())
+                .env("PATD_LOG_FORMAT", "json"),
+        )
+        .await;
+        let mut client = patd.client().await.as_caller(&console);
+        let account = random_name("acct-");
+        let (_, old) = issue(&mut client, &account, 600).await;
+        let rotated = client
+            .rotate(rotation(&account, &old, 600))
+            .await
+            .expect("rotate");
+        let new = rotated.info.expect("info").token_id;
+        assert_eq!(
+            summary(&events(&mut client, &account).await),
+            vec![owned("Rotate", &[&old, &new]), owned("Issue", &[&old])],
+            "{backend:?}: one Rotate event, old id first"
+        );
+        let marker = random_name("reason-");
+        let revoked = client
+            .revoke_token(&rotated.token, &marker)
+            .await
+            .expect("revoke token");
+        assert_eq!(revoked.token_id, new);
+        // The old token is live in its grace window: RevokeAll names it.
+        let all = client.revoke_all(&account).await.expect("revoke all");
+        assert_eq!(all.revoked, 1);
+
+        let trail = events(&mut client, &account).await;
+        assert_eq!(
+            summary(&trail),
+            vec![
+                owned("RevokeAll", &[&old]),
+                owned("RevokeToken", &[&new]),
+                owned("Rotate", &[&old, &new]),
+                owned("Issue", &[&old]),
+            ],
+            "{backend:?}"
+        );
+        for event in &trail {
+            assert_eq!(event.account_id, account);
+            assert_eq!(event.caller, "console", "{backend:?}");
+            assert_eq!(event.request_id.len(), 32, "{event:?}");
+        }
+        let flushed = eventually(Duration::from_secs(5), || async {
+            json_lines(&patd, "audit")
+                .iter()
+                .filter(|l| l["account_id"] == account.as_str())
+                .count()
+                >= trail.len()
+        })
+        .await;
+        assert!(flushed, "audit lines:\n{}", patd.logs());
+        let audit_lines: Vec<_> = json_lines(&patd, "audit")
+            .into_iter()
+            .filter(|l| l["account_id"] == account.as_str())
+            .collect();
+        assert_eq!(audit_lines.len(), trail.len(), "{audit_lines:?}");
+        let rpc_lines: Vec<serde_json::Value> = patd
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["message"] == "rpc")
+            .collect();
+        for (line, event) in audit_lines.iter().rev().zip(&trail) {
+            assert_eq!(line["action"], event.action.as_str());
+            assert_eq!(line["caller"], "console");
+            assert_eq!(line["request_id"], event.request_id.as_str());
+            assert_eq!(line["token_ids"], event.token_ids.join(" ").as_str());
+            let rpc = rpc_lines
+                .iter()
+                .find(|l| l["request_id"] == event.request_id.as_str())
+                .unwrap_or_else(|| panic!("no rpc line for {event:?}"));
+            assert_eq!(rpc["rpc"], event.action.as_str());
+        }
+        // The reason is in RevokeToken's log line only: not in the event,
+        // not in Redis.
+        let revoke_token_line = rpc_lines
+            .iter()
+            .find(|l| l["rpc"] == "RevokeToken")
+            .expect("RevokeToken's line");
+        assert_eq!(revoke_token_line["reason"], marker.as_str());
+        assert!(!format!("{trail:?}").contains(&marker));
+        if let Backend::Redis { .. } = backend {
+            let dump = format!("{:?}", redis.dump(&patd.key_prefix));
+            assert!(dump.contains("RevokeToken"), "{dump}");
+            assert!(!dump.contains(&marker), "the reason reached Redis");
+        }
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// Refused Rotates (already rotated, no such token, someone else's token,
+/// a grace or a lifetime out of bounds) and refused RevokeTokens (not a
+/// token, not a live one) append nothing to any trail.
+#[tokio::test]
+async fn refused_rotations_and_revocations_by_value_write_no_event() {
+    let redis = RedisServer::start();
+    for backend in backends(&redis) {
+        let patd = Patd::spawn(PatdOptions::new(backend.clone())).await;
+        let mut client = patd.client().await;
+        let account = random_name("acct-");
+        let other = random_name("acct-");
+        let (old_value, old) = issue(&mut client, &account, 600).await;
+        let (theirs_value, theirs) = issue(&mut client, &other, 600).await;
+        // No grace: the old token ends at once.
+        let rotated = client
+            .rotate(rotation(&account, &old, 0))
+            .await
+            .expect("rotate");
+        let new = rotated.info.expect("info").token_id;
+
+        let refusals = [
+            (rotation(&account, &old, 0), Code::FailedPrecondition),
+            (
+                rotation(&account, &format!("{}0000000000000", &new[..3]), 0),
+                Code::NotFound,
+            ),
+            (rotation(&account, &theirs, 0), Code::NotFound),
+            (rotation(&account, &new, 8 * 86_400), Code::InvalidArgument),
+            (rotation(&account, &new, -1), Code::InvalidArgument),
+            (
+                RotateRequest {
+                    ttl: Some(prost_types::Duration {
+                        seconds: 400 * 86_400,
+                        nanos: 0,
+                    }),
+                    ..rotation(&account, &new, 0)
+                },
+                Code::InvalidArgument,
+            ),
+        ];
+        for (request, code) in refusals {
+            let refused = client.rotate(request.clone()).await;
+            assert_eq!(
+                refused.expect_err("refused").code(),
+                code,
+                "{backend:?}: {request:?}"
+            );
+        }
+        client.revoke(&other, &theirs).await.expect("revoke");
+        for (value, code) in [
+            ("not a token", Code::InvalidArgument),
+            (old_value.as_str(), Code::NotFound),
+            (theirs_value.as_str(), Code::NotFound),
+        ] {
+            let refused = client.revoke_token(value, "").await;
+            assert_eq!(refused.expect_err("refused").code(), code, "{backend:?}");
+        }
+
+        assert_eq!(
+            summary(&events(&mut client, &account).await),
+            vec![owned("Rotate", &[&old, &new]), owned("Issue", &[&old])],
+            "{backend:?}"
+        );
+        assert_eq!(
+            summary(&events(&mut client, &other).await),
+            vec![owned("Revoke", &[&theirs]), owned("Issue", &[&theirs])],
             "{backend:?}"
         );
     }

@@ -318,9 +318,11 @@ async fn two_concurrent_rotations_of_one_token_have_exactly_one_winner() {
     for (store, patd) in both(&redis, &[]).await {
         let client = patd.client().await;
         let account = random_name("acct-");
+        let mut rotated = Vec::new();
         for grace in [0, 30_000] {
             for _ in 0..5 {
                 let (_, id) = issue(&mut client.clone(), &account, 600).await;
+                rotated.push(id.clone());
                 let tasks: Vec<_> = (0..2)
                     .map(|_| {
                         let mut c = client.clone();
@@ -345,6 +347,21 @@ async fn two_concurrent_rotations_of_one_token_have_exactly_one_winner() {
                 );
             }
         }
+        // Only the winners wrote an audit event: one Rotate per token.
+        let trail = client
+            .clone()
+            .audit_events(&account, 500, "")
+            .await
+            .expect("audit")
+            .events;
+        let mut olds: Vec<String> = trail
+            .iter()
+            .filter(|e| e.action == "Rotate")
+            .map(|e| e.token_ids[0].clone())
+            .collect();
+        olds.sort();
+        rotated.sort();
+        assert_eq!(olds, rotated, "{store}");
     }
 }
 
