@@ -356,6 +356,11 @@ impl<S: Store> Tokens<S> {
         let store = self.store.clone();
         let actor = actor.clone();
         let replaced = replaced.cloned();
+        let rpc = if replaced.is_some() {
+            "Rotate"
+        } else {
+            "Issue"
+        };
         let account = token.account_id.clone();
         let token_id = token.token_id.clone();
         let live_keys = self.rules.hasher.live_keys();
@@ -405,7 +410,7 @@ impl<S: Store> Tokens<S> {
                             token_id = token_id.as_str(),
                             request_id = actor.request_id.as_str(),
                             landed,
-                            "undid a failed Issue"
+                            "undid a failed {rpc}"
                         );
                         return;
                     }
@@ -414,7 +419,7 @@ impl<S: Store> Tokens<S> {
                             account_id = account.as_str(),
                             token_id = token_id.as_str(),
                             error = %crate::telemetry::error_chain(&e),
-                            "could not undo a failed Issue; revoke this token id by hand"
+                            "could not undo a failed {rpc}; revoke this token id by hand"
                         );
                         return;
                     }
