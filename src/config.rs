@@ -115,6 +115,16 @@ pub struct Config {
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,
 
+    /// Longest time the Redis store's introspection cache keeps a token
+    /// record without hearing of any change to it.
+    #[arg(long, env = "PATD_CACHE_TTL", default_value = "30s")]
+    pub cache_ttl: humantime::Duration,
+
+    /// Most token records the Redis store's introspection cache holds;
+    /// 0 turns the cache off.
+    #[arg(long, env = "PATD_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
+    pub cache_max_entries: u64,
+
     /// Bound on every request, end to end.
     #[arg(long, env = "PATD_REQUEST_TIMEOUT", default_value = "5s")]
     pub request_timeout: humantime::Duration,

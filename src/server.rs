@@ -86,11 +86,17 @@ impl Application {
                 key_prefix,
                 timeout,
                 tls,
-            } => AnyStore::Redis(
-                RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
-                    .with_audit(settings.audit)
-                    .with_tombstone_ttl(settings.tombstone_ttl),
-            ),
+                cache,
+            } => {
+                let store =
+                    RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
+                        .with_audit(settings.audit)
+                        .with_tombstone_ttl(settings.tombstone_ttl);
+                AnyStore::Redis(match cache {
+                    Some(cache) => store.with_cache(*cache),
+                    None => store,
+                })
+            }
         };
         warn_about_exposure(&settings);
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;

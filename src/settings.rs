@@ -20,6 +20,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::listener::Limits;
 use crate::service::Rules;
 use crate::store::RedisTls;
+use crate::store::cache::CacheSettings;
 use crate::telemetry::LogFormat;
 use crate::tls::{TlsConfig, TlsError, TlsFiles};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
@@ -62,6 +63,8 @@ pub enum SettingsError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
+    #[error("PATD_CACHE_TTL must be positive (PATD_CACHE_MAX_ENTRIES=0 turns the cache off)")]
+    CacheTtl,
     #[error("PATD_AUDIT_RETENTION must be between 1s and 3650d")]
     AuditRetention,
     #[error("PATD_TOKEN_HASH_KEYS: {0}")]
@@ -113,12 +116,13 @@ pub enum StoreSettings {
     Memory,
     /// Redis at `url` (secret: it may carry a password), every key under
     /// `key_prefix`, every call bounded by `timeout`, with `tls` beyond
-    /// what the URL says.
+    /// what the URL says, and Introspect's `cache` (`None`: off).
     Redis {
         url: SecretString,
         key_prefix: KeyPrefix,
         timeout: Duration,
         tls: RedisTls,
+        cache: Option<CacheSettings>,
     },
 }
 
@@ -186,6 +190,21 @@ fn redis_tls(config: &Config, url: &str) -> Result<RedisTls, SettingsError> {
     Ok(tls)
 }
 
+/// The introspection cache's bounds; `None` when
+/// `PATD_CACHE_MAX_ENTRIES` is 0.
+fn cache_settings(config: &Config) -> Result<Option<CacheSettings>, SettingsError> {
+    if config.cache_max_entries == 0 {
+        return Ok(None);
+    }
+    if config.cache_ttl.is_zero() {
+        return Err(SettingsError::CacheTtl);
+    }
+    Ok(Some(CacheSettings {
+        ttl: *config.cache_ttl,
+        max_entries: config.cache_max_entries,
+    }))
+}
+
 impl TryFrom<Config> for Settings {
     type Error = SettingsError;
 
@@ -222,6 +241,7 @@ impl TryFrom<Config> for Settings {
                 key_prefix,
                 timeout: *config.redis_timeout,
                 tls: redis_tls(&config, url)?,
+                cache: cache_settings(&config)?,
             }
         } else {
             return Err(SettingsError::Store);

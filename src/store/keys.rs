@@ -2,7 +2,8 @@
 //! `<prefix>:{TAG}:t:<token_id>` (record), `<prefix>:{TAG}:a:<account_id>`
 //! (index of live tokens), `<prefix>:{TAG}:x:<token_id>` (tombstone),
 //! `<prefix>:{TAG}:h:<account_id>` (index of tombstones) and
-//! `<prefix>:{TAG}:e:<account_id>` (the account's audit stream).
+//! `<prefix>:{TAG}:e:<account_id>` (the account's audit stream), and the
+//! introspection cache's invalidation channel `<prefix>:invalidate`.
 //! The `{TAG}` hash tag puts an account's index and all its token records in
 //! one Redis Cluster slot, so every multi-key change is a single script.
 
@@ -61,6 +62,13 @@ impl Keys {
             account.shard_tag(),
             account.as_str()
         )
+    }
+
+    /// The Pub/Sub channel on which the scripts that end or change a token
+    /// publish its id, for every instance's cache. The scripts derive the
+    /// same name from their first key (everything before `:{`).
+    pub fn invalidations(&self) -> String {
+        format!("{}:invalidate", self.prefix)
     }
 
     /// A key under the prefix that patd never writes: readiness reads it to

@@ -17,6 +17,7 @@
 //! live: only the record does. Audit events are not tombstones: they stay
 //! by the audit policy, whatever happened to the token.
 
+pub mod cache;
 pub mod connection;
 pub mod keys;
 pub mod memory;

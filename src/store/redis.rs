@@ -20,6 +20,7 @@ use redis::{
     Client, ClientTlsConfig, IntoConnectionInfo as _, Script, ScriptInvocation, TlsCertificates,
 };
 
+use super::cache::{self, Cache, CacheSettings};
 use super::connection::HealingConnection;
 use super::keys::Keys;
 use super::{
@@ -112,6 +113,10 @@ pub struct RedisStore {
     audit: AuditPolicy,
     /// How long a tombstone outlives its token's end.
     tombstone_ttl: Duration,
+    /// For the cache's subscription (a connection of its own).
+    client: Arc<Client>,
+    /// Records for Introspect; `None` when turned off.
+    cache: Option<Arc<Cache>>,
 }
 
 impl RedisStore {
@@ -164,7 +169,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let reads = HealingConnection::new(client.clone(), config.clone())?;
-        let writes = HealingConnection::new(client, config)?;
+        let writes = HealingConnection::new(client.clone(), config)?;
         Ok(Self {
             reads,
             writes,
@@ -180,7 +185,66 @@ impl RedisStore {
             }),
             audit: AuditPolicy::default(),
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            client: Arc::new(client),
+            cache: None,
         })
+    }
+
+    /// Turns on the introspection cache (see `store::cache`) and starts
+    /// following its invalidation channel in the background; the cache is
+    /// bypassed until the subscription is up. Needs a Tokio runtime.
+    #[must_use]
+    pub fn with_cache(mut self, settings: CacheSettings) -> Self {
+        let cache = Arc::new(Cache::new(settings));
+        tokio::spawn(cache::follow(
+            Arc::clone(&cache),
+            Client::clone(&self.client),
+            self.keys.invalidations(),
+            self.timeout,
+        ));
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The record (or, without one, the tombstone) and Redis's now, from
+    /// Redis.
+    async fn read_found(&self, token_id: &TokenId) -> Result<Found, StoreError> {
+        let mut conn = self.reads.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.keys.token(token_id))
+            .arg(&FIELDS)
+            .cmd("TIME");
+        let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
+        let now = redis_millis(time);
+        if let Some(token) = decode_record(token_id, values)? {
+            return Ok(Found {
+                token: Some(token),
+                tombstone: None,
+                now,
+            });
+        }
+        let tomb: Row = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.tombstone(token_id))
+                    .arg(&TOMBSTONE_FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(Found {
+            token: None,
+            tombstone: decode_tombstone(token_id, tomb)?,
+            now,
+        })
+    }
+
+    /// Forgets these tokens in this instance's cache at once (the other
+    /// instances hear of it from the script's `PUBLISH`).
+    fn forget<'a>(&self, token_ids: impl IntoIterator<Item = &'a str>) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(token_ids);
+        }
     }
 
     /// The same store keeping the audit trail by `audit`.
@@ -587,41 +651,30 @@ impl Store for RedisStore {
         })
     }
 
-    /// One round trip on the read connection for a token that has a
-    /// record: the record, then Redis's `TIME` (so "expired?" is decided on
+    /// From the cache when it holds the record, else one round trip on
+    /// the read connection for a token that has a record: the record, then
+    /// Redis's `TIME` (so "expired?" is decided on
     /// Redis's clock, at or after the read); Redis drops an expired key by
     /// itself as well. Only without a record (an ended, unknown or guessed
     /// token) a second read fetches the tombstone, so the hot path stays
     /// one `HMGET`.
     async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
-        let mut conn = self.reads.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.keys.token(token_id))
-            .arg(&FIELDS)
-            .cmd("TIME");
-        let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
-        let now = redis_millis(time);
-        if let Some(token) = decode_record(token_id, values)? {
+        let Some(cache) = &self.cache else {
+            return self.read_found(token_id).await;
+        };
+        if let Some((token, now)) = cache.get(token_id) {
             return Ok(Found {
                 token: Some(token),
                 tombstone: None,
                 now,
             });
         }
-        let tomb: Row = self
-            .timed(
-                redis::cmd("HMGET")
-                    .arg(self.keys.tombstone(token_id))
-                    .arg(&TOMBSTONE_FIELDS)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(Found {
-            token: None,
-            tombstone: decode_tombstone(token_id, tomb)?,
-            now,
-        })
+        let generation = cache.generation();
+        let found = self.read_found(token_id).await?;
+        if let Some(token) = &found.token {
+            cache.put(token, found.now, generation);
+        }
+        Ok(found)
     }
 
     async fn rotate(
@@ -658,8 +711,9 @@ impl Store for RedisStore {
             .arg(self.tombstone_ttl_ms())
             .arg(terms.live_keys.as_args());
         self.audited(&mut call, account, actor);
-        let (outcome, now, expires, ends): (i64, u64, u64, u64) =
-            self.timed(call.invoke_async(&mut conn)).await?;
+        let rotated = self.timed(call.invoke_async(&mut conn)).await;
+        self.forget([rotation.old.as_str()]);
+        let (outcome, now, expires, ends): (i64, u64, u64, u64) = rotated?;
         Ok(match outcome {
             1 => RotateOutcome::Rotated {
                 created_at: UnixMillis(now),
@@ -679,6 +733,9 @@ impl Store for RedisStore {
         let mut call = self.scripts.touch.prepare_invoke();
         call.key(self.keys.token(token_id))
             .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX));
+        if let Some(cache) = &self.cache {
+            cache.touched(token_id);
+        }
         let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -703,7 +760,10 @@ impl Store for RedisStore {
             .arg(action.as_str())
             .arg(live_keys.as_args());
         self.audited(&mut call, account, actor);
-        let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        let revoked = self.timed(call.invoke_async(&mut conn)).await;
+        // Whatever the answer: this instance stops trusting its copy.
+        self.forget([token_id.as_str()]);
+        let revoked: i64 = revoked?;
         Ok(revoked == 1)
     }
 
@@ -764,7 +824,9 @@ impl Store for RedisStore {
             }
             self.audited(&mut call, account, actor);
             // -1 when the index changed in between; else the ids revoked.
-            let revoked: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
+            let revoked = self.timed(call.invoke_async(&mut writes)).await;
+            self.forget(members.iter().filter_map(|m| std::str::from_utf8(m).ok()));
+            let revoked: redis::Value = revoked?;
             if let redis::Value::Array(ids) = revoked {
                 if unnamed > 0 {
                     tracing::warn!(

@@ -655,6 +655,28 @@ pub async fn wait_inactive(client: &Client, token: &str) {
     assert!(gone, "token still active");
 }
 
+/// Kills Redis and waits until patd has noticed for `token`: with the
+/// introspection cache (on by default with Redis), a cached token may be
+/// answered from memory until the cache's invalidation channel reports the
+/// loss, within its documented bound (1 s); from then on, UNAVAILABLE.
+pub async fn kill_redis_until_unavailable(redis: &mut RedisServer, client: &Client, token: &str) {
+    redis.kill();
+    let noticed = eventually(Duration::from_secs(3), || {
+        let mut c = client.clone();
+        let t = token.to_owned();
+        async move {
+            c.introspect(&t)
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+        }
+    })
+    .await;
+    assert!(
+        noticed,
+        "the token was still answered long after Redis died"
+    );
+}
+
 /// Waits (up to `timeout`) until gRPC health reports `status` for `service`.
 pub async fn health_becomes(
     channel: &Channel,

@@ -6,6 +6,7 @@
 mod accounting;
 mod audit;
 mod bad_input;
+mod cache;
 mod clock;
 mod configuration;
 mod dead_keys;

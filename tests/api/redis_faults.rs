@@ -189,6 +189,7 @@ fn acl_for(prefix: &str, password: &str, without: &str) -> Vec<String> {
         .map(|r| match r {
             ">PASSWORD" => format!(">{password}"),
             "~patd:*" => format!("~{prefix}:*"),
+            "&patd:*" => format!("&{prefix}:*"),
             other => other.to_owned(),
         })
         .collect();

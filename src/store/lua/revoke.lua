@@ -19,6 +19,10 @@
 --          (action ARGV[4]) is appended only for 1.
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
+--
+-- A removed token's id is published on `<prefix>:invalidate` (the prefix is
+-- KEYS[1]'s part before `:{`), in the same atomic step, so every patd
+-- instance drops it from its introspection cache.
 
 -- A revocation must never be blocked by bad data next to it: when the
 -- index is not a sorted set (or is gone), the record's own `account` field
@@ -37,6 +41,7 @@ local kid = redis.call('HGET', KEYS[2], 'kid') or ''
 if redis.call('DEL', KEYS[2]) == 0 then
   return 0
 end
+redis.call('PUBLISH', string.match(KEYS[1], '^(.-):{') .. ':invalidate', ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)

@@ -22,6 +22,10 @@
 --              none).
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
+--
+-- The removed tokens' ids are published, space-separated, on
+-- `<prefix>:invalidate` (the prefix is KEYS[1]'s part before `:{`), in the
+-- same atomic step, so every patd instance drops them from its cache.
 
 -- An index that is not a sorted set (written by hand, corrupt) names no
 -- token: the caller has revoked the account's tokens one by one after
@@ -51,10 +55,12 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local now_ms = string.format('%.0f', now)
 local gone = string.format('%.0f', now + tonumber(ARGV[1]))
 local revoked = {}
+local removed = {}
 local ended = 0
 for i = 3, #KEYS, 2 do
   local kid = redis.call('HGET', KEYS[i], 'kid') or ''
   if redis.call('DEL', KEYS[i]) == 1 then
+    removed[#removed + 1] = string.match(KEYS[i], '([^:]+)$')
     if live_keys[kid] then
       -- The token id is the key's last part (ids never hold ':').
       revoked[#revoked + 1] = string.match(KEYS[i], '([^:]+)$')
@@ -72,5 +78,9 @@ if ended > 0 then
   redis.call('PEXPIREAT', KEYS[2], kept[2])
 end
 redis.call('DEL', KEYS[1])
+if #removed > 0 then
+  redis.call('PUBLISH', string.match(KEYS[1], '^(.-):{') .. ':invalidate',
+    table.concat(removed, ' '))
+end
 audit('RevokeAll', revoked)
 return revoked

@@ -28,6 +28,10 @@
 --          1; then a Rotate event naming the old id and the new one, in
 --          that order, is appended.
 --
+-- The old token's id is published on `<prefix>:invalidate` (the prefix is
+-- KEYS[1]'s part before `:{`), so every patd instance drops its cached
+-- record and reads the one that says when its grace window closes.
+--
 -- Two Rotates of one token: the first marks it `rotated` (or, without
 -- grace, deletes it and marks its tombstone), so the second answers -4.
 --
@@ -118,5 +122,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], new_gone, ARGV[2])
 local kept = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[4], kept[2])
+redis.call('PUBLISH', string.match(KEYS[1], '^(.-):{') .. ':invalidate', ARGV[1])
 audit('Rotate', {ARGV[1], ARGV[2]})
 return {1, now, expires, ends}
