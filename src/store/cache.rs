@@ -218,21 +218,26 @@ fn apply(cache: &Cache, payload: &[u8]) {
 /// subscribes, proves it alive every [`PING_EVERY`], and on any failure
 /// bypasses and empties the cache, then subscribes again.
 pub async fn follow(cache: Arc<Cache>, client: Client, channel: String, timeout: Duration) {
-    let mut was_up = false;
     loop {
+        let ended = subscribe_and_serve(&cache, &client, &channel, timeout).await;
+        // At once: a revocation may be published while nobody listens.
         cache.down();
-        match subscribe_and_serve(&cache, &client, &channel, timeout).await {
-            Ok(()) => {}
-            Err(e) if was_up => {
-                tracing::warn!(error = %e, "the cache's invalidation channel dropped; the cache is bypassed until it is back");
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the cache's invalidation channel is not up yet");
-            }
+        if ended.subscribed {
+            tracing::warn!(
+                error = %ended.why,
+                "the cache's invalidation channel dropped; the cache is bypassed until it is back"
+            );
+        } else {
+            tracing::debug!(error = %ended.why, "the cache's invalidation channel is not up");
         }
-        was_up = cache.usable() || was_up;
         tokio::time::sleep(RESUBSCRIBE_AFTER).await;
     }
+}
+
+/// Why a subscription ended, and whether it had been up.
+struct Ended {
+    subscribed: bool,
+    why: String,
 }
 
 async fn subscribe_and_serve(
@@ -240,34 +245,44 @@ async fn subscribe_and_serve(
     client: &Client,
     channel: &str,
     timeout: Duration,
-) -> Result<(), String> {
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
-        .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+) -> Ended {
+    let failed = |why: String| Ended {
+        subscribed: false,
+        why,
+    };
+    let pubsub = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+        Ok(Ok(pubsub)) => pubsub,
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(_) => return failed("connecting timed out".into()),
+    };
     let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(timeout, sink.subscribe(channel))
-        .await
-        .map_err(|_| "SUBSCRIBE timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, sink.subscribe(channel)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(_) => return failed("SUBSCRIBE timed out".into()),
+    }
     // Records read before the subscription may have missed an
     // invalidation: start empty.
     cache.flush();
     tracing::info!(channel, "the cache's invalidation channel is up");
+    let ended = |why: String| Ended {
+        subscribed: true,
+        why,
+    };
     let mut ticker = tokio::time::interval(PING_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = stream.next() => match message {
                 Some(message) => apply(cache, message.get_payload_bytes()),
-                None => return Err("the subscription was closed".into()),
+                None => return ended("the subscription was closed".into()),
             },
             _ = ticker.tick() => {
                 let sent = Instant::now();
                 match tokio::time::timeout(FRESH_FOR, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("PING went unanswered".into()),
+                    Ok(Err(e)) => return ended(e.to_string()),
+                    Err(_) => return ended("PING went unanswered".into()),
                 }
                 // Everything published before the PING was delivered ahead
                 // of its answer: apply it before declaring the cache fresh.
