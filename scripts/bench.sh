@@ -299,7 +299,7 @@ results, conns, inflight = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = {}
 for path in glob.glob(os.path.join(results, "*.json")):
     base = os.path.basename(path)
-    if base.startswith("rtt."):
+    if base.startswith("rtt.") or base.startswith("propagation"):
         continue
     name, target, rnd = base[: -len(".json")].rsplit(".", 2)
     with open(path) as f:
