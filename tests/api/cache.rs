@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use patd::pb::RotateRequest;
+
 use crate::helpers::{
     Backend, Client, Patd, PatdOptions, RedisServer, eventually, is_active, issue, random_name,
 };
@@ -85,13 +87,34 @@ async fn a_revocation_on_one_instance_reaches_the_others_cache_within_the_bound(
         for _ in 0..3 {
             assert!(is_active(&mut on_b, &token).await);
         }
-        if round % 2 == 0 {
-            on_a.revoke(&account, &token_id).await.expect("revoke");
-        } else {
-            assert_eq!(
+        // Every way a token ends early: by id, all of the account's, by
+        // value, and a rotation without grace.
+        match round % 4 {
+            0 => {
+                on_a.revoke(&account, &token_id).await.expect("revoke");
+            }
+            1 => assert_eq!(
                 on_a.revoke_all(&account).await.expect("revoke all").revoked,
                 1
-            );
+            ),
+            2 => {
+                on_a.revoke_token(&token, "leaked")
+                    .await
+                    .expect("revoke token");
+            }
+            _ => {
+                on_a.rotate(RotateRequest {
+                    account_id: account.clone(),
+                    token_id: token_id.clone(),
+                    grace: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect("rotate");
+            }
         }
         let took = time_to_inactive(&mut on_b, &token, BOUND + SLACK)
             .await
@@ -250,4 +273,42 @@ async fn a_restarted_redis_leaves_nothing_cached() {
         .expect("served from cache after Redis restarted empty");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!is_active(&mut on_b, &token).await);
+}
+
+#[tokio::test]
+async fn a_rotated_token_cached_elsewhere_ends_with_its_grace_window() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, &[]).await;
+    channel_up(&b).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let (token, token_id) = issue(&mut on_a, "acct-rot", 600).await;
+    for _ in 0..3 {
+        assert!(is_active(&mut on_b, &token).await);
+    }
+    on_a.rotate(RotateRequest {
+        account_id: "acct-rot".to_owned(),
+        token_id,
+        grace: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("rotate");
+    let rotated = Instant::now();
+    // B drops its copy and reads the record that says when the window
+    // closes: active until then, inactive (ROTATED) after.
+    assert!(is_active(&mut on_b, &token).await);
+    time_to_inactive(&mut on_b, &token, Duration::from_secs(6))
+        .await
+        .expect("a rotated token outlived its grace window on B");
+    let lived = rotated.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1500) && lived <= Duration::from_secs(2) + SLACK,
+        "inactive on B {lived:?} after a Rotate with 2 s of grace"
+    );
+    let answer = on_b.introspect(&token).await.expect("introspect");
+    assert_eq!(answer.reason(), patd::pb::InactiveReason::Rotated);
 }
