@@ -190,6 +190,20 @@ pub struct Config {
     )]
     pub token_hash_keys: SecretString,
 
+    /// With digest keys, also accept token records that carry no seal at
+    /// all (issued before seals existed), for an upgrade; a wrong seal is
+    /// refused regardless. Turn it off once every unsealed token has
+    /// expired or been rotated (`true`/`false`).
+    #[arg(
+        long,
+        env = "PATD_ACCEPT_UNSEALED",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = boolean
+    )]
+    pub accept_unsealed: bool,
+
     /// Requests served at once per listener; beyond it new requests are
     /// refused at once (RESOURCE_EXHAUSTED / HTTP 503) instead of queueing.
     #[arg(long, env = "PATD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,

@@ -99,6 +99,11 @@ impl Application {
             }
         };
         warn_about_exposure(&settings);
+        if settings.rules.accept_unsealed {
+            tracing::warn!(
+                "PATD_ACCEPT_UNSEALED: token records without a seal are accepted (weaker integrity); turn it off once every unsealed token has expired or been rotated"
+            );
+        }
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;
         let (http_listener, http_addr) = bind(settings.http_addr).await?;
         Ok(Self {

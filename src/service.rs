@@ -13,6 +13,8 @@
 //! store's start, and to certificate-expiry warnings in `reload`, which
 //! are about the wall clock by nature.)
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -83,6 +85,10 @@ pub struct Rules {
     pub lifetime: LifetimePolicy,
     /// Longest grace window a Rotate may give (`PATD_MAX_ROTATION_GRACE`).
     pub max_rotation_grace: Duration,
+    /// With digest keys, whether a record without any seal (issued before
+    /// seals existed) is still accepted (`PATD_ACCEPT_UNSEALED`, for an
+    /// upgrade); a record with a wrong seal never is.
+    pub accept_unsealed: bool,
 }
 
 /// A validated Issue request.
@@ -245,16 +251,105 @@ impl Decision {
     }
 }
 
+/// Most token ids remembered as already warned about (unsealed records
+/// accepted under `PATD_ACCEPT_UNSEALED`); past it the memory starts over.
+const UNSEALED_WARNED_MAX: usize = 4096;
+
 /// The token use cases over one store.
 #[derive(Clone)]
 pub struct Tokens<S> {
     store: S,
     rules: Rules,
+    /// Token ids whose unsealed record was accepted and warned about: each
+    /// gets one warning, later acceptances are at debug.
+    unsealed_warned: Arc<Mutex<HashSet<TokenId>>>,
 }
 
 impl<S: Store> Tokens<S> {
     pub fn new(store: S, rules: Rules) -> Self {
-        Self { store, rules }
+        Self {
+            store,
+            rules,
+            unsealed_warned: Arc::default(),
+        }
+    }
+
+    /// Whether a record's seal holds, the check before any decision on a
+    /// record: with digest keys, its `mac` must seal every field a
+    /// decision uses (`token::RecordFields`) under its own key. A record
+    /// that fails is as if it did not exist (the caller learns only
+    /// "unknown", never which check failed) and is logged as tampered
+    /// with its public id. Without keys there is no secret to seal with:
+    /// every record passes (README: record integrity needs
+    /// `PATD_TOKEN_HASH_KEYS`).
+    fn intact(&self, rpc: &'static str, token: &StoredToken) -> bool {
+        let hasher = &self.rules.hasher;
+        if !hasher.is_keyed() {
+            return true;
+        }
+        let token_id = token.info.token_id.as_str();
+        match &token.mac {
+            Some(mac) if hasher.verify_seal(&token.sealed_fields(), mac) => true,
+            None if self.rules.accept_unsealed => {
+                let first = {
+                    let mut warned = self
+                        .unsealed_warned
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if warned.len() >= UNSEALED_WARNED_MAX {
+                        warned.clear();
+                    }
+                    warned.insert(token.info.token_id.clone())
+                };
+                if first {
+                    tracing::warn!(
+                        rpc,
+                        token_id,
+                        "accepted an unsealed token record (PATD_ACCEPT_UNSEALED): rotate or revoke this token"
+                    );
+                } else {
+                    tracing::debug!(rpc, token_id, "accepted an unsealed token record");
+                }
+                true
+            }
+            mac => {
+                tracing::warn!(
+                    rpc,
+                    token_id,
+                    sealed = mac.is_some(),
+                    "tampered token record: its seal does not match; treated as unknown"
+                );
+                false
+            }
+        }
+    }
+
+    /// Seals a token just written by Issue or Rotate; the token's value
+    /// may reach the caller only once this answered `Ok`. Without digest
+    /// keys there is nothing to seal with and nothing is sent.
+    async fn seal(
+        &self,
+        token: &NewToken,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let Some(mac) = self
+            .rules
+            .hasher
+            .seal(&token.sealed_fields(created_at, expires_at))
+        else {
+            return Ok(());
+        };
+        match self
+            .store
+            .seal(&token.token_id, created_at, expires_at, &mac)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(StoreError::Unsealed {
+                token_id: token.token_id.as_str().to_owned(),
+            }),
+        }
     }
 
     /// Issues a token.
@@ -325,6 +420,12 @@ impl<S: Store> Tokens<S> {
                     created_at,
                     expires_at,
                 } => {
+                    // Nobody may hold a value whose record is unsealed: a
+                    // seal that failed undoes the Issue like a lost one.
+                    if let Err(e) = self.seal(&new, created_at, expires_at).await {
+                        self.undo_issue(&new, None, actor);
+                        return Err(e.into());
+                    }
                     return Ok(Issued {
                         token,
                         info: new.info(created_at, expires_at),
@@ -513,6 +614,10 @@ impl<S: Store> Tokens<S> {
                 .hasher
                 .verify(presented, &parsed.digest, key_id, digest)
         };
+        // A record whose seal fails is as if absent (checked before the
+        // digest, so a rewritten digest is reported too); its tombstone,
+        // not read while a record exists, says nothing either.
+        let token = token.filter(|t| self.intact("Introspect", t));
         // Only a record or tombstone the presented value matches tells
         // anything: a guessed id with a wrong secret stays unknown.
         let token = token.filter(|t| verifies(&t.digest, t.key_id.as_deref()));
@@ -646,7 +751,8 @@ impl<S: Store> Tokens<S> {
                         // verify: as if it did not exist.
                         let token = entry
                             .token
-                            .filter(|t| live_keys.admits(t.key_id.as_deref()));
+                            .filter(|t| live_keys.admits(t.key_id.as_deref()))
+                            .filter(|t| self.intact("List", t));
                         let tombstone = entry
                             .tombstone
                             .filter(|t| live_keys.admits(t.key_id.as_deref()));
@@ -774,6 +880,9 @@ impl<S: Store> Tokens<S> {
         let Found {
             token, tombstone, ..
         } = self.store.lookup(&cmd.token_id).await?;
+        // A tampered record must not hand its forged scopes or lifetime to
+        // a successor that would be sealed: not found.
+        let token = token.filter(|t| self.intact("Rotate", t));
         let Some(old) = token.filter(|t| t.info.account_id == cmd.account) else {
             let rotated = tombstone.is_some_and(|t| {
                 t.account_id == cmd.account && matches!(t.ended, Some((Ending::Rotated, _)))
@@ -832,6 +941,10 @@ impl<S: Store> Tokens<S> {
                     expires_at,
                     previous_ends_at,
                 } => {
+                    if let Err(e) = self.seal(&new, created_at, expires_at).await {
+                        self.undo_issue(&new, Some(&cmd.token_id), actor);
+                        return Err(e.into());
+                    }
                     return Ok(Rotated {
                         token,
                         info: new.info(created_at, expires_at),
@@ -895,6 +1008,9 @@ impl<S: Store> Tokens<S> {
             .parse(presented)
             .map_err(|e| FieldError::new("token", format!("is not a token: {e}")))?;
         let Found { token, now, .. } = self.store.lookup(&parsed.token_id).await?;
+        // A tampered record's account cannot be trusted: it is no live
+        // token (Revoke by its id still deletes it).
+        let token = token.filter(|t| self.intact("RevokeToken", t));
         let token = token.filter(|t| {
             self.rules
                 .hasher
@@ -1091,6 +1207,7 @@ mod tests {
             digest: parsed.digest,
             key_id: None,
             rotated_at: rotated.map(UnixMillis),
+            mac: None,
         }
     }
 

@@ -290,6 +290,7 @@ impl TryFrom<Config> for Settings {
                     max_ttl: *config.max_ttl,
                 },
                 max_rotation_grace: *config.max_rotation_grace,
+                accept_unsealed: config.accept_unsealed,
             },
             audit,
             tombstone_ttl: *config.tombstone_ttl,

@@ -19,7 +19,10 @@
 //! so a record read before its revocation is never kept after it. Only
 //! records are cached, never "no such token": an Issue is visible at once.
 //! The caller still verifies the presented value against the cached
-//! digest (in constant time) and the live digest keys on every hit.
+//! digest (in constant time), the live digest keys and the record's seal
+//! (its `mac`, see `token::RecordMac`) on every hit: a cached record is
+//! held to the same checks as one just read. The seal script publishes
+//! the token's id too, so no instance keeps a copy read before the seal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -316,6 +319,7 @@ mod tests {
                 digest: TokenDigest::from_hex(&"ab".repeat(32)).unwrap(),
                 key_id: None,
                 rotated_at: None,
+                mac: None,
             },
             UnixMillis(now),
         )

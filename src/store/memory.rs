@@ -12,7 +12,7 @@ use super::{
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
 use crate::domain::{AccountId, Expiry, TokenId, UnixMillis};
-use crate::token::LiveKeys;
+use crate::token::{LiveKeys, RecordMac};
 
 /// How often expired tokens are swept out of memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -115,6 +115,7 @@ impl Inner {
                 digest: token.digest.clone(),
                 key_id: token.key_id.clone(),
                 rotated_at: None,
+                mac: None,
             },
         );
         self.accounts
@@ -418,6 +419,29 @@ impl Store for MemoryStore {
             created_at: now,
             expires_at,
             previous_ends_at: ends,
+        })
+    }
+
+    async fn seal(
+        &self,
+        token_id: &TokenId,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+        mac: &RecordMac,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let now = self.clock.now();
+        // As `lua/seal.lua`: only the record as issued, while Redis would
+        // still hold it.
+        if !inner.exists(token_id, now) {
+            return Ok(false);
+        }
+        Ok(match inner.tokens.get_mut(token_id) {
+            Some(t) if t.info.created_at == created_at && t.info.expires_at == expires_at => {
+                t.mac = Some(mac.clone());
+                true
+            }
+            _ => false,
         })
     }
 

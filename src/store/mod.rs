@@ -32,7 +32,7 @@ use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
-use crate::token::{KeyId, LiveKeys, TokenDigest};
+use crate::token::{KeyId, LiveKeys, RecordFields, RecordMac, TokenDigest};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisTls};
@@ -56,6 +56,10 @@ pub enum StoreError {
     Full,
     #[error("corrupt record for token {token_id}: {reason}")]
     Corrupt { token_id: String, reason: String },
+    /// A new token's record changed or vanished between its Issue (or
+    /// Rotate) and its seal; it was not sealed.
+    #[error("the new record of token {token_id} changed or vanished before it was sealed")]
+    Unsealed { token_id: String },
 }
 
 /// How long a tombstone is kept after its token ended, unless configured
@@ -73,6 +77,25 @@ pub struct StoredToken {
     /// most its expiry). A rotated token does not count toward the limit
     /// and cannot be rotated again.
     pub rotated_at: Option<UnixMillis>,
+    /// The record's seal (`mac`), as found; `None` when it has none (never
+    /// sealed: issued without digest keys, or before seals existed). The
+    /// service checks it (`TokenHasher::verify_seal`) before any decision.
+    pub mac: Option<RecordMac>,
+}
+
+impl StoredToken {
+    /// The fields its seal covers.
+    pub fn sealed_fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            token_id: &self.info.token_id,
+            account_id: &self.info.account_id,
+            scopes: &self.info.scopes,
+            key_id: self.key_id.as_deref().unwrap_or_default(),
+            created_at: self.info.created_at,
+            expires_at: self.info.expires_at,
+            digest: &self.digest,
+        }
+    }
 }
 
 /// How a token ended before its expiry.
@@ -112,6 +135,23 @@ pub struct NewToken {
 }
 
 impl NewToken {
+    /// The fields its seal covers once issued at `created_at`.
+    pub fn sealed_fields(
+        &self,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> RecordFields<'_> {
+        RecordFields {
+            token_id: &self.token_id,
+            account_id: &self.account_id,
+            scopes: &self.scopes,
+            key_id: self.key_id.as_deref().unwrap_or_default(),
+            created_at,
+            expires_at,
+            digest: &self.digest,
+        }
+    }
+
     /// Its public facts once issued at `created_at`.
     pub fn info(&self, created_at: UnixMillis, expires_at: UnixMillis) -> TokenInfo {
         TokenInfo {
@@ -257,6 +297,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         actor: &Actor,
     ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
 
+    /// Seals a token just issued (or rotated in): stores `mac` with its
+    /// record, only if the record still exists with these `created_at`
+    /// and `expires_at` (it never recreates a revoked or expired record).
+    /// `true` when sealed. No audit event: the Issue's or Rotate's stands
+    /// for it.
+    fn seal(
+        &self,
+        token_id: &TokenId,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+        mac: &RecordMac,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records a use at the store's now, only if the token still exists
     /// (never resurrects one) and its last recorded use is at least
     /// `min_interval` old.
@@ -350,6 +403,16 @@ impl Store for AnyStore {
         actor: &Actor,
     ) -> Result<RotateOutcome, StoreError> {
         dispatch!(self, s => s.rotate(rotation, terms, actor))
+    }
+
+    async fn seal(
+        &self,
+        token_id: &TokenId,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+        mac: &RecordMac,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.seal(token_id, created_at, expires_at, mac))
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {

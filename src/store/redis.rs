@@ -31,11 +31,11 @@ use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
-use crate::token::{LiveKeys, TokenDigest};
+use crate::token::{LiveKeys, RecordMac, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
-const FIELDS: [&str; 9] = [
-    "account", "digest", "note", "scopes", "created", "expires", "used", "kid", "rotated",
+const FIELDS: [&str; 10] = [
+    "account", "digest", "note", "scopes", "created", "expires", "used", "kid", "rotated", "mac",
 ];
 
 /// One `HMGET` reply, field by field, as bytes.
@@ -64,6 +64,7 @@ struct Scripts {
     touch: Script,
     audit_events: Script,
     rotate: Script,
+    seal: Script,
 }
 
 /// The audit fragment every changing script carries.
@@ -182,6 +183,7 @@ impl RedisStore {
                 touch: Script::new(include_str!("lua/touch.lua")),
                 audit_events: Script::new(include_str!("lua/audit_events.lua")),
                 rotate: Script::new(&carrying_audit(include_str!("lua/rotate.lua"))),
+                seal: Script::new(include_str!("lua/seal.lua")),
             }),
             audit: AuditPolicy::default(),
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
@@ -483,7 +485,8 @@ fn decode_record(
         .into_iter()
         .map(|v| v.and_then(|bytes| String::from_utf8(bytes).ok()));
     let mut next = || it.next().flatten();
-    let (Some(account), digest, note, scopes, created, expires, used, key_id, rotated) = (
+    let (Some(account), digest, note, scopes, created, expires, used, key_id, rotated, mac) = (
+        next(),
         next(),
         next(),
         next(),
@@ -524,6 +527,7 @@ fn decode_record(
         // The scripts treat an empty key id as none (plain SHA-256).
         key_id: key_id.filter(|kid| !kid.is_empty()),
         rotated_at,
+        mac: mac.as_deref().map(RecordMac::from_stored),
     }))
 }
 
@@ -726,6 +730,28 @@ impl Store for RedisStore {
             -4 => RotateOutcome::Superseded,
             _ => RotateOutcome::IdTaken,
         })
+    }
+
+    /// One script on the write connection (`lua/seal.lua`), which also
+    /// publishes the id so no instance's cache keeps the unsealed copy.
+    async fn seal(
+        &self,
+        token_id: &TokenId,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+        mac: &RecordMac,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writes.clone();
+        let mut call = self.scripts.seal.prepare_invoke();
+        call.key(self.keys.token(token_id))
+            .arg(token_id.as_str())
+            .arg(created_at.0)
+            .arg(expires_at.0)
+            .arg(mac.to_hex());
+        let sealed = self.timed(call.invoke_async(&mut conn)).await;
+        self.forget([token_id.as_str()]);
+        let sealed: i64 = sealed?;
+        Ok(sealed == 1)
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {

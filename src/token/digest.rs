@@ -1,8 +1,15 @@
 //! Token digests at rest: plain SHA-256, or HMAC-SHA256 under one of the
 //! `PATD_TOKEN_HASH_KEYS` (a key id stored with each record). Only a digest
 //! of a token value is ever stored; comparisons are constant-time.
+//!
+//! With keys, each record is also sealed: a [`RecordMac`] (HMAC-SHA256
+//! under the record's digest key) over every field a decision uses
+//! ([`RecordFields`]), so someone who can write the store but holds no key
+//! cannot change whose token it is, what it may do or how long it lives.
 
 use std::fmt;
+
+use crate::domain::{AccountId, Scopes, TokenId, UnixMillis};
 
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
@@ -39,6 +46,88 @@ impl TokenDigest {
 impl fmt::Debug for TokenDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TokenDigest(..)")
+    }
+}
+
+/// Domain separation for record MACs: a token digest is an HMAC over a
+/// token value, which never contains a NUL byte (the format is
+/// `[a-z0-9]+_[0-9A-Za-z]+`), so no value hashes to the same input as a
+/// record.
+const RECORD_MAC_DOMAIN: &[u8] = b"patd-record-v1\0";
+
+/// The fields of a token record that decide anything: whose it is
+/// (token id, account), what it may do (scopes), which key verifies it
+/// (key id) and its digest, and how long it lives (created, expires,
+/// Unix ms on the store's clock). Not the note (shown, never decided on),
+/// not the last use, not the rotation mark (which only ever shortens a
+/// token's life).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    pub token_id: &'a TokenId,
+    pub account_id: &'a AccountId,
+    pub scopes: &'a Scopes,
+    /// The record's key id; `""` for none.
+    pub key_id: &'a str,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub digest: &'a TokenDigest,
+}
+
+impl RecordFields<'_> {
+    /// The MAC's input: the domain prefix, then every field as a 4-byte
+    /// big-endian length and its bytes (scopes in their canonical joined
+    /// form, times as 8-byte big-endian Unix ms, the digest as its 32
+    /// bytes), so no two different records encode alike whatever their
+    /// fields contain.
+    fn encode(&self) -> Vec<u8> {
+        let scopes = self.scopes.joined();
+        let fields: [&[u8]; 7] = [
+            self.token_id.as_str().as_bytes(),
+            self.account_id.as_str().as_bytes(),
+            scopes.as_bytes(),
+            self.key_id.as_bytes(),
+            &self.created_at.0.to_be_bytes(),
+            &self.expires_at.0.to_be_bytes(),
+            &self.digest.0,
+        ];
+        let mut out = Vec::with_capacity(RECORD_MAC_DOMAIN.len() + 256);
+        out.extend_from_slice(RECORD_MAC_DOMAIN);
+        for field in fields {
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out
+    }
+}
+
+/// A record's seal: HMAC-SHA256 of its [`RecordFields`] under its digest
+/// key, stored beside it (hex, field `mac`). Compared in constant time;
+/// `Debug` shows nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordMac(Vec<u8>);
+
+impl RecordMac {
+    /// Lowercase hex, the form kept in the store.
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
+    /// The stored form as found: anything that is not 32 bytes of hex is
+    /// kept as a MAC that never verifies (a damaged seal is a wrong one,
+    /// not a missing one).
+    pub fn from_stored(stored: &str) -> Self {
+        let mut out = [0u8; 32];
+        match hex::decode_to_slice(stored, &mut out) {
+            Ok(()) => Self(out.to_vec()),
+            Err(_) => Self(Vec::new()),
+        }
+    }
+}
+
+impl fmt::Debug for RecordMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecordMac(..)")
     }
 }
 
@@ -175,6 +264,24 @@ impl TokenHasher {
         }
     }
 
+    /// The seal of a record made with `fields.key_id`: `None` without
+    /// keys (plain SHA-256 has no secret to seal with) or when that key is
+    /// not configured.
+    pub fn seal(&self, fields: &RecordFields<'_>) -> Option<RecordMac> {
+        let TokenHasher::Keyed(keys) = self else {
+            return None;
+        };
+        let (_, key) = keys.iter().find(|(id, _)| id == fields.key_id)?;
+        Some(RecordMac(hmac_bytes(key, &fields.encode()).to_vec()))
+    }
+
+    /// Whether `mac` seals `fields` under the key the record names
+    /// (constant time in the comparison). Never true without keys.
+    pub fn verify_seal(&self, fields: &RecordFields<'_>, mac: &RecordMac) -> bool {
+        self.seal(fields)
+            .is_some_and(|expected| bool::from(expected.0.ct_eq(&mac.0)))
+    }
+
     /// Whether `value` matches a stored digest made with `stored_key`.
     /// Constant time in the digest comparison.
     pub fn verify(
@@ -198,20 +305,25 @@ impl TokenHasher {
 }
 
 fn hmac(key: &[u8], value: &str) -> TokenDigest {
+    TokenDigest(hmac_bytes(key, value.as_bytes()))
+}
+
+fn hmac_bytes(key: &[u8], input: &[u8]) -> [u8; 32] {
     use hmac::{Hmac, Mac as _};
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
     match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mut mac) => {
-            mac.update(value.as_bytes());
-            TokenDigest(mac.finalize().into_bytes().into())
+            mac.update(input);
+            mac.finalize().into_bytes().into()
         }
-        Err(_) => TokenDigest([0; 32]),
+        Err(_) => [0; 32],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::TokenFormat;
 
     #[test]
     fn digests_round_trip_through_hex_and_compare_by_value() {
@@ -282,6 +394,129 @@ mod tests {
             assert!(!live.admits(Some("k9")));
         }
         assert_eq!(TokenHasher::Plain.live_keys().as_args(), [""]);
+    }
+
+    struct Record {
+        token_id: TokenId,
+        account: AccountId,
+        scopes: Scopes,
+        key_id: String,
+        created: u64,
+        expires: u64,
+        digest: TokenDigest,
+    }
+
+    impl Record {
+        fn sample() -> Self {
+            Self {
+                token_id: TokenId::parse("abc0123456789xyz".into()).unwrap(),
+                account: AccountId::parse("acct-mallory".into()).unwrap(),
+                scopes: Scopes::parse(vec!["read".into()]).unwrap(),
+                key_id: "k1".into(),
+                created: 1_700_000_000_000,
+                expires: 1_700_000_600_000,
+                digest: TokenDigest::of("pat_example"),
+            }
+        }
+
+        fn fields(&self) -> RecordFields<'_> {
+            RecordFields {
+                token_id: &self.token_id,
+                account_id: &self.account,
+                scopes: &self.scopes,
+                key_id: &self.key_id,
+                created_at: UnixMillis(self.created),
+                expires_at: UnixMillis(self.expires),
+                digest: &self.digest,
+            }
+        }
+    }
+
+    #[test]
+    fn the_record_encoding_prefixes_every_field_with_its_length() {
+        let r = Record::sample();
+        let encoded = r.fields().encode();
+        let mut expected = b"patd-record-v1\0".to_vec();
+        for field in [
+            &b"abc0123456789xyz"[..],
+            b"acct-mallory",
+            b"read",
+            b"k1",
+            &1_700_000_000_000u64.to_be_bytes(),
+            &1_700_000_600_000u64.to_be_bytes(),
+            &r.digest.0,
+        ] {
+            expected.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            expected.extend_from_slice(field);
+        }
+        assert_eq!(encoded, expected);
+        // Moving bytes across a field boundary changes the encoding: the
+        // same concatenation with other boundaries is another record.
+        let mut shifted = Record::sample();
+        shifted.scopes = Scopes::parse(vec!["readk".into()]).unwrap();
+        shifted.key_id = "1".into();
+        assert_ne!(shifted.fields().encode(), encoded);
+        let mut empty = Record::sample();
+        empty.scopes = Scopes::default();
+        empty.key_id = "readk1".into();
+        assert_ne!(empty.fields().encode(), encoded);
+    }
+
+    #[test]
+    fn a_seal_covers_every_field_a_decision_uses() {
+        let keys = TokenHasher::from_setting(&format!("k1:{},k2:{}", key(1), key(2))).unwrap();
+        let r = Record::sample();
+        let mac = keys.seal(&r.fields()).unwrap();
+        assert!(keys.verify_seal(&r.fields(), &mac));
+        assert!(!format!("{mac:?}").contains(&mac.to_hex()));
+        let round_trip = RecordMac::from_stored(&mac.to_hex());
+        assert!(keys.verify_seal(&r.fields(), &round_trip));
+        let changes: [(&str, fn(&mut Record)); 7] = [
+            ("token id", |r| {
+                r.token_id = TokenId::parse("abc0123456789xyZ".into()).unwrap()
+            }),
+            ("account", |r| {
+                r.account = AccountId::parse("acct-alice".into()).unwrap()
+            }),
+            ("scopes", |r| {
+                r.scopes = Scopes::parse(vec!["admin".into()]).unwrap()
+            }),
+            ("key id", |r| r.key_id = "k2".into()),
+            ("created", |r| r.created -= 1),
+            ("expires", |r| r.expires += 315_360_000_000),
+            ("digest", |r| r.digest = TokenDigest::of("pat_other")),
+        ];
+        for (what, change) in changes {
+            let mut changed = Record::sample();
+            change(&mut changed);
+            assert!(!keys.verify_seal(&changed.fields(), &mac), "{what} changed");
+            assert_ne!(keys.seal(&changed.fields()), Some(mac.clone()), "{what}");
+        }
+        // Another key's seal, a damaged one, and none without keys.
+        let other = TokenHasher::from_setting(&format!("k1:{}", key(9))).unwrap();
+        assert!(!other.verify_seal(&r.fields(), &mac));
+        assert!(!keys.verify_seal(&r.fields(), &RecordMac::from_stored("zz")));
+        assert!(!keys.verify_seal(&r.fields(), &RecordMac::from_stored("")));
+        assert!(TokenHasher::Plain.seal(&r.fields()).is_none());
+        assert!(!TokenHasher::Plain.verify_seal(&r.fields(), &mac));
+        // A key id that is not configured cannot seal.
+        let mut unknown = Record::sample();
+        unknown.key_id = "k9".into();
+        assert!(keys.seal(&unknown.fields()).is_none());
+    }
+
+    #[test]
+    fn a_seal_is_never_a_token_digest() {
+        // The domain prefix holds a NUL, which no token value can: a
+        // record's MAC input never equals a token value's.
+        let keys = TokenHasher::from_setting(&format!("k1:{}", key(1))).unwrap();
+        let r = Record::sample();
+        let encoded = String::from_utf8_lossy(&r.fields().encode()).into_owned();
+        assert!(TokenFormat::new("pat").unwrap().parse(&encoded).is_err());
+        assert!(encoded.contains('\0'));
+        let mac = keys.seal(&r.fields()).unwrap();
+        let (_, as_value) = keys.for_new(&encoded, &TokenDigest::of(&encoded));
+        assert_ne!(as_value.0.to_vec(), mac.0);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 mod digest;
 mod format;
 
-pub use self::digest::{HashKeyError, KeyId, LiveKeys, TokenDigest, TokenHasher};
+pub use self::digest::{
+    HashKeyError, KeyId, LiveKeys, RecordFields, RecordMac, TokenDigest, TokenHasher,
+};
 pub(crate) use self::format::push_random_base62;
 pub use self::format::{
     CHECKSUM_LEN, MAX_PREFIX_LEN, ParseError, ParsedToken, PlainToken, PrefixError, SECRET_LEN,

@@ -71,6 +71,7 @@ fn rules(keys: &str) -> Rules {
             max_ttl: Duration::from_secs(86_400),
         },
         max_rotation_grace: Duration::from_secs(3600),
+        accept_unsealed: false,
     }
 }
 
