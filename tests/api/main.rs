@@ -20,6 +20,7 @@ mod limits;
 mod mtls;
 mod operators;
 mod properties;
+mod record_seal;
 mod redis_failure;
 mod redis_faults;
 mod redis_tls;
