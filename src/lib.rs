@@ -46,14 +46,15 @@
 //! Core:
 //! - [`service`] (uses `audit`, `domain`, `store`, `telemetry`, `token`):
 //!   the use cases and their rules (limit, lifetime, digest check,
-//!   rotation, a token's state and why it is inactive, the gateway
+//!   record seals checked before any decision, rotation, a token's state and why it is inactive, the gateway
 //!   decision), with one error enum, and the one log line per request.
 //! - [`store`] (uses `audit`, `domain`, `token`): the `Store` trait, memory
 //!   and Redis implementations, key names and the Lua scripts (each change
 //!   appends its audit event in the same atomic step).
 //! - [`audit`] (uses `domain`): the audit trail's types (actor, request
 //!   id, event, paging, the count and age caps) and its `audit` log line.
-//! - [`token`] (uses `domain`): the token format and the digests at rest.
+//! - [`token`] (uses `domain`): the token format, the digests at rest and
+//!   the record seals (HMACs over what a decision uses).
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
 //!   `Note`, `Scopes`, expiry, rotation grace, token states) and the shard
 //!   tag.

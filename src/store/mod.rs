@@ -6,6 +6,13 @@
 //! Every change that succeeds appends its audit event in the same atomic
 //! step (see `audit`), kept per account by the same count and age rules.
 //!
+//! **Seals.** With digest keys, a record carries its seal (`mac`, see
+//! `token::RecordMac`), written by [`Store::seal`] right after Issue or
+//! Rotate (whose times come from the store's clock) and returned with the
+//! record. The store keeps it and never judges it: the service checks it
+//! (a store cannot, without the key), and the limit counted inside the
+//! store counts unsealed and tampered records too.
+//!
 //! **Tombstones.** Beside each token record the store keeps a tombstone
 //! from Issue on: the token's account, digest, key id and times (never its
 //! note, scopes or value), and once it ended, how and when (revoked,
