@@ -471,7 +471,8 @@ mod tests {
         assert!(!format!("{mac:?}").contains(&mac.to_hex()));
         let round_trip = RecordMac::from_stored(&mac.to_hex());
         assert!(keys.verify_seal(&r.fields(), &round_trip));
-        let changes: [(&str, fn(&mut Record)); 7] = [
+        type Change = (&'static str, fn(&mut Record));
+        let changes: [Change; 7] = [
             ("token id", |r| {
                 r.token_id = TokenId::parse("abc0123456789xyZ".into()).unwrap()
             }),

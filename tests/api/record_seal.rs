@@ -104,6 +104,18 @@ async fn seen(patd: &Patd, client: &mut Client, token: &str) -> (bool, i32, u16,
     )
 }
 
+/// Waits until patd's log holds an Introspect line for `token_id` (a
+/// tampered warning would come before it).
+async fn introspect_logged(patd: &Patd, token_id: &str) {
+    let logged = eventually(Duration::from_secs(5), || async {
+        patd.logs()
+            .lines()
+            .any(|l| l.contains("Introspect") && l.contains(token_id))
+    })
+    .await;
+    assert!(logged, "logs:\n{}", patd.logs());
+}
+
 /// The rewrites of issue 17, each of one field a decision uses.
 fn rewrites(now_ms: u64) -> Vec<(&'static str, &'static str, String)> {
     vec![
@@ -159,12 +171,22 @@ async fn a_rewritten_record_is_unknown_everywhere_and_logged_as_tampered() {
             assert_eq!(status, 401, "{what}: forward-auth");
             assert_eq!(account, None, "{what}: X-Account-Id sent");
         }
-        let logs = patd.logs();
-        let warned = logs
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("tampered") && l.contains(&token_id));
-        assert!(warned, "{what}: no tampered warning; logs:\n{logs}");
-        assert!(!logs.contains(&token), "{what}: the value was logged");
+        // The log is read from patd's stderr by a thread: wait for it.
+        let warned = eventually(Duration::from_secs(5), || async {
+            patd.logs()
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains("tampered") && l.contains(&token_id))
+        })
+        .await;
+        assert!(
+            warned,
+            "{what}: no tampered warning; logs:\n{}",
+            patd.logs()
+        );
+        assert!(
+            !patd.logs().contains(&token),
+            "{what}: the value was logged"
+        );
         tampered.push((what, token_id, token));
     }
     // The untouched token is unaffected.
@@ -189,7 +211,7 @@ async fn a_rewritten_record_is_unknown_everywhere_and_logged_as_tampered() {
         .into_iter()
         .map(|t| t.token_id)
         .collect();
-    assert_eq!(listed, [untouched_id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&untouched_id));
     // RevokeToken does not take a tampered record's word for its account:
     // it is no live token (Revoke by id and RevokeAll still remove it).
     let (what, first, first_value) = &tampered[0];
@@ -247,6 +269,7 @@ async fn the_note_is_not_sealed_and_may_change_without_effect_on_the_decision() 
     let info = answer.info.expect("info");
     assert_eq!(info.note, "renamed by hand");
     assert_eq!(info.scopes, ["read"]);
+    introspect_logged(&patd, &token_id).await;
     assert!(!patd.logs().contains("tampered"));
 }
 
@@ -272,7 +295,11 @@ async fn an_unsealed_record_is_refused_unless_accepted_for_an_upgrade() {
     hset(&redis, &prefix, &wrong_id, "mac", &other_mac);
     assert!(!crate::helpers::is_active(&mut client, &unsealed).await);
     assert!(!crate::helpers::is_active(&mut client, &wrong).await);
-    assert!(strict.logs().contains("tampered"));
+    let warned = eventually(Duration::from_secs(5), || async {
+        strict.logs().contains("tampered")
+    })
+    .await;
+    assert!(warned, "logs:\n{}", strict.logs());
     drop(strict);
 
     let upgrading = Patd::spawn(
@@ -291,13 +318,33 @@ async fn an_unsealed_record_is_refused_unless_accepted_for_an_upgrade() {
         assert!(crate::helpers::is_active(&mut client, &unsealed).await);
     }
     assert!(!crate::helpers::is_active(&mut client, &wrong).await);
-    let logs = upgrading.logs();
-    let warnings = logs
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("unsealed") && l.contains(&unsealed_id))
-        .count();
-    assert_eq!(warnings, 1, "one warning per token; logs:\n{logs}");
-    assert!(logs.contains("PATD_ACCEPT_UNSEALED"), "the start warns");
+    let warnings = || {
+        upgrading
+            .logs()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("unsealed") && l.contains(&unsealed_id))
+            .count()
+    };
+    // The wrongly sealed token's refusal is logged after the three
+    // acceptances: once it is there, so are they.
+    let seen = eventually(Duration::from_secs(5), || async {
+        upgrading
+            .logs()
+            .lines()
+            .any(|l| l.contains("tampered") && l.contains(&wrong_id))
+    })
+    .await;
+    assert!(seen, "logs:\n{}", upgrading.logs());
+    assert_eq!(
+        warnings(),
+        1,
+        "one warning per token; logs:\n{}",
+        upgrading.logs()
+    );
+    assert!(
+        upgrading.logs().contains("PATD_ACCEPT_UNSEALED"),
+        "the start warns"
+    );
     assert_eq!(
         client.list(&account).await.expect("list").tokens.len(),
         1,
@@ -343,6 +390,7 @@ async fn issue_and_rotate_seal_their_tokens_and_plain_digests_carry_no_seal() {
     assert!(crate::helpers::is_active(&mut client, &rotated.token).await);
     // The old token's seal still holds: `rotated` only shortens its life.
     assert!(crate::helpers::is_active(&mut client, &token).await);
+    introspect_logged(&patd, &new_id).await;
     assert!(!patd.logs().contains("tampered"));
     drop(patd);
 
