@@ -99,10 +99,17 @@ impl Application {
             }
         };
         warn_about_exposure(&settings);
-        if settings.rules.accept_unsealed {
-            tracing::warn!(
+        match (
+            settings.rules.accept_unsealed,
+            settings.rules.hasher.is_keyed(),
+        ) {
+            (true, true) => tracing::warn!(
                 "PATD_ACCEPT_UNSEALED: token records without a seal are accepted (weaker integrity); turn it off once every unsealed token has expired or been rotated"
-            );
+            ),
+            (true, false) => tracing::warn!(
+                "PATD_ACCEPT_UNSEALED has no effect without PATD_TOKEN_HASH_KEYS: no record is sealed"
+            ),
+            _ => {}
         }
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;
         let (http_listener, http_addr) = bind(settings.http_addr).await?;

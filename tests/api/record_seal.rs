@@ -704,3 +704,39 @@ async fn seal_rules<S: Store>(store: S) {
     );
     assert!(store.lookup(id).await.unwrap().token.is_none());
 }
+
+/// The memory store (the reference model) keeps the seals Issue and
+/// Rotate write, and they verify like Redis's.
+#[tokio::test]
+async fn the_memory_store_keeps_the_seals_issue_and_rotate_write() {
+    let store = MemoryStore::new();
+    let tokens = Tokens::new(store.clone(), rules(false));
+    let hasher = TokenHasher::from_setting(&keys()).expect("keys");
+    let account = AccountId::parse(random_name("acct-")).expect("account");
+    let issued = tokens
+        .issue("console", command(&account))
+        .await
+        .expect("issue");
+    let rotated = tokens
+        .rotate(
+            "console",
+            RotateCommand {
+                account: account.clone(),
+                token_id: issued.info.token_id.clone(),
+                grace: (60, 0),
+                expiry: ExpiryRequest::Default,
+            },
+        )
+        .await
+        .expect("rotate");
+    for (value, id) in [
+        (&issued.token, &issued.info.token_id),
+        (&rotated.token, &rotated.info.token_id),
+    ] {
+        let record = store.lookup(id).await.unwrap().token.expect("record");
+        let mac = record.mac.as_ref().expect("sealed");
+        assert!(hasher.verify_seal(&record.sealed_fields(), mac));
+        let answer = tokens.introspect(value.expose()).await.expect("introspect");
+        assert!(matches!(answer, patd::service::Introspection::Active(_)));
+    }
+}
