@@ -18,16 +18,20 @@
 //! - [`reload`] (uses `auth`, `domain`, `telemetry`, `tls`): reloading the
 //!   callers file and TLS files on SIGHUP and when they change on disk;
 //!   certificate expiry warnings.
-//! - [`telemetry`] (uses nothing): the tracing subscriber (`RUST_LOG`,
-//!   text or JSON), error chains and panic messages for the log.
+//! - [`telemetry`] (uses `metrics`): the tracing subscriber (`RUST_LOG`,
+//!   text or JSON), the OpenTelemetry providers (OTLP traces and metrics
+//!   from the standard `OTEL_*` variables, the Prometheus reader), W3C
+//!   trace-context extraction, error chains and panic messages for the log.
+//! - [`metrics`] (uses nothing): the metric instruments and the Prometheus
+//!   text of `/metrics`.
 //!
 //! Transport (the doors):
-//! - [`grpc`] (uses `auth`, `bearer`, `domain`, `pb`, `service`, `store`,
-//!   `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
+//! - [`grpc`] (uses `auth`, `bearer`, `domain`, `metrics`, `pb`, `service`,
+//!   `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
 //! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
-//!   `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
+//!   `metrics`, `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
 //!   of an unknown service, watches ended at shutdown).
@@ -44,10 +48,10 @@
 //! - [`auth`] (uses `token`): callers, their roles and keys.
 //!
 //! Core:
-//! - [`service`] (uses `domain`, `store`, `telemetry`, `token`): the use
+//! - [`service`] (uses `domain`, `metrics`, `store`, `telemetry`, `token`): the use
 //!   cases and their rules (limit, lifetime, digest check, the gateway
 //!   decision), with one error enum, and the one log line per request.
-//! - [`store`] (uses `domain`, `token`): the `Store` trait, memory and
+//! - [`store`] (uses `domain`, `metrics`, `token`): the `Store` trait, memory and
 //!   Redis implementations, key names and the Lua scripts.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
@@ -71,6 +75,7 @@ pub mod forward_auth;
 pub mod grpc;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod service;

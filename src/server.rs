@@ -166,6 +166,7 @@ impl Application {
             callers.clone(),
             limits,
             shutdown.clone(),
+            settings.metrics,
         );
 
         tokio::spawn(watch_readiness(

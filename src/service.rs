@@ -19,6 +19,7 @@ use crate::domain::{
     AccountId, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, Note, PageRequest, Scopes,
     TokenId, TokenInfo, UnixMillis,
 };
+use crate::metrics;
 use crate::store::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError};
 use crate::token::{ParseError, PlainToken, TokenFormat, TokenHasher};
 
@@ -185,6 +186,9 @@ impl<S: Store> Tokens<S> {
         let log = RpcLog::start("Issue", Some(caller));
         let account = cmd.account.clone();
         let result = self.issue_inner(cmd).await;
+        if result.is_ok() {
+            metrics::token_issued();
+        }
         let token_id = result.as_ref().ok().map(|i| &i.info.token_id);
         log.account(Some(&account))
             .token_id(token_id)
@@ -275,6 +279,7 @@ impl<S: Store> Tokens<S> {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Ok(landed) => {
+                        metrics::tokens_revoked("undo", u64::from(landed));
                         tracing::info!(
                             account_id = account.as_str(),
                             token_id = token_id.as_str(),
@@ -412,11 +417,13 @@ impl<S: Store> Tokens<S> {
         }
         let store = self.store.clone();
         let token_id = info.token_id.clone();
-        tokio::spawn(async move {
+        // Under the request's span, so its store span joins the trace.
+        let touch = async move {
             if let Err(e) = store.touch(&token_id, TOUCH_INTERVAL).await {
                 tracing::debug!(token_id = token_id.as_str(), error = %e, "last-used update failed");
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(touch));
     }
 
     /// Revokes one token of an account.
@@ -437,7 +444,10 @@ impl<S: Store> Tokens<S> {
         } else {
             let live_keys = self.rules.hasher.live_keys();
             match self.store.revoke(&account, &token_id, &live_keys).await {
-                Ok(true) => Ok(()),
+                Ok(true) => {
+                    metrics::tokens_revoked("revoke", 1);
+                    Ok(())
+                }
                 Ok(false) => Err(ServiceError::NotFound),
                 Err(e) => Err(e.into()),
             }
@@ -461,6 +471,9 @@ impl<S: Store> Tokens<S> {
             .await
             .map_err(ServiceError::from);
         log.revoked = result.as_ref().ok().copied();
+        if let Some(n) = log.revoked {
+            metrics::tokens_revoked("revoke_all", u64::from(n));
+        }
         log.account(Some(&account))
             .finish(result.as_ref().map(|_| "ok"));
         result
@@ -573,43 +586,60 @@ impl<'a> RpcLog<'a> {
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let account_id = account.map(AccountId::as_str);
         let token_id = token_id.map(TokenId::as_str);
+        let label = match outcome {
+            Ok(label) => label,
+            Err(e) => error_label(e),
+        };
+        // The request's server span (if it is exported) carries the same
+        // public facts as the line.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("patd.outcome", label);
+            if let Some(token_id) = token_id {
+                span.record("patd.token_id", token_id);
+            }
+            if let Some(account_id) = account_id {
+                span.record("patd.account_id", account_id);
+            }
+        }
+        // Token checks are counted by metrics; their line is DEBUG.
+        let hot = crate::telemetry::is_hot_path(rpc);
         match outcome {
-            Ok(label) => tracing::info!(
+            Err(ServiceError::Unavailable(cause)) => tracing::warn!(
                 rpc,
                 caller,
                 account_id,
                 token_id,
-                revoked,
                 outcome = label,
-                latency_us,
-                "rpc"
-            ),
-            Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
-                rpc,
-                caller,
-                account_id,
-                token_id,
-                outcome = error_label(e),
                 latency_us,
                 cause = %crate::telemetry::error_chain(cause),
                 "rpc"
             ),
-            Err(e) => {
+            _ => {
                 // The refused field, when a field was refused.
-                let field = match e {
-                    ServiceError::InvalidArgument(field) => Some(field.field),
+                let field = match outcome {
+                    Err(ServiceError::InvalidArgument(field)) => Some(field.field),
                     _ => None,
                 };
-                tracing::info!(
-                    rpc,
-                    caller,
-                    account_id,
-                    token_id,
-                    outcome = error_label(e),
-                    field,
-                    latency_us,
-                    "rpc"
-                )
+                macro_rules! line {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            rpc,
+                            caller,
+                            account_id,
+                            token_id,
+                            revoked,
+                            outcome = label,
+                            field,
+                            latency_us,
+                            "rpc"
+                        )
+                    };
+                }
+                match hot {
+                    true => line!(debug),
+                    false => line!(info),
+                }
             }
         }
     }

@@ -48,7 +48,7 @@ use tonic::{Code, Status};
 use crate::auth::{Refusal, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes, TokenInfo};
-use crate::service::{Decision, Inactive, Live, ServiceError};
+use crate::service::{Decision, Inactive, Introspection, Live, ServiceError};
 
 /// Upstream header naming the token's account (forward-auth and ext_authz).
 pub const ACCOUNT_ID_HEADER: &str = "x-account-id";
@@ -58,6 +58,20 @@ pub const TOKEN_ID_HEADER: &str = "x-token-id";
 pub const TOKEN_SCOPES_HEADER: &str = "x-token-scopes";
 
 const NO_STORE: &str = "no-store";
+
+const OUTCOME_ACTIVE: &str = "active";
+const OUTCOME_UNAVAILABLE: &str = "unavailable";
+
+/// The `outcome` label of a gRPC Introspect, as
+/// [`Verdict::introspection_outcome`] names the same answer at a gateway
+/// door (without building a verdict on the hot path).
+pub fn introspect_outcome(result: &Result<Introspection, ServiceError>) -> &'static str {
+    match result {
+        Ok(Introspection::Active(_)) => OUTCOME_ACTIVE,
+        Ok(Introspection::Inactive(why)) => why.as_str(),
+        Err(_) => OUTCOME_UNAVAILABLE,
+    }
+}
 
 /// Every answer patd gives, whichever door asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +121,34 @@ impl Verdict {
                 required: required.clone(),
             },
             Err(e) => e.into(),
+        }
+    }
+
+    /// The `outcome` label of `patd_introspections_total` for a token
+    /// check answered with this verdict: `active`, the inactive reason
+    /// (`malformed`, `unknown`, `expired`), `insufficient_scope`,
+    /// `unavailable`, or `missing` (no credential at a gateway door).
+    /// `None` for answers that checked no token (a refused caller, a
+    /// misconfigured route, shed, deadline, a panic). (`revoked` is not
+    /// told apart: a revocation deletes the record, so a revoked token is
+    /// `unknown`.)
+    pub fn introspection_outcome(&self) -> Option<&'static str> {
+        match self {
+            Verdict::Allow(_) => Some(OUTCOME_ACTIVE),
+            Verdict::InvalidToken(why) => Some(why.as_str()),
+            Verdict::InsufficientScope { .. } => Some("insufficient_scope"),
+            Verdict::StoreUnavailable => Some(OUTCOME_UNAVAILABLE),
+            Verdict::MissingCredential => Some("missing"),
+            Verdict::RouteMisconfigured(_)
+            | Verdict::UnauthenticatedCaller
+            | Verdict::ForbiddenCaller(_)
+            | Verdict::Overloaded
+            | Verdict::Deadline
+            | Verdict::Internal
+            | Verdict::InvalidArgument(_)
+            | Verdict::LimitReached { .. }
+            | Verdict::NotFound
+            | Verdict::StoreFull => None,
         }
     }
 

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
+use crate::metrics;
 use crate::token::{KeyId, LiveKeys, TokenDigest};
 
 pub use self::memory::MemoryStore;
@@ -191,13 +192,43 @@ pub enum AnyStore {
     Redis(RedisStore),
 }
 
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            AnyStore::Memory($s) => $call.await,
-            AnyStore::Redis($s) => $call.await,
+impl AnyStore {
+    /// `db.system` of its spans: `redis`, or `memory` for the in-process
+    /// map (no registered value fits an embedded store).
+    fn db_system(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(_) => "memory",
+            AnyStore::Redis(_) => "redis",
         }
-    };
+    }
+}
+
+/// Calls the chosen store inside one client span (`db.system`,
+/// `db.operation.name` = `$op`, a child of the request's span) and records
+/// the call's duration and failure as metrics.
+macro_rules! dispatch {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {{
+        let span = tracing::info_span!(
+            "store",
+            otel.name = $op,
+            otel.kind = "client",
+            db.system = $self.db_system(),
+            db.operation.name = $op,
+        );
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(
+            async {
+                match $self {
+                    AnyStore::Memory($s) => $call.await,
+                    AnyStore::Redis($s) => $call.await,
+                }
+            },
+            span,
+        )
+        .await;
+        metrics::store_call($op, started.elapsed(), result.is_ok());
+        result
+    }};
 }
 
 impl Store for AnyStore {
@@ -207,15 +238,15 @@ impl Store for AnyStore {
         expiry: Expiry,
         terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
-        dispatch!(self, s => s.issue(token, expiry, terms))
+        dispatch!(self, "issue", s => s.issue(token, expiry, terms))
     }
 
     async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
-        dispatch!(self, s => s.lookup(token_id))
+        dispatch!(self, "lookup", s => s.lookup(token_id))
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.touch(token_id, min_interval))
+        dispatch!(self, "touch", s => s.touch(token_id, min_interval))
     }
 
     async fn revoke(
@@ -224,7 +255,7 @@ impl Store for AnyStore {
         token_id: &TokenId,
         live_keys: &LiveKeys,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.revoke(account, token_id, live_keys))
+        dispatch!(self, "revoke", s => s.revoke(account, token_id, live_keys))
     }
 
     async fn revoke_all(
@@ -232,7 +263,7 @@ impl Store for AnyStore {
         account: &AccountId,
         live_keys: &LiveKeys,
     ) -> Result<u32, StoreError> {
-        dispatch!(self, s => s.revoke_all(account, live_keys))
+        dispatch!(self, "revoke_all", s => s.revoke_all(account, live_keys))
     }
 
     async fn list(
@@ -240,10 +271,18 @@ impl Store for AnyStore {
         account: &AccountId,
         live_keys: &LiveKeys,
     ) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, s => s.list(account, live_keys))
+        dispatch!(self, "list", s => s.list(account, live_keys))
     }
 
+    /// Readiness: metrics only, no span (it runs every few seconds on its
+    /// own, outside any request).
     async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping())
+        let started = std::time::Instant::now();
+        let result = match self {
+            AnyStore::Memory(s) => s.ping().await,
+            AnyStore::Redis(s) => s.ping().await,
+        };
+        metrics::store_call("ping", started.elapsed(), result.is_ok());
+        result
     }
 }
