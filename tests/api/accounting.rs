@@ -59,6 +59,8 @@ async fn deadlines_and_cancellations_each_leave_one_line() {
     let redis = RedisServer::start();
     let patd = Patd::spawn(
         PatdOptions::new(Backend::Redis { url: redis.url() })
+            // Token checks' lines are DEBUG.
+            .env("RUST_LOG", "info,patd=debug")
             .env("PATD_LOG_FORMAT", "json")
             .env("PATD_REQUEST_TIMEOUT", "400ms")
             .env("PATD_REDIS_TIMEOUT", "3s"),

@@ -16,6 +16,7 @@ mod http_helpers;
 mod lifecycle;
 mod limits;
 mod mtls;
+mod observability;
 mod operators;
 mod properties;
 mod redis_failure;

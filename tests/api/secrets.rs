@@ -3,13 +3,20 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, issue_request, random_name};
+use crate::helpers::{
+    Backend, Patd, PatdOptions, RedisServer, eventually, is_active, issue, issue_request,
+    random_name,
+};
 use crate::http_helpers::get;
 
 #[tokio::test]
 async fn no_token_value_reaches_the_logs_or_redis() {
     let redis = RedisServer::start();
-    let patd = Patd::redis(&redis).await;
+    // Token checks' lines are DEBUG: turned on, so they are audited too.
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Redis { url: redis.url() }).env("RUST_LOG", "info,patd=debug"),
+    )
+    .await;
     let mut client = patd.client().await;
     let account = random_name("acct-");
 
