@@ -16,7 +16,7 @@ mod http_helpers;
 mod lifecycle;
 mod limits;
 mod mtls;
-mod observability;
+pub mod observability;
 mod operators;
 mod properties;
 mod redis_failure;

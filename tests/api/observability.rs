@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use patd::pb::IntrospectRequest;
@@ -222,10 +222,8 @@ fn assert_store_span(span: &Span, op: &str) {
 async fn spans_join_the_callers_trace_and_show_each_store_call() {
     let collector = Collector::start().await;
     let mut redis = RedisServer::start();
-    let patd = Patd::spawn(collector.options(PatdOptions::new(Backend::Redis {
-        url: redis.url(),
-    })))
-    .await;
+    let patd =
+        Patd::spawn(collector.options(PatdOptions::new(Backend::Redis { url: redis.url() }))).await;
     let mut client = patd.client().await;
     let account = random_name("acct-");
     let (token, token_id) = issue(&mut client, &account, 600).await;
@@ -479,7 +477,10 @@ async fn metrics_count_a_known_workload_exactly() {
     assert!(!client.introspect(&revoked).await.unwrap().active);
     let bearer = format!("Bearer {scoped}");
     let auth = [("Authorization", bearer.as_str())];
-    assert_eq!(get(patd.http_addr, "/v1/forward-auth", &[]).await.status, 401);
+    assert_eq!(
+        get(patd.http_addr, "/v1/forward-auth", &[]).await.status,
+        401
+    );
     assert_eq!(
         get(patd.http_addr, "/v1/forward-auth?scope=read", &auth)
             .await
@@ -511,16 +512,34 @@ async fn metrics_count_a_known_workload_exactly() {
         (r#"patd_tokens_issued_total"#, 3.0),
         (r#"patd_tokens_revoked_total{how="revoke"}"#, 1.0),
         (r#"patd_tokens_revoked_total{how="revoke_all"}"#, 2.0),
-        (r#"patd_introspections_total{door="grpc",outcome="active"}"#, 3.0),
-        (r#"patd_introspections_total{door="grpc",outcome="malformed"}"#, 1.0),
-        (r#"patd_introspections_total{door="grpc",outcome="unknown"}"#, 1.0),
-        (r#"patd_introspections_total{door="forward_auth",outcome="missing"}"#, 1.0),
-        (r#"patd_introspections_total{door="forward_auth",outcome="active"}"#, 1.0),
+        (
+            r#"patd_introspections_total{door="grpc",outcome="active"}"#,
+            3.0,
+        ),
+        (
+            r#"patd_introspections_total{door="grpc",outcome="malformed"}"#,
+            1.0,
+        ),
+        (
+            r#"patd_introspections_total{door="grpc",outcome="unknown"}"#,
+            1.0,
+        ),
+        (
+            r#"patd_introspections_total{door="forward_auth",outcome="missing"}"#,
+            1.0,
+        ),
+        (
+            r#"patd_introspections_total{door="forward_auth",outcome="active"}"#,
+            1.0,
+        ),
         (
             r#"patd_introspections_total{door="forward_auth",outcome="insufficient_scope"}"#,
             1.0,
         ),
-        (r#"patd_introspections_total{door="ext_authz",outcome="active"}"#, 1.0),
+        (
+            r#"patd_introspections_total{door="ext_authz",outcome="active"}"#,
+            1.0,
+        ),
         (
             r#"patd_requests_total{code="OK",rpc="patd.v1.TokenService/Issue"}"#,
             3.0,
@@ -537,9 +556,18 @@ async fn metrics_count_a_known_workload_exactly() {
             r#"patd_requests_total{code="OK",rpc="envoy.service.auth.v3.Authorization/Check"}"#,
             1.0,
         ),
-        (r#"patd_requests_total{code="401",rpc="/v1/forward-auth"}"#, 1.0),
-        (r#"patd_requests_total{code="200",rpc="/v1/forward-auth"}"#, 1.0),
-        (r#"patd_requests_total{code="403",rpc="/v1/forward-auth"}"#, 1.0),
+        (
+            r#"patd_requests_total{code="401",rpc="/v1/forward-auth"}"#,
+            1.0,
+        ),
+        (
+            r#"patd_requests_total{code="200",rpc="/v1/forward-auth"}"#,
+            1.0,
+        ),
+        (
+            r#"patd_requests_total{code="403",rpc="/v1/forward-auth"}"#,
+            1.0,
+        ),
         (
             r#"patd_request_duration_seconds_count{rpc="patd.v1.TokenService/Introspect"}"#,
             5.0,
@@ -598,7 +626,10 @@ async fn metrics_can_be_turned_off() {
 /// The shipped Grafana dashboard queries only metrics patd exports.
 #[test]
 fn the_dashboard_queries_only_exported_metrics() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/patd-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/patd-dashboard.json"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut exprs = Vec::new();
