@@ -198,10 +198,14 @@ pub fn init(format: LogFormat, prometheus: bool) -> Result<Telemetry, String> {
         }
     };
 
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(spans)
-        .try_init();
+    // Not `.with(Option<layer>)`: an absent layer there says "always" to
+    // every callsite, which would make every span and event of every
+    // crate (h2's included) live on the hot path.
+    let lines_only = tracing_subscriber::registry().with(fmt);
+    let _ = match spans {
+        Some(spans) => lines_only.with(spans).try_init(),
+        None => lines_only.try_init(),
+    };
     Ok(Telemetry {
         _log: guard,
         tracer,
