@@ -239,6 +239,13 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
         .insert("traceparent", grpc_parent.parse().unwrap());
     let answer = client.raw().introspect(request).await.unwrap().into_inner();
     assert!(answer.active);
+    // The first use's last-used write ends (its span is sent when it does)
+    // before the next check, which then has nothing to write.
+    let touched = eventually(Duration::from_secs(10), || async {
+        !named(&collector.spans(), "touch").is_empty()
+    })
+    .await;
+    assert!(touched, "no touch span: {:#?}", collector.spans());
 
     // Forward-auth: traceparent as an HTTP header.
     let (http_parent, http_trace, http_span) = traceparent();
@@ -279,6 +286,9 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
     .await;
     let spans = collector.spans();
     assert!(arrived, "spans missing: {spans:#?}");
+    if std::env::var_os("TEST_LOG").is_some() {
+        eprintln!("{spans:#?}");
+    }
     assert_eq!(
         collector.service_names(),
         BTreeSet::from(["patd".to_owned()])
@@ -400,6 +410,34 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
     })
     .await;
     assert!(failed, "no span for the failed Introspect");
+}
+
+#[tokio::test]
+async fn the_last_spans_are_sent_at_shutdown() {
+    let collector = Collector::start().await;
+    // Spans would wait a minute for their batch: only the shutdown's flush
+    // can deliver them in time.
+    let mut patd = Patd::spawn(
+        collector
+            .options(PatdOptions::new(Backend::Memory))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    )
+    .await;
+    let mut client = patd.client().await;
+    issue(&mut client, &random_name("acct-"), 600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(collector.spans().is_empty(), "sent before the shutdown");
+    drop(client);
+    patd.terminate();
+    let status = patd.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let spans = collector.spans();
+    let issue_span = named(&spans, "patd.v1.TokenService/Issue");
+    assert_eq!(issue_span.len(), 1, "{spans:#?}");
+    // The memory store's spans say so.
+    let store = children(&spans, issue_span[0]);
+    assert_eq!(store.len(), 1, "{store:#?}");
+    assert_eq!(attr(store[0], "db.system").as_deref(), Some("memory"));
 }
 
 /// The `/metrics` text.
