@@ -156,7 +156,7 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
         let response = next.run(request).instrument(span.clone()).await;
         if !span.is_disabled() {
             let status = response.status();
-            span.record("http.response.status_code", status.as_u16());
+            span.record("http.response.status_code", i64::from(status.as_u16()));
             if status.is_server_error() {
                 span.record("otel.status_code", "error");
             }

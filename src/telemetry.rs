@@ -169,6 +169,7 @@ pub fn init(format: LogFormat, prometheus: bool) -> Result<Telemetry, String> {
             .with_threads(false)
             .with_target(false)
             .with_level(false)
+            .with_tracked_inactivity(false)
             .with_filter(
                 Targets::new()
                     .with_target("patd", tracing::Level::INFO)
