@@ -63,6 +63,9 @@
 //!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
 //! - Every status, challenge and body a caller sees: `verdict`.
 //! - The one log line per request: `service` (`log_rpc`).
+//! - Server spans and request metrics: `grpc::guard` (gRPC) and
+//!   `forward_auth` (HTTP); store spans and timings: `store` (`AnyStore`);
+//!   the instruments: `metrics`; the providers: `telemetry`.
 //! - Listener limits (head size and time, HTTP/2): `listener`.
 //! - The shard tag that keeps an account in one Cluster slot:
 //!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).

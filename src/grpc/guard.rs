@@ -203,9 +203,10 @@ where
         // Token-service and ext_authz calls get a server span and their
         // request metrics.
         let observed = counted.then(|| {
-            let span = server_span(uri.path());
+            let rpc = method_label(uri.path());
+            let span = server_span(&rpc);
             crate::telemetry::parent_from_headers(&span, request.headers());
-            (method_label(uri.path()), span)
+            (rpc, span)
         });
         let layer = self.layer.clone();
         // The service made ready is the one that must be called.
@@ -329,23 +330,26 @@ static METHODS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
     methods
 });
 
-/// The `rpc` label of a counted gRPC path: its full method name, or
-/// `unknown` for a method patd does not serve.
+/// The label and span name of a method patd does not serve.
+static UNKNOWN_METHOD: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
+
+/// The `rpc` label (and span name) of a counted gRPC path: its full method
+/// name, or `unknown` for a method patd does not serve.
 fn method_label(path: &str) -> Arc<str> {
     let name = path.strip_prefix('/').unwrap_or(path);
     METHODS
         .iter()
         .find(|m| &***m == name)
-        .cloned()
-        .unwrap_or_else(|| Arc::from("unknown"))
+        .unwrap_or(&UNKNOWN_METHOD)
+        .clone()
 }
 
-/// The server span of one gRPC call, named and described per
-/// OpenTelemetry's RPC conventions (`package.Service/Method`,
-/// `rpc.system`, `rpc.service`, `rpc.method`; `rpc.grpc.status_code` and
-/// the `patd.*` facts are recorded as the call ends).
-fn server_span(path: &str) -> tracing::Span {
-    let name = path.strip_prefix('/').unwrap_or(path);
+/// The server span of one gRPC call (`name` from [`method_label`]),
+/// named and described per OpenTelemetry's RPC conventions
+/// (`package.Service/Method`, `rpc.system`, `rpc.service`, `rpc.method`;
+/// `rpc.grpc.status_code` and the `patd.*` facts are recorded as the call
+/// ends).
+fn server_span(name: &str) -> tracing::Span {
     let (service, method) = name.split_once('/').unwrap_or((name, ""));
     tracing::info_span!(
         "rpc",
