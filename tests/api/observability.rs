@@ -131,6 +131,25 @@ impl Collector {
             .collect()
     }
 
+    /// The resource attributes (`key=value`) of every metrics export.
+    pub fn metric_resources(&self) -> BTreeSet<String> {
+        let received = self.sink.0.lock().unwrap();
+        received
+            .metrics
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .filter_map(|r| r.resource.as_ref())
+            .flat_map(|r| &r.attributes)
+            .map(|a| {
+                format!(
+                    "{}={}",
+                    a.key,
+                    text_attr(std::slice::from_ref(a), &a.key).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     pub fn metric_names(&self) -> BTreeSet<String> {
         let received = self.sink.0.lock().unwrap();
         received
@@ -455,6 +474,61 @@ async fn the_last_spans_are_sent_at_shutdown() {
     let store = children(&spans, issue_span[0]);
     assert_eq!(store.len(), 1, "{store:#?}");
     assert_eq!(attr(store[0], "db.system").as_deref(), Some("memory"));
+}
+
+/// The names of patd's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(patd: &Patd) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", patd.pid()))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_standard_variables_configure_export_and_nothing_runs_without_them() {
+    // No endpoint: no exporter thread (the SDK names them
+    // `OpenTelemetry.Traces.BatchProcessor` and
+    // `OpenTelemetry.Metrics.PeriodicReader`; the kernel keeps 15 bytes).
+    let quiet = Patd::memory().await;
+    let names = thread_names(&quiet);
+    assert!(
+        !names.iter().any(|n| n.starts_with("OpenTelemetry")),
+        "{names:?}"
+    );
+
+    let collector = Collector::start().await;
+    let patd = Patd::spawn(
+        collector
+            .options(PatdOptions::new(Backend::Memory))
+            .env("OTEL_SERVICE_NAME", "patd-east")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test",
+            )
+            .env("OTEL_TRACES_SAMPLER", "always_off"),
+    )
+    .await;
+    let names = thread_names(&patd);
+    assert!(
+        names.iter().any(|n| n.starts_with("OpenTelemetry")),
+        "{names:?}"
+    );
+    let mut client = patd.client().await;
+    issue(&mut client, &random_name("acct-"), 600).await;
+    let pushed = eventually(Duration::from_secs(10), || async {
+        collector.metric_names().contains("patd.tokens.issued")
+    })
+    .await;
+    assert!(pushed, "{:?}", collector.metric_names());
+    let resource = collector.metric_resources();
+    for attribute in ["service.name=patd-east", "deployment.environment.name=test"] {
+        assert!(resource.contains(attribute), "{resource:?}");
+    }
+    // The sampler said no: nothing traced, however long we wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
 }
 
 /// The `/metrics` text.
