@@ -139,6 +139,21 @@ pub fn init(format: LogFormat, prometheus: bool) -> Result<Telemetry, String> {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(lines).boxed(),
     };
 
+    // Only the gRPC exporter is built in: another protocol would send to
+    // a port that does not speak it, silently.
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(protocol) = otel_var(name)
+            && protocol.trim() != "grpc"
+        {
+            return Err(format!(
+                "{name}={protocol:?}: patd exports OTLP over gRPC only (set it to \"grpc\" or unset it)"
+            ));
+        }
+    }
     let resource = resource();
     let traced = otel_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || otel_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
@@ -207,6 +222,12 @@ pub fn init(format: LogFormat, prometheus: bool) -> Result<Telemetry, String> {
         Some(spans) => lines_only.with(spans).try_init(),
         None => lines_only.try_init(),
     };
+    tracing::info!(
+        otlp_traces = traced,
+        otlp_metrics = pushed,
+        prometheus,
+        "telemetry"
+    );
     Ok(Telemetry {
         _log: guard,
         tracer,

@@ -389,6 +389,43 @@ mod tests {
     }
 
     #[test]
+    fn token_check_outcomes_are_the_metric_labels() {
+        const LABELS: [&str; 8] = [
+            "active",
+            "malformed",
+            "unknown",
+            "expired",
+            "revoked",
+            "insufficient_scope",
+            "unavailable",
+            "missing",
+        ];
+        for v in every_denial() {
+            if let Some(outcome) = v.introspection_outcome() {
+                assert!(LABELS.contains(&outcome), "{v:?}: {outcome}");
+            }
+        }
+        // Only answers about a presented credential (or its absence) count.
+        assert_eq!(Verdict::Overloaded.introspection_outcome(), None);
+        assert_eq!(Verdict::UnauthenticatedCaller.introspection_outcome(), None);
+        assert_eq!(
+            Verdict::StoreUnavailable.introspection_outcome(),
+            Some("unavailable")
+        );
+        // gRPC Introspect names the same answers the same way.
+        for why in [Inactive::Malformed, Inactive::Unknown, Inactive::Expired] {
+            assert_eq!(
+                introspect_outcome(&Ok(Introspection::Inactive(why))),
+                Verdict::InvalidToken(why).introspection_outcome().unwrap()
+            );
+        }
+        assert_eq!(
+            introspect_outcome(&Err(ServiceError::NotFound)),
+            Verdict::StoreUnavailable.introspection_outcome().unwrap()
+        );
+    }
+
+    #[test]
     fn every_door_renders_the_same_status_and_challenge() {
         for v in every_denial() {
             let http = v.to_forward_auth(Duration::from_secs(60));

@@ -476,6 +476,30 @@ async fn the_last_spans_are_sent_at_shutdown() {
     assert_eq!(attr(store[0], "db.system").as_deref(), Some("memory"));
 }
 
+#[test]
+fn an_otlp_protocol_other_than_grpc_is_refused_by_name() {
+    let out = crate::helpers::patd_command(&[
+        ("PATD_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("PATD_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            "http://127.0.0.1:4318".to_owned(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+            "http/protobuf".to_owned(),
+        ),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("gRPC only"),
+        "{stderr}"
+    );
+}
+
 /// The names of patd's threads (`/proc/<pid>/task/*/comm`).
 fn thread_names(patd: &Patd) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{}/task", patd.pid()))
