@@ -283,22 +283,52 @@ where
         let Some((rpc, span)) = observed else {
             return Box::pin(answer);
         };
-        let started = std::time::Instant::now();
+        let mut observed = Observed {
+            rpc: Some(rpc),
+            span,
+            started: std::time::Instant::now(),
+        };
         Box::pin(async move {
-            let result = answer.instrument(span.clone()).await;
+            let result = answer.instrument(observed.span.clone()).await;
             let code = match &result {
                 Ok(response) => response_code(response),
                 Err(_) => Code::Unknown,
             };
-            if !span.is_disabled() {
-                span.record("rpc.grpc.status_code", code as i64);
-                if is_server_error(code) {
-                    span.record("otel.status_code", "error");
-                }
-            }
-            metrics::request(rpc, metrics::Code::Grpc(code_name(code)), started.elapsed());
+            observed.end(code);
             result
         })
+    }
+}
+
+/// A counted call's span and request metrics, ended with its status
+/// code, or with CANCELLED when the client went away first (the future
+/// was dropped).
+struct Observed {
+    /// `None` once ended.
+    rpc: Option<Arc<str>>,
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+impl Observed {
+    fn end(&mut self, code: Code) {
+        let Some(rpc) = self.rpc.take() else {
+            return;
+        };
+        if !self.span.is_disabled() {
+            self.span.record("rpc.grpc.status_code", code as i64);
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "error");
+            }
+        }
+        let code = metrics::Code::Grpc(code_name(code));
+        metrics::request(rpc, code, self.started.elapsed());
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled);
     }
 }
 

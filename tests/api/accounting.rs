@@ -93,6 +93,20 @@ async fn deadlines_and_cancellations_each_leave_one_line() {
         "{}",
         patd.logs()
     );
+    // ... and is counted as gRPC counts it: CANCELLED.
+    let metrics = get(patd.http_addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                == r#"patd_requests_total{code="CANCELLED",rpc="patd.v1.TokenService/List"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"patd_requests_total{code="DEADLINE_EXCEEDED",rpc="patd.v1.TokenService/Introspect"} 2"#),
+        "{metrics}"
+    );
 
     // forward-auth past the deadline: 504 and a line.
     let reply = get(
