@@ -257,7 +257,13 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
     let collector = Collector::start().await;
     let mut redis = RedisServer::start();
     let patd =
-        Patd::spawn(collector.options(PatdOptions::new(Backend::Redis { url: redis.url() }))).await;
+        // Without the introspection cache: every lookup is a Redis call, and
+        // the outage below is seen by the very next one.
+        Patd::spawn(collector.options(
+            PatdOptions::new(Backend::Redis { url: redis.url() })
+                .env("PATD_CACHE_MAX_ENTRIES", "0"),
+        ))
+        .await;
     let mut client = patd.client().await;
     let account = random_name("acct-");
     let (token, token_id) = issue(&mut client, &account, 600).await;
