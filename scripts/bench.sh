@@ -41,7 +41,8 @@
 # Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3),
 # BENCH_CONNECTIONS (8), BENCH_IN_FLIGHT (32), BENCH_BASELINE_NODELAY (1),
 # BENCH_PATD_LOG (RUST_LOG for patd; default `info`, patd's own default:
-# one log line per RPC, as in production), BENCH_KEEP=1 keeps the results
+# one log line per management RPC, token checks counted by metrics, as in
+# production), BENCH_KEEP=1 keeps the results
 # directory.
 # Quick run: BENCH_DURATION=2s BENCH_ROUNDS=1 scripts/bench.sh
 #

@@ -162,6 +162,16 @@ pub enum Refusal {
     PermissionDenied(Role),
 }
 
+impl Refusal {
+    /// The `reason` label of `patd_caller_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::PermissionDenied(_) => "permission_denied",
+        }
+    }
+}
+
 /// The configured callers; empty means "no caller authentication".
 #[derive(Debug, Clone, Default)]
 pub struct Callers {

@@ -251,6 +251,19 @@ pub struct Config {
     #[arg(long, env = "PATD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
 
+    /// Serve Prometheus metrics at `GET /metrics` on the HTTP listener
+    /// (`true`/`false`). OTLP export is configured by the standard
+    /// `OTEL_*` variables instead.
+    #[arg(
+        long,
+        env = "PATD_METRICS",
+        num_args = 0..=1,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = boolean
+    )]
+    pub metrics: bool,
+
     /// On SIGTERM, how long health reports NOT_SERVING before the listeners
     /// stop accepting (lets load balancers drain).
     #[arg(long, env = "PATD_SHUTDOWN_GRACE", default_value = "0s")]

@@ -1,6 +1,7 @@
 //! The HTTP listener's routes for gateways: `/v1/forward-auth` (nginx
 //! `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`, APISIX
-//! `forward-auth`), `/healthz` and `/readyz`. Gateways decide on the status
+//! `forward-auth`), `/healthz`, `/readyz` and `/metrics` (Prometheus text,
+//! open like the probes; `PATD_METRICS=false` removes it). Gateways decide on the status
 //! code alone, so every answer that is not a clear "yes" is a 4xx or 5xx: a
 //! store outage is 503, never 200. Statuses, challenges and bodies come
 //! from the one table in `verdict`.
@@ -20,11 +21,13 @@ use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument as _;
 
 use crate::auth::{LiveCallers, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes};
 use crate::listener::Limits;
+use crate::metrics::{self, Door};
 use crate::service::Tokens;
 use crate::store::Store;
 use crate::telemetry::{RpcName, Unfinished};
@@ -63,6 +66,7 @@ pub fn router<S: Store>(
     callers: LiveCallers,
     limits: Limits,
     shutdown: CancellationToken,
+    metrics: bool,
 ) -> Router {
     let guards = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panicked))
@@ -76,18 +80,112 @@ pub fn router<S: Store>(
         .layer(GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ));
-    Router::new()
-        .route("/v1/forward-auth", any(forward_auth::<S>).layer(admission))
+    let mut routes = Router::new()
+        .route(FORWARD_AUTH_ROUTE, any(forward_auth::<S>).layer(admission))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz::<S>))
+        .route("/readyz", get(readyz::<S>));
+    if metrics {
+        routes = routes.route("/metrics", get(prometheus_metrics));
+    }
+    routes
         .layer(axum::middleware::from_fn(one_chunked_coding))
         .layer(guards)
+        // Outermost: every answer is measured, shed and late ones too.
+        .layer(axum::middleware::from_fn(observe))
         .with_state(AppState {
             tokens,
             settings,
             callers,
             shutdown,
         })
+}
+
+/// The forward-auth route (`http.route`, and the `rpc` label).
+const FORWARD_AUTH_ROUTE: &str = "/v1/forward-auth";
+
+/// The `rpc` label of an HTTP request: its route, from a fixed list (a
+/// client's made-up path must not mint a series).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        FORWARD_AUTH_ROUTE => FORWARD_AUTH_ROUTE,
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "unknown",
+    }
+}
+
+/// The span name (`{method} {http.route}`) and `http.request.method` of a
+/// forward-auth request, per OpenTelemetry's HTTP conventions (`HTTP` and
+/// `_OTHER` for a method outside the standard set).
+fn forward_auth_span_name(method: &axum::http::Method) -> (&'static str, &'static str) {
+    use axum::http::Method;
+    match *method {
+        Method::GET => ("GET /v1/forward-auth", "GET"),
+        Method::HEAD => ("HEAD /v1/forward-auth", "HEAD"),
+        Method::POST => ("POST /v1/forward-auth", "POST"),
+        Method::PUT => ("PUT /v1/forward-auth", "PUT"),
+        Method::PATCH => ("PATCH /v1/forward-auth", "PATCH"),
+        Method::DELETE => ("DELETE /v1/forward-auth", "DELETE"),
+        Method::OPTIONS => ("OPTIONS /v1/forward-auth", "OPTIONS"),
+        _ => ("HTTP /v1/forward-auth", "_OTHER"),
+    }
+}
+
+/// Measures every HTTP request (`patd_requests_total`,
+/// `patd_request_duration_seconds`) and gives each forward-auth request
+/// its server span, a child of the gateway's `traceparent` if it sent one.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = route_label(request.uri().path());
+    let started = std::time::Instant::now();
+    let response = if route == FORWARD_AUTH_ROUTE {
+        let (name, method) = forward_auth_span_name(request.method());
+        let span = tracing::info_span!(
+            "http",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            http.route = FORWARD_AUTH_ROUTE,
+            http.response.status_code = tracing::field::Empty,
+            patd.outcome = tracing::field::Empty,
+            patd.token_id = tracing::field::Empty,
+            patd.account_id = tracing::field::Empty,
+        );
+        crate::telemetry::parent_from_headers(&span, request.headers());
+        let response = next.run(request).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let status = response.status();
+            span.record("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+        response
+    } else {
+        next.run(request).await
+    };
+    metrics::request(
+        route,
+        metrics::Code::Http(response.status().as_u16()),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `GET /metrics`: the Prometheus text exposition (format 0.0.4).
+async fn prometheus_metrics() -> Response {
+    match metrics::prometheus_text() {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// RFC 9112 §6.1: `chunked` is applied at most once, as the last
@@ -124,6 +222,7 @@ async fn overloaded_or_late(error: BoxError) -> Response {
         (Verdict::Deadline, "deadline_exceeded")
     } else {
         // Overloaded: refuse now rather than queue without bound.
+        metrics::shed("http");
         (Verdict::Overloaded, "overloaded")
     };
     // The handler never wrote its line: this is the request's one line.
@@ -165,6 +264,7 @@ async fn forward_auth<S: Store>(
         let key = headers.get(CALLER_KEY_HEADER).and_then(|v| v.to_str().ok());
         let sans = peer.map(|p| p.0.0).unwrap_or_default();
         if let Err(refusal) = callers.authorize(key, &sans, Role::Introspect) {
+            metrics::caller_refusal(refusal.reason());
             // The gateway's own credentials are wrong: the operator must
             // see it, and end users must not be told their token is bad.
             tracing::warn!(
@@ -190,7 +290,11 @@ async fn forward_auth<S: Store>(
         .authorize("ForwardAuth", value, &required)
         .await;
     unfinished.answered();
-    Verdict::from_decision(decision, &required).to_forward_auth(max_age)
+    let verdict = Verdict::from_decision(decision, &required);
+    if let Some(outcome) = verdict.introspection_outcome() {
+        metrics::introspection(Door::ForwardAuth, outcome);
+    }
+    verdict.to_forward_auth(max_age)
 }
 
 async fn readyz<S: Store>(State(state): State<AppState<S>>) -> (StatusCode, &'static str) {

@@ -18,16 +18,20 @@
 //! - [`reload`] (uses `auth`, `domain`, `telemetry`, `tls`): reloading the
 //!   callers file and TLS files on SIGHUP and when they change on disk;
 //!   certificate expiry warnings.
-//! - [`telemetry`] (uses nothing): the tracing subscriber (`RUST_LOG`,
-//!   text or JSON), error chains and panic messages for the log.
+//! - [`telemetry`] (uses `metrics`): the tracing subscriber (`RUST_LOG`,
+//!   text or JSON), the OpenTelemetry providers (OTLP traces and metrics
+//!   from the standard `OTEL_*` variables, the Prometheus reader), W3C
+//!   trace-context extraction, error chains and panic messages for the log.
+//! - [`metrics`] (uses nothing): the metric instruments and the Prometheus
+//!   text of `/metrics`.
 //!
 //! Transport (the doors):
-//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `pb`, `service`, `store`,
-//!   `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
+//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `metrics`, `pb`,
+//!   `service`, `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
 //! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
-//!   `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
+//!   `metrics`, `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
 //!   of an unknown service, watches ended at shutdown).
@@ -44,13 +48,15 @@
 //! - [`auth`] (uses `token`): callers, their roles and keys.
 //!
 //! Core:
-//! - [`service`] (uses `audit`, `domain`, `store`, `telemetry`, `token`):
-//!   the use cases and their rules (limit, lifetime, digest check,
-//!   record seals checked before any decision, rotation, a token's state and why it is inactive, the gateway
+//! - [`service`] (uses `audit`, `domain`, `metrics`, `store`, `telemetry`,
+//!   `token`): the use cases and their rules (limit, lifetime, digest
+//!   check, record seals checked before any decision, rotation, a token's
+//!   state and why it is inactive, the gateway
 //!   decision), with one error enum, and the one log line per request.
-//! - [`store`] (uses `audit`, `domain`, `token`): the `Store` trait, memory
-//!   and Redis implementations, key names and the Lua scripts (each change
-//!   appends its audit event in the same atomic step).
+//! - [`store`] (uses `audit`, `domain`, `metrics`, `token`): the `Store`
+//!   trait, memory and Redis implementations, the introspection cache, key
+//!   names and the Lua scripts (each change appends its audit event in the
+//!   same atomic step).
 //! - [`audit`] (uses `domain`): the audit trail's types (actor, request
 //!   id, event, paging, the count and age caps) and its `audit` log line.
 //! - [`token`] (uses `domain`): the token format, the digests at rest and
@@ -70,6 +76,9 @@
 //!   store appends an event inside the change itself (`store::memory`'s
 //!   `append_event`, the Lua fragment `store/lua/audit.lua` that
 //!   `store::redis` puts into every changing script).
+//! - Server spans and request metrics: `grpc::guard` (gRPC) and
+//!   `forward_auth` (HTTP); store spans and timings: `store` (`AnyStore`);
+//!   the instruments: `metrics`; the providers: `telemetry`.
 //! - Listener limits (head size and time, HTTP/2): `listener`.
 //! - The shard tag that keeps an account in one Cluster slot:
 //!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).
@@ -83,6 +92,7 @@ pub mod forward_auth;
 pub mod grpc;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -43,16 +43,20 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&patd::telemetry::error_chain(&e)),
     };
-    // Held to the end of main: dropping it flushes the log.
-    let _log_guard = match patd::telemetry::init(settings.log_format) {
-        Ok(guard) => guard,
-        Err(reason) => return fail(&reason),
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(async move {
+    // The OTLP exporters' connections live on this runtime.
+    let entered = runtime.enter();
+    // Held to the end of main: shutting it down flushes spans, metrics and
+    // the log.
+    let telemetry = match patd::telemetry::init(settings.log_format, settings.metrics) {
+        Ok(telemetry) => telemetry,
+        Err(reason) => return fail(&reason),
+    };
+    drop(entered);
+    let code = runtime.block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => return fail(&patd::telemetry::error_chain(&e)),
@@ -64,7 +68,10 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&patd::telemetry::error_chain(&e)),
         }
-    })
+    });
+    // The last spans and metrics, exported while the runtime still runs.
+    telemetry.shutdown();
+    code
 }
 
 /// Sets the core-file limit to 0 before any secret is read from a file:

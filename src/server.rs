@@ -185,6 +185,7 @@ impl Application {
             callers.clone(),
             limits,
             shutdown.clone(),
+            settings.metrics,
         );
 
         tokio::spawn(watch_readiness(

@@ -25,6 +25,7 @@ use crate::domain::{
     PageRequest, RevocationReason, Scopes, TokenId, TokenInfo, TokenState, UnixMillis,
     rotation_grace,
 };
+use crate::metrics;
 use crate::store::{
     Ending, Found, IssueOutcome, IssueTerms, NewToken, RotateOutcome, Rotation, Store, StoreError,
     StoredToken, Tombstone,
@@ -319,6 +320,7 @@ impl<S: Store> Tokens<S> {
                     sealed = mac.is_some(),
                     "tampered token record: its seal does not match; treated as unknown"
                 );
+                metrics::record_tampered(rpc);
                 false
             }
         }
@@ -362,6 +364,9 @@ impl<S: Store> Tokens<S> {
         let actor = log.actor();
         let account = cmd.account.clone();
         let result = self.issue_inner(cmd, &actor).await;
+        if result.is_ok() {
+            metrics::token_issued();
+        }
         let token_id = result.as_ref().ok().map(|i| &i.info.token_id);
         if let Some(id) = token_id {
             crate::audit::log_event(
@@ -506,6 +511,7 @@ impl<S: Store> Tokens<S> {
                             }
                             crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
                         }
+                        metrics::tokens_revoked("undo", u64::from(landed));
                         tracing::info!(
                             account_id = account.as_str(),
                             token_id = token_id.as_str(),
@@ -652,11 +658,13 @@ impl<S: Store> Tokens<S> {
         }
         let store = self.store.clone();
         let token_id = info.token_id.clone();
-        tokio::spawn(async move {
+        // Under the request's span, so its store span joins the trace.
+        let touch = async move {
             if let Err(e) = store.touch(&token_id, TOUCH_INTERVAL).await {
                 tracing::debug!(token_id = token_id.as_str(), error = %e, "last-used update failed");
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(touch));
     }
 
     /// Revokes one token of an account.
@@ -683,6 +691,7 @@ impl<S: Store> Tokens<S> {
                 .await
             {
                 Ok(true) => {
+                    metrics::tokens_revoked("revoke", 1);
                     let ids = [token_id.clone()];
                     crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
                     Ok(())
@@ -717,6 +726,9 @@ impl<S: Store> Tokens<S> {
             Err(e) => Err(ServiceError::from(e)),
         };
         log.revoked = result.as_ref().ok().copied();
+        if let Some(n) = log.revoked {
+            metrics::tokens_revoked("revoke_all", u64::from(n));
+        }
         log.account(Some(&account))
             .finish(result.as_ref().map(|_| "ok"));
         result
@@ -849,6 +861,9 @@ impl<S: Store> Tokens<S> {
         let (account, old) = (cmd.account.clone(), cmd.token_id.clone());
         let result = self.rotate_inner(cmd, &actor).await;
         if let Ok(rotated) = &result {
+            // A successor is issued; the old token ends with its window.
+            metrics::token_issued();
+            metrics::tokens_revoked("rotate", 1);
             let ids = [old.clone(), rotated.info.token_id.clone()];
             crate::audit::log_event(AuditAction::Rotate, &account, &ids, &actor);
         }
@@ -985,6 +1000,7 @@ impl<S: Store> Tokens<S> {
         let result = self.revoke_token_inner(presented, &actor).await;
         let (account, token_id) = match &result {
             Ok((account, id)) => {
+                metrics::tokens_revoked("revoke_token", 1);
                 let ids = std::slice::from_ref(id);
                 crate::audit::log_event(AuditAction::RevokeToken, account, ids, &actor);
                 (Some(account), Some(id))
@@ -1063,7 +1079,10 @@ fn error_label(e: &ServiceError) -> &'static str {
 /// ended and how long it took. Never the token value. A store failure is a
 /// warning carrying its cause chain, which stays in the log. A management
 /// call gets a fresh request id here, which its line and its audit events
-/// carry.
+/// carry. Token checks (Introspect, Check, ForwardAuth) log at DEBUG,
+/// counted by metrics instead; the same outcome, token id and account id go
+/// on the request's server span (`patd.outcome`, `patd.token_id`,
+/// `patd.account_id`).
 struct RpcLog<'a> {
     rpc: &'static str,
     caller: Option<&'a str>,
@@ -1137,49 +1156,64 @@ impl<'a> RpcLog<'a> {
         let account_id = account.map(AccountId::as_str);
         let token_id = token_id.map(TokenId::as_str);
         let request_id = request_id.as_ref().map(RequestId::as_str);
+        let label = match outcome {
+            Ok(label) => label,
+            Err(e) => error_label(e),
+        };
+        // The request's server span (if it is exported) carries the same
+        // public facts as the line.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("patd.outcome", label);
+            if let Some(token_id) = token_id {
+                span.record("patd.token_id", token_id);
+            }
+            if let Some(account_id) = account_id {
+                span.record("patd.account_id", account_id);
+            }
+        }
+        // Token checks are counted by metrics; their line is DEBUG.
+        let hot = crate::telemetry::is_hot_path(rpc);
         match outcome {
-            Ok(label) => tracing::info!(
+            Err(ServiceError::Unavailable(cause)) => tracing::warn!(
                 rpc,
                 caller,
                 request_id,
                 account_id,
                 token_id,
-                revoked,
-                successor,
-                reason,
                 outcome = label,
-                latency_us,
-                "rpc"
-            ),
-            Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
-                rpc,
-                caller,
-                request_id,
-                account_id,
-                token_id,
-                outcome = error_label(e),
                 latency_us,
                 cause = %crate::telemetry::error_chain(cause),
                 "rpc"
             ),
-            Err(e) => {
+            _ => {
                 // The refused field, when a field was refused.
-                let field = match e {
-                    ServiceError::InvalidArgument(field) => Some(field.field),
+                let field = match outcome {
+                    Err(ServiceError::InvalidArgument(field)) => Some(field.field),
                     _ => None,
                 };
-                tracing::info!(
-                    rpc,
-                    caller,
-                    request_id,
-                    account_id,
-                    token_id,
-                    reason,
-                    outcome = error_label(e),
-                    field,
-                    latency_us,
-                    "rpc"
-                )
+                macro_rules! line {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            rpc,
+                            caller,
+                            request_id,
+                            account_id,
+                            token_id,
+                            revoked,
+                            successor,
+                            reason,
+                            outcome = label,
+                            field,
+                            latency_us,
+                            "rpc"
+                        )
+                    };
+                }
+                match hot {
+                    true => line!(debug),
+                    false => line!(info),
+                }
             }
         }
     }

@@ -163,6 +163,8 @@ pub struct Settings {
     /// Where to write the bound addresses once listening.
     pub ready_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// Whether `/metrics` serves the Prometheus text.
+    pub metrics: bool,
 }
 
 /// The Redis TLS files, read and checked against the URL.
@@ -314,6 +316,7 @@ impl TryFrom<Config> for Settings {
             shutdown_grace: *config.shutdown_grace,
             ready_file: config.ready_file,
             log_format: config.log_format,
+            metrics: config.metrics,
         })
     }
 }

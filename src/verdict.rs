@@ -55,7 +55,7 @@ use tonic::{Code, Status};
 use crate::auth::{Refusal, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes, TokenInfo};
-use crate::service::{Decision, Inactive, Live, ServiceError};
+use crate::service::{Decision, Inactive, Introspection, Live, ServiceError};
 
 /// Upstream header naming the token's account (forward-auth and ext_authz).
 pub const ACCOUNT_ID_HEADER: &str = "x-account-id";
@@ -67,6 +67,20 @@ pub const TOKEN_SCOPES_HEADER: &str = "x-token-scopes";
 pub const REASON_HEADER: &str = "x-patd-reason";
 
 const NO_STORE: &str = "no-store";
+
+const OUTCOME_ACTIVE: &str = "active";
+const OUTCOME_UNAVAILABLE: &str = "unavailable";
+
+/// The `outcome` label of a gRPC Introspect, as
+/// [`Verdict::introspection_outcome`] names the same answer at a gateway
+/// door (without building a verdict on the hot path).
+pub fn introspect_outcome(result: &Result<Introspection, ServiceError>) -> &'static str {
+    match result {
+        Ok(Introspection::Active(_)) => OUTCOME_ACTIVE,
+        Ok(Introspection::Inactive(why)) => why.as_str(),
+        Err(_) => OUTCOME_UNAVAILABLE,
+    }
+}
 
 /// Every answer patd gives, whichever door asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +131,34 @@ impl Verdict {
                 required: required.clone(),
             },
             Err(e) => e.into(),
+        }
+    }
+
+    /// The `outcome` label of `patd_introspections_total` for a token
+    /// check answered with this verdict: `active`, the inactive reason
+    /// (`malformed`, `unknown`, `expired`, `revoked`, `rotated`: the
+    /// `InactiveReason` a tombstone proves), `insufficient_scope`,
+    /// `unavailable`, or `missing` (no credential at a gateway door).
+    /// `None` for answers that checked no token (a refused caller, a
+    /// misconfigured route, shed, deadline, a panic).
+    pub fn introspection_outcome(&self) -> Option<&'static str> {
+        match self {
+            Verdict::Allow(_) => Some(OUTCOME_ACTIVE),
+            Verdict::InvalidToken(why) => Some(why.as_str()),
+            Verdict::InsufficientScope { .. } => Some("insufficient_scope"),
+            Verdict::StoreUnavailable => Some(OUTCOME_UNAVAILABLE),
+            Verdict::MissingCredential => Some("missing"),
+            Verdict::RouteMisconfigured(_)
+            | Verdict::UnauthenticatedCaller
+            | Verdict::ForbiddenCaller(_)
+            | Verdict::Overloaded
+            | Verdict::Deadline
+            | Verdict::Internal
+            | Verdict::InvalidArgument(_)
+            | Verdict::LimitReached { .. }
+            | Verdict::NotFound
+            | Verdict::AlreadyRotated
+            | Verdict::StoreFull => None,
         }
     }
 
@@ -377,6 +419,50 @@ mod tests {
             Verdict::AlreadyRotated,
             Verdict::StoreFull,
         ]
+    }
+
+    #[test]
+    fn token_check_outcomes_are_the_metric_labels() {
+        const LABELS: [&str; 9] = [
+            "active",
+            "malformed",
+            "unknown",
+            "expired",
+            "revoked",
+            "rotated",
+            "insufficient_scope",
+            "unavailable",
+            "missing",
+        ];
+        for v in every_denial() {
+            if let Some(outcome) = v.introspection_outcome() {
+                assert!(LABELS.contains(&outcome), "{v:?}: {outcome}");
+            }
+        }
+        // Only answers about a presented credential (or its absence) count.
+        assert_eq!(Verdict::Overloaded.introspection_outcome(), None);
+        assert_eq!(Verdict::UnauthenticatedCaller.introspection_outcome(), None);
+        assert_eq!(
+            Verdict::StoreUnavailable.introspection_outcome(),
+            Some("unavailable")
+        );
+        // gRPC Introspect names the same answers the same way.
+        for why in [
+            Inactive::Malformed,
+            Inactive::Unknown,
+            Inactive::Expired,
+            Inactive::Revoked,
+            Inactive::Rotated,
+        ] {
+            assert_eq!(
+                introspect_outcome(&Ok(Introspection::Inactive(why))),
+                Verdict::InvalidToken(why).introspection_outcome().unwrap()
+            );
+        }
+        assert_eq!(
+            introspect_outcome(&Err(ServiceError::NotFound)),
+            Verdict::StoreUnavailable.introspection_outcome().unwrap()
+        );
     }
 
     #[test]

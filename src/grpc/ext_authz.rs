@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use tonic::{Request, Response, Status};
 
 use crate::bearer;
+use crate::metrics::{self, Door};
 use crate::service::Tokens;
 use crate::store::Store;
 use crate::verdict::Verdict;
@@ -71,6 +72,10 @@ impl<S: Store> Authorization for ExtAuthz<S> {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
+        // The user's request carries the trace this decision belongs to.
+        if let Some(http) = http {
+            crate::telemetry::parent_from_map(&tracing::Span::current(), &http.headers);
+        }
         let authorization = header_values(http, "authorization");
         let extra = self
             .token_header
@@ -93,6 +98,9 @@ impl<S: Store> Authorization for ExtAuthz<S> {
                 Verdict::RouteMisconfigured(e)
             }
         };
+        if let Some(outcome) = verdict.introspection_outcome() {
+            metrics::introspection(Door::ExtAuthz, outcome);
+        }
         Ok(Response::new(verdict.to_check_response()))
     }
 }

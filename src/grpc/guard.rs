@@ -17,19 +17,21 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use futures_util::FutureExt as _;
 use futures_util::future::{Either, Ready, ready};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Status};
 use tower::{BoxError, Layer, Service};
+use tracing::Instrument as _;
 
 use crate::auth::{CallerName, LiveCallers, Role};
 use crate::bearer;
+use crate::metrics;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::telemetry::{RpcName, Unfinished, panic_message};
 use crate::tls::client_sans;
@@ -198,11 +200,19 @@ where
             _ => (self.layer.timeout, "deadline_exceeded"),
         };
         let peer = remote_addr(&request);
+        // Token-service and ext_authz calls get a server span and their
+        // request metrics.
+        let observed = counted.then(|| {
+            let rpc = method_label(uri.path());
+            let span = server_span(&rpc);
+            crate::telemetry::parent_from_headers(&span, request.headers());
+            (rpc, span)
+        });
         let layer = self.layer.clone();
         // The service made ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        let answer = async move {
             // Logs the request if it ends without an answer (the client
             // went away and its future was dropped).
             let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
@@ -243,6 +253,7 @@ where
                     Ok(Verdict::Internal.to_status().into_http())
                 }
                 Ok(Err(Refused::Overloaded)) => {
+                    metrics::shed("grpc");
                     if let Some(u) = unfinished.take() {
                         u.finish("overloaded");
                     }
@@ -268,7 +279,169 @@ where
                     Ok(Verdict::Deadline.to_status().into_http())
                 }
             }
+        };
+        let Some((rpc, span)) = observed else {
+            return Box::pin(answer);
+        };
+        let mut observed = Observed {
+            rpc: Some(rpc),
+            span,
+            started: std::time::Instant::now(),
+        };
+        Box::pin(async move {
+            let result = answer.instrument(observed.span.clone()).await;
+            let code = match &result {
+                Ok(response) => response_code(response),
+                Err(_) => Code::Unknown,
+            };
+            observed.end(code);
+            result
         })
+    }
+}
+
+/// A counted call's span and request metrics, ended with its status
+/// code, or with CANCELLED when the client went away first (the future
+/// was dropped).
+struct Observed {
+    /// `None` once ended.
+    rpc: Option<Arc<str>>,
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+impl Observed {
+    fn end(&mut self, code: Code) {
+        let Some(rpc) = self.rpc.take() else {
+            return;
+        };
+        if !self.span.is_disabled() {
+            self.span.record("rpc.grpc.status_code", code as i64);
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "error");
+            }
+        }
+        let code = metrics::Code::Grpc(code_name(code));
+        metrics::request(rpc, code, self.started.elapsed());
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled);
+    }
+}
+
+/// The full names (`package.Service/Method`) of every token-service and
+/// ext_authz method, read once from the descriptors patd serves: the
+/// `rpc` label comes from this list, never from an unchecked path (a
+/// client could otherwise mint a series per made-up method).
+static METHODS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+    use prost::Message as _;
+    let mut methods = Vec::new();
+    for encoded in [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        crate::pb::ENVOY_AUTHZ_DESCRIPTOR_SET,
+    ] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+            continue;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let full = format!("{}.{}/{}", file.package(), service.name(), method.name());
+                    if role_for_grpc_path(&format!("/{full}")).is_some() {
+                        methods.push(Arc::from(full));
+                    }
+                }
+            }
+        }
+    }
+    methods
+});
+
+/// The label and span name of a method patd does not serve.
+static UNKNOWN_METHOD: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
+
+/// The `rpc` label (and span name) of a counted gRPC path: its full method
+/// name, or `unknown` for a method patd does not serve.
+fn method_label(path: &str) -> Arc<str> {
+    let name = path.strip_prefix('/').unwrap_or(path);
+    METHODS
+        .iter()
+        .find(|m| &***m == name)
+        .unwrap_or(&UNKNOWN_METHOD)
+        .clone()
+}
+
+/// The server span of one gRPC call (`name` from [`method_label`]),
+/// named and described per OpenTelemetry's RPC conventions
+/// (`package.Service/Method`, `rpc.system`, `rpc.service`, `rpc.method`;
+/// `rpc.grpc.status_code` and the `patd.*` facts are recorded as the call
+/// ends).
+fn server_span(name: &str) -> tracing::Span {
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    tracing::info_span!(
+        "rpc",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        patd.outcome = tracing::field::Empty,
+        patd.token_id = tracing::field::Empty,
+        patd.account_id = tracing::field::Empty,
+    )
+}
+
+/// The gRPC status of an answer: `grpc-status` in its headers (a
+/// trailers-only answer: every error), else OK (a unary answer whose
+/// status follows in the trailers).
+fn response_code(response: &HttpResponse) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
+}
+
+/// Status codes that are the server's failure (OpenTelemetry's RPC
+/// conventions: the span's status is then Error).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// The gRPC status name (`OK`, `UNAVAILABLE`, ...), as the `code` label.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -422,6 +595,7 @@ where
             }
             Err(refusal) => refusal,
         };
+        metrics::caller_refusal(refusal.reason());
         tracing::info!(
             path = request.uri().path(),
             refusal = %refusal,

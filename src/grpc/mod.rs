@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::AuditPageRequest;
 use crate::auth::{ANONYMOUS, CallerName};
 use crate::domain::{AccountId, FieldError, PageRequest, RevocationReason, TokenId};
+use crate::metrics::{self, Door};
 use crate::pb;
 use crate::pb::token_service_server::TokenService;
 use crate::service::{Introspection, Tokens};
@@ -77,7 +78,9 @@ impl<S: Store> TokenService for TokenApi<S> {
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         let pb::IntrospectRequest { token } = request.into_inner();
-        let answer = match self.tokens.introspect(&token).await? {
+        let result = self.tokens.introspect(&token).await;
+        metrics::introspection(Door::Grpc, crate::verdict::introspect_outcome(&result));
+        let answer = match result? {
             Introspection::Active(live) => pb::IntrospectResponse {
                 active: true,
                 info: Some(convert::token_info(live.info)),

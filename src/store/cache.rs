@@ -33,6 +33,7 @@ use redis::Client;
 
 use super::StoredToken;
 use crate::domain::{TokenId, UnixMillis};
+use crate::metrics;
 
 /// How often the subscription is proven alive by a `PING`.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
@@ -90,6 +91,7 @@ pub struct Cache {
 impl Cache {
     /// An empty cache, bypassed until the channel proves itself.
     pub fn new(settings: CacheSettings) -> Self {
+        metrics::cache_bypass(true);
         Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(settings.max_entries)
@@ -174,9 +176,12 @@ impl Cache {
     /// through this instance).
     pub fn invalidate<'a>(&self, token_ids: impl IntoIterator<Item = &'a str>) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut n = 0;
         for id in token_ids {
             self.entries.invalidate(id);
+            n += 1;
         }
+        metrics::cache_invalidations(n);
     }
 
     /// Forgets everything.
@@ -188,6 +193,7 @@ impl Cache {
     /// The channel is gone: stop answering and forget everything.
     fn down(&self) {
         self.usable_until.store(0, Ordering::SeqCst);
+        metrics::cache_bypass(true);
         self.flush();
     }
 
@@ -197,6 +203,7 @@ impl Cache {
             .since_epoch(sent)
             .saturating_add(u64::try_from(FRESH_FOR.as_millis()).unwrap_or(u64::MAX));
         self.usable_until.fetch_max(until, Ordering::SeqCst);
+        metrics::cache_bypass(false);
     }
 
     /// Records held now (moka counts lazily; for tests and logs).

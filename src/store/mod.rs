@@ -39,6 +39,7 @@ use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
+use crate::metrics;
 use crate::token::{KeyId, LiveKeys, RecordFields, RecordMac, TokenDigest};
 
 pub use self::memory::MemoryStore;
@@ -379,13 +380,43 @@ pub enum AnyStore {
     Redis(RedisStore),
 }
 
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            AnyStore::Memory($s) => $call.await,
-            AnyStore::Redis($s) => $call.await,
+impl AnyStore {
+    /// `db.system` of its spans: `redis`, or `memory` for the in-process
+    /// map (no registered value fits an embedded store).
+    fn db_system(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(_) => "memory",
+            AnyStore::Redis(_) => "redis",
         }
-    };
+    }
+}
+
+/// Calls the chosen store inside one client span (`db.system`,
+/// `db.operation.name` = `$op`, a child of the request's span) and records
+/// the call's duration and failure as metrics.
+macro_rules! dispatch {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {{
+        let span = tracing::info_span!(
+            "store",
+            otel.name = $op,
+            otel.kind = "client",
+            db.system = $self.db_system(),
+            db.operation.name = $op,
+        );
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(
+            async {
+                match $self {
+                    AnyStore::Memory($s) => $call.await,
+                    AnyStore::Redis($s) => $call.await,
+                }
+            },
+            span,
+        )
+        .await;
+        metrics::store_call($op, started.elapsed(), result.is_ok());
+        result
+    }};
 }
 
 impl Store for AnyStore {
@@ -396,11 +427,11 @@ impl Store for AnyStore {
         terms: &IssueTerms<'_>,
         actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
-        dispatch!(self, s => s.issue(token, expiry, terms, actor))
+        dispatch!(self, "issue", s => s.issue(token, expiry, terms, actor))
     }
 
     async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
-        dispatch!(self, s => s.lookup(token_id))
+        dispatch!(self, "lookup", s => s.lookup(token_id))
     }
 
     async fn rotate(
@@ -409,7 +440,7 @@ impl Store for AnyStore {
         terms: &IssueTerms<'_>,
         actor: &Actor,
     ) -> Result<RotateOutcome, StoreError> {
-        dispatch!(self, s => s.rotate(rotation, terms, actor))
+        dispatch!(self, "rotate", s => s.rotate(rotation, terms, actor))
     }
 
     async fn seal(
@@ -419,11 +450,11 @@ impl Store for AnyStore {
         expires_at: UnixMillis,
         mac: &RecordMac,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.seal(token_id, created_at, expires_at, mac))
+        dispatch!(self, "seal", s => s.seal(token_id, created_at, expires_at, mac))
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.touch(token_id, min_interval))
+        dispatch!(self, "touch", s => s.touch(token_id, min_interval))
     }
 
     async fn revoke(
@@ -434,7 +465,7 @@ impl Store for AnyStore {
         actor: &Actor,
         action: AuditAction,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.revoke(account, token_id, live_keys, actor, action))
+        dispatch!(self, "revoke", s => s.revoke(account, token_id, live_keys, actor, action))
     }
 
     async fn revoke_all(
@@ -443,7 +474,7 @@ impl Store for AnyStore {
         live_keys: &LiveKeys,
         actor: &Actor,
     ) -> Result<Vec<TokenId>, StoreError> {
-        dispatch!(self, s => s.revoke_all(account, live_keys, actor))
+        dispatch!(self, "revoke_all", s => s.revoke_all(account, live_keys, actor))
     }
 
     async fn audit_events(
@@ -451,14 +482,22 @@ impl Store for AnyStore {
         account: &AccountId,
         page: &AuditPageRequest,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        dispatch!(self, s => s.audit_events(account, page))
+        dispatch!(self, "audit_events", s => s.audit_events(account, page))
     }
 
     async fn list(&self, account: &AccountId, include_ended: bool) -> Result<Listing, StoreError> {
-        dispatch!(self, s => s.list(account, include_ended))
+        dispatch!(self, "list", s => s.list(account, include_ended))
     }
 
+    /// Readiness: metrics only, no span (it runs every few seconds on its
+    /// own, outside any request).
     async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping())
+        let started = std::time::Instant::now();
+        let result = match self {
+            AnyStore::Memory(s) => s.ping().await,
+            AnyStore::Redis(s) => s.ping().await,
+        };
+        metrics::store_call("ping", started.elapsed(), result.is_ok());
+        result
     }
 }

@@ -59,6 +59,8 @@ async fn deadlines_and_cancellations_each_leave_one_line() {
     let redis = RedisServer::start();
     let patd = Patd::spawn(
         PatdOptions::new(Backend::Redis { url: redis.url() })
+            // Token checks' lines are DEBUG.
+            .env("RUST_LOG", "info,patd=debug")
             .env("PATD_LOG_FORMAT", "json")
             .env("PATD_REQUEST_TIMEOUT", "400ms")
             .env("PATD_REDIS_TIMEOUT", "3s"),
@@ -90,6 +92,20 @@ async fn deadlines_and_cancellations_each_leave_one_line() {
         line_appears(&patd, "List", "cancelled").await,
         "{}",
         patd.logs()
+    );
+    // ... and is counted as gRPC counts it: CANCELLED.
+    let metrics = get(patd.http_addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                == r#"patd_requests_total{code="CANCELLED",rpc="patd.v1.TokenService/List"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"patd_requests_total{code="DEADLINE_EXCEEDED",rpc="patd.v1.TokenService/Introspect"} 2"#),
+        "{metrics}"
     );
 
     // forward-auth past the deadline: 504 and a line.

@@ -300,7 +300,9 @@ async fn a_stepped_wall_clock_neither_revives_nor_ends_a_memory_token() {
     let patd = Patd::spawn(
         faked(PatdOptions::new(Backend::Memory))
             .env("FAKETIME_TIMESTAMP_FILE", &offset_file.to_string_lossy())
-            .env("FAKETIME_NO_CACHE", "1"),
+            .env("FAKETIME_NO_CACHE", "1")
+            // `assert_offset` reads the time of Introspect's (DEBUG) lines.
+            .env("RUST_LOG", "info,patd=debug"),
     )
     .await;
     let mut client = patd.client().await;

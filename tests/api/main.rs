@@ -18,6 +18,7 @@ mod http_helpers;
 mod lifecycle;
 mod limits;
 mod mtls;
+pub mod observability;
 mod operators;
 mod properties;
 mod record_seal;

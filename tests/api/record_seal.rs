@@ -104,16 +104,16 @@ async fn seen(patd: &Patd, client: &mut Client, token: &str) -> (bool, i32, u16,
     )
 }
 
-/// Waits until patd's log holds an Introspect line for `token_id` (a
-/// tampered warning would come before it).
-async fn introspect_logged(patd: &Patd, token_id: &str) {
-    let logged = eventually(Duration::from_secs(5), || async {
-        patd.logs()
-            .lines()
-            .any(|l| l.contains("Introspect") && l.contains(token_id))
-    })
-    .await;
-    assert!(logged, "logs:\n{}", patd.logs());
+/// Records refused as tampered so far, by `rpc` (`None`: all), from
+/// `/metrics` (counted before the answer is sent, so a scrape after an
+/// answer sees it).
+async fn tampered_count(patd: &Patd, rpc: Option<&str>) -> f64 {
+    let text = crate::observability::scrape(patd).await;
+    text.lines()
+        .filter(|l| l.starts_with("patd_records_tampered_total{"))
+        .filter(|l| rpc.is_none_or(|rpc| l.contains(&format!("rpc=\"{rpc}\""))))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// The rewrites of issue 17, each of one field a decision uses.
@@ -189,6 +189,14 @@ async fn a_rewritten_record_is_unknown_everywhere_and_logged_as_tampered() {
         );
         tampered.push((what, token_id, token));
     }
+    // Each refusal is counted: four per rewrite (two rounds of Introspect
+    // and of the forward-auth check, the same token check).
+    assert_eq!(
+        tampered_count(&patd, Some("Introspect")).await,
+        (tampered.len() * 4) as f64,
+        "{}",
+        crate::observability::scrape(&patd).await
+    );
     // The untouched token is unaffected.
     let (active, _, status, account) = seen(&patd, &mut client, &untouched).await;
     assert!(active);
@@ -269,7 +277,7 @@ async fn the_note_is_not_sealed_and_may_change_without_effect_on_the_decision() 
     let info = answer.info.expect("info");
     assert_eq!(info.note, "renamed by hand");
     assert_eq!(info.scopes, ["read"]);
-    introspect_logged(&patd, &token_id).await;
+    assert_eq!(tampered_count(&patd, None).await, 0.0);
     assert!(!patd.logs().contains("tampered"));
 }
 
@@ -390,7 +398,7 @@ async fn issue_and_rotate_seal_their_tokens_and_plain_digests_carry_no_seal() {
     assert!(crate::helpers::is_active(&mut client, &rotated.token).await);
     // The old token's seal still holds: `rotated` only shortens its life.
     assert!(crate::helpers::is_active(&mut client, &token).await);
-    introspect_logged(&patd, &new_id).await;
+    assert_eq!(tampered_count(&patd, None).await, 0.0);
     assert!(!patd.logs().contains("tampered"));
     drop(patd);
 

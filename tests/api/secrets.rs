@@ -1,15 +1,24 @@
-//! Nothing secret at rest or in logs: after driving every RPC, no token value
-//! (nor its secret part) appears in patd's log or anywhere in Redis.
+//! Nothing secret at rest, in logs or in telemetry: after driving every
+//! RPC, no token value (nor its secret part) appears in patd's log,
+//! anywhere in Redis, in any span attribute or metric label a real OTLP
+//! receiver got, or in `/metrics`.
 
 use std::time::Duration;
 
-use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, issue_request, random_name};
+use crate::helpers::{
+    Backend, Patd, PatdOptions, RedisServer, eventually, is_active, issue, issue_request,
+    random_name,
+};
 use crate::http_helpers::get;
 
 #[tokio::test]
 async fn no_token_value_reaches_the_logs_or_redis() {
     let redis = RedisServer::start();
-    let patd = Patd::redis(&redis).await;
+    // Token checks' lines are DEBUG: turned on, so they are audited too.
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Redis { url: redis.url() }).env("RUST_LOG", "info,patd=debug"),
+    )
+    .await;
     let mut client = patd.client().await;
     let account = random_name("acct-");
 
@@ -70,8 +79,12 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     let redis = RedisServer::start();
     let (file, console, gateway) = crate::security::callers_file();
     let hash_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    // Spans and metrics go to a real OTLP receiver, to be searched too.
+    let collector = crate::observability::Collector::start().await;
     let patd = Patd::spawn(
-        crate::helpers::PatdOptions::new(crate::helpers::Backend::Redis { url: redis.url() })
+        collector
+            .options(PatdOptions::new(Backend::Redis { url: redis.url() }))
+            .env("RUST_LOG", "info,patd=debug")
             .env("PATD_CALLERS_FILE", file.to_str().unwrap())
             .env("PATD_TOKEN_HASH_KEYS", &format!("main:{hash_key}"))
             .env("PATD_MAX_CONCURRENT_REQUESTS", "2"),
@@ -208,6 +221,24 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     .await;
     assert!(audited, "audit lines are logged");
 
+    // Every span and metric point of the run reaches the receiver (the
+    // last RevokeAll's span and a metrics push after it).
+    let exported = eventually(Duration::from_secs(10), || async {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.name == "patd.v1.TokenService/RevokeAll")
+            && collector.everything().contains("patd.caller_refusals")
+            && collector.everything().contains("patd.shed")
+    })
+    .await;
+    assert!(exported, "spans or metrics missing");
+    let telemetry = collector.everything();
+    let scraped = get(patd.http_addr, "/metrics", &[]).await.body;
+    for family in ["patd_caller_refusals_total", "patd_shed_total"] {
+        assert!(scraped.contains(family), "{family} in:\n{scraped}");
+    }
+
     let logs = patd.logs();
     // Redis, with each tombstone's `digest` field set aside: each token's
     // digest must be there and nowhere else.
@@ -253,6 +284,8 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             ("redis", &dump),
             ("error messages", &errors),
             ("audit events", &trail),
+            ("span attributes and OTLP metric labels", &telemetry),
+            ("/metrics", &scraped),
         ] {
             assert!(!text.contains(secret.as_str()), "{what} found in {place}");
         }
