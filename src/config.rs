@@ -40,8 +40,13 @@ pub struct Config {
     #[arg(long, env = "PATD_FORWARD_AUTH_MAX_AGE", default_value = "0s")]
     pub forward_auth_max_age: humantime::Duration,
 
-    /// `memory`, or a redis:// / rediss:// URL. Kept secret (it may hold a
-    /// password): never shown in `--help`, an error or a log line.
+    /// `memory`; `redis://[user:pass@]host:port[/db]` (one Redis);
+    /// `redis-cluster://[user:pass@]host:port[,host:port...]` (Redis
+    /// Cluster seed nodes); or
+    /// `redis-sentinel://[user:pass@]host:port[,host:port...][/db]#master-name`
+    /// (the sentinels watching the primary). `rediss`... for TLS. Kept
+    /// secret (it may hold a password): never shown in `--help`, an error
+    /// or a log line.
     #[arg(
         long,
         env = "PATD_STORE",
@@ -95,6 +100,13 @@ pub struct Config {
     /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,
+
+    /// Replicas that must acknowledge every write (Redis `WAIT`, within
+    /// PATD_REDIS_TIMEOUT) before patd answers it; fewer: UNAVAILABLE. 0
+    /// asks none.
+    #[arg(long, env = "PATD_REDIS_MIN_REPLICAS_ACK", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_min_replicas_ack: u32,
 
     /// Bound on every request, end to end.
     #[arg(long, env = "PATD_REQUEST_TIMEOUT", default_value = "5s")]

@@ -16,7 +16,6 @@ use tonic::transport::Server;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use arc_swap::ArcSwap;
-use secrecy::ExposeSecret as _;
 
 use crate::auth::LiveCallers;
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
@@ -83,11 +82,13 @@ impl Application {
                 url,
                 key_prefix,
                 timeout,
+                min_replicas_ack,
                 tls,
             } => AnyStore::Redis(RedisStore::connect(
-                url.expose_secret(),
+                url,
                 key_prefix.as_str(),
                 *timeout,
+                *min_replicas_ack,
                 tls,
             )?),
         };

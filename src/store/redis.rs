@@ -11,11 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{TcpSettings, socket2};
-use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, Script, TlsCertificates};
+use redis::{ClientTlsConfig, FromRedisValue, Script, ScriptInvocation, TlsCertificates};
 
-use super::connection::HealingConnection;
+use super::connection::{Acked, Link, LinkOptions, RedisUrl};
 use super::keys::Keys;
 use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
 use crate::domain::{
@@ -67,31 +66,38 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
-/// Redis-backed token store; cheap to clone (two shared multiplexed
-/// connections).
+/// Redis-backed token store; cheap to clone (two shared connections:
+/// multiplexed ones to one Redis or the Sentinel primary, or two Cluster
+/// clients).
 #[derive(Clone)]
 pub struct RedisStore {
     /// HMGET, ZRANGE, TIME and readiness.
-    reads: HealingConnection,
+    reads: Link,
     /// The scripts.
-    writes: HealingConnection,
+    writes: Link,
     keys: Keys,
     timeout: Duration,
+    /// Replicas that must acknowledge every write (`WAIT`); 0: none asked.
+    min_replicas_ack: u32,
     scripts: Arc<Scripts>,
 }
 
 impl RedisStore {
-    /// Prepares a store for `url` (`redis://` or `rediss://`, with `tls`
-    /// for a private CA or a client certificate). It connects lazily, so
-    /// patd starts even while Redis is down and serves as soon as it is
-    /// back; a connection that fails is replaced by itself.
+    /// Prepares a store for `url` (one Redis, a Cluster or a Sentinel
+    /// primary; with `tls` for a private CA or a client certificate). It
+    /// connects lazily, so patd starts even while Redis is down and serves
+    /// as soon as it is back; a connection that fails is replaced by
+    /// itself. With `min_replicas_ack` above 0, every write is followed by
+    /// `WAIT` for that many replicas within `timeout`, and fails when
+    /// fewer acknowledge it.
     ///
     /// # Errors
-    /// The URL cannot be parsed, or the TLS material is not usable PEM.
+    /// The URL cannot be used, or the TLS material is not usable PEM.
     pub fn connect(
-        url: &str,
+        url: &RedisUrl,
         key_prefix: &str,
         timeout: Duration,
+        min_replicas_ack: u32,
         tls: &RedisTls,
     ) -> Result<Self, StoreError> {
         // A Redis host that vanishes without closing the connection (a
@@ -107,35 +113,27 @@ impl RedisStore {
                     .with_interval(Duration::from_secs(5)),
             )
             .set_user_timeout(DEAD_PEER_AFTER);
-        let url = url.into_connection_info()?.set_tcp_settings(tcp);
-        let client = if tls.ca_pem.is_none() && tls.client.is_none() {
-            Client::open(url)?
-        } else {
-            Client::build_with_tls(
-                url,
-                TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    root_cert: tls.ca_pem.clone(),
-                },
-            )?
+        let certificates =
+            (tls.ca_pem.is_some() || tls.client.is_some()).then(|| TlsCertificates {
+                client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: tls.ca_pem.clone(),
+            });
+        let options = LinkOptions {
+            tcp,
+            certificates,
+            connect_timeout: timeout,
         };
-        // Responses are bounded by `timed` (one timer per call, covering
-        // reconnects too), so the manager gets no response timeout of its own.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let reads = HealingConnection::new(client.clone(), config.clone())?;
-        let writes = HealingConnection::new(client, config)?;
+        let reads = super::connection::open(url, &options)?;
+        let writes = super::connection::open(url, &options)?;
         Ok(Self {
             reads,
             writes,
             keys: Keys::new(key_prefix),
             timeout,
+            min_replicas_ack,
             scripts: Arc::new(Scripts {
                 issue: Script::new(include_str!("lua/issue.lua")),
                 revoke: Script::new(include_str!("lua/revoke.lua")),
@@ -143,6 +141,32 @@ impl RedisStore {
                 touch: Script::new(include_str!("lua/touch.lua")),
             }),
         })
+    }
+
+    /// Runs a script on the write connection (on the primary owning its
+    /// keys' slot; redis-rs loads it again after NOSCRIPT and retries
+    /// once), then, when replicas must acknowledge writes, `WAIT`s for
+    /// them on the same connection.
+    async fn write<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut link = self.writes.clone();
+        if self.min_replicas_ack == 0 {
+            return self.timed(call.invoke_async(&mut link)).await;
+        }
+        let mut acked = Acked {
+            link: &mut link,
+            replicas: self.min_replicas_ack,
+            timeout: self.timeout,
+        };
+        // Each WAIT may use the whole timeout, and a script Redis lost
+        // (NOSCRIPT) is sent twice, each time with its WAIT: the call gets
+        // the timeout three times.
+        let bound = self.timeout * 3;
+        match tokio::time::timeout(bound, call.invoke_async(&mut acked)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.code() == Some("OOM") => Err(StoreError::Full),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
     }
 
     /// RevokeAll when the account's index is not a sorted set (written by
@@ -161,20 +185,20 @@ impl RedisStore {
         );
         let mut reads = self.reads.clone();
         let pattern = self.keys.token_pattern(account);
+        let index = self.keys.account(account);
         let mut cursor: u64 = 0;
         let mut ids = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut reads),
-                )
-                .await?;
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            // In a Cluster, SCAN runs on the node holding the account's slot.
+            let page = self.timed(reads.on_owner_of(&index, &scan)).await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                redis::from_redis_value(page).map_err(redis::RedisError::from)?;
             for key in keys {
                 let id = std::str::from_utf8(&key)
                     .ok()
@@ -195,10 +219,9 @@ impl RedisStore {
                 revoked += 1;
             }
         }
-        let mut writes = self.writes.clone();
         let mut call = self.scripts.revoke_all.prepare_invoke();
-        call.key(self.keys.account(account)).arg(0);
-        let _: i64 = self.timed(call.invoke_async(&mut writes)).await?;
+        call.key(&index).arg(0);
+        let _: i64 = self.write(&call).await?;
         Ok(revoked)
     }
 
@@ -292,7 +315,6 @@ impl Store for RedisStore {
         expiry: Expiry,
         terms: &IssueTerms<'_>,
     ) -> Result<IssueOutcome, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
         let (kind, value) = match expiry {
             Expiry::AfterMillis(ms) => ("ttl", ms),
@@ -311,8 +333,7 @@ impl Store for RedisStore {
             .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(terms.limit)
             .arg(terms.live_keys.as_args());
-        let (outcome, now, expires): (i64, u64, u64) =
-            self.timed(call.invoke_async(&mut conn)).await?;
+        let (outcome, now, expires): (i64, u64, u64) = self.write(&call).await?;
         Ok(match outcome {
             1 => IssueOutcome::Issued {
                 created_at: UnixMillis(now),
@@ -356,14 +377,13 @@ impl Store for RedisStore {
         token_id: &TokenId,
         live_keys: &LiveKeys,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
             .arg(token_id.as_str())
             .arg(account.as_str())
             .arg(live_keys.as_args());
-        let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        let revoked: i64 = self.write(&call).await?;
         Ok(revoked == 1)
     }
 
@@ -374,7 +394,6 @@ impl Store for RedisStore {
     ) -> Result<u32, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
-        let mut writes = self.writes.clone();
         for _ in 0..REVOKE_ALL_ATTEMPTS {
             // Members as bytes: a member that is not UTF-8 (or no token
             // id) must not block the emergency button.
@@ -417,7 +436,7 @@ impl Store for RedisStore {
                     None => unnamed += 1,
                 }
             }
-            let revoked: i64 = self.timed(call.invoke_async(&mut writes)).await?;
+            let revoked: i64 = self.write(&call).await?;
             if let Ok(n) = u32::try_from(revoked) {
                 if unnamed > 0 {
                     tracing::warn!(
@@ -507,8 +526,10 @@ impl Store for RedisStore {
     /// (`ROLE`: a replica refuses every write with READONLY), lets this
     /// user read patd's keys (`HMGET`) and Redis's clock (`TIME`, which
     /// decides expiry) and run scripts (`SCRIPT LOAD` and `EVALSHA` of a
-    /// script that writes nothing). A refusal comes back as Redis's own
-    /// words (`NOPERM ... 'evalsha'`), which the readiness log line carries.
+    /// script that writes nothing). In a Cluster, every primary (every
+    /// shard) must answer, say `cluster_state:ok` (every slot served) and
+    /// run the script. A refusal comes back as Redis's own words (`NOPERM
+    /// ... 'evalsha'`), which the readiness log line carries.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reads.clone();
         let mut pipe = redis::pipe();
@@ -534,12 +555,34 @@ impl Store for RedisStore {
                 if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master")
         );
         if !primary {
+            // Behind Sentinel: a demoted primary; ask where the new one is.
+            conn.reached_a_replica();
             return Err(StoreError::Replica);
         }
-        let ran: i64 = self
-            .timed(redis::cmd("EVALSHA").arg(sha).arg(0).query_async(&mut conn))
-            .await?;
-        if ran == 1 {
+        if conn.is_cluster() {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(PROBE_SCRIPT);
+            self.timed(conn.on_every_primary(&load)).await?;
+            let mut info = redis::cmd("CLUSTER");
+            info.arg("INFO");
+            for answer in self.timed(conn.on_every_primary(&info)).await? {
+                let text: String =
+                    redis::from_redis_value(answer).map_err(redis::RedisError::from)?;
+                if !text.contains("cluster_state:ok") {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                        "CLUSTERDOWN",
+                        "a primary says cluster_state is not ok (some slots are not served)"
+                            .to_owned(),
+                    ))
+                    .into());
+                }
+            }
+        }
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(sha).arg(0);
+        let ran = self.timed(conn.on_every_primary(&evalsha)).await?;
+        if ran.iter().all(|v| matches!(v, redis::Value::Int(1))) {
             Ok(())
         } else {
             Err(StoreError::Corrupt {

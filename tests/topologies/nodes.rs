@@ -1,0 +1,325 @@
+//! Real Redis topologies for the tests, started on free loopback ports in
+//! temp dirs: a persistent standalone node (AOF, `appendfsync always`), a
+//! Redis Cluster (made by `redis-cli --cluster create`) and a primary with
+//! a replica watched by sentinels (`redis-server --sentinel`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::random_name;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// One `redis-server` process (a data node or, with `--sentinel`, a
+/// sentinel), restartable on the same port and directory.
+pub struct Node {
+    pub port: u16,
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `redis-server <config file> <args>`; `config` is written to
+    /// `node.conf` in the node's directory first (sentinels rewrite it).
+    pub fn start(config: &str, args: &[String]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(random_name("patd-topology-"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        std::fs::write(
+            dir.join("node.conf"),
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n{config}\n",
+                dir.display()
+            ),
+        )
+        .expect("node.conf");
+        let mut node = Self {
+            port,
+            dir,
+            args: args.to_vec(),
+            child: None,
+        };
+        node.launch();
+        node
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .arg(self.dir.join("node.conf"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/test.sh, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.try_conn().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn try_conn(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(format!("redis://{}/", self.addr())).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut conn).ok()?;
+        Some(conn)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.try_conn()
+            .unwrap_or_else(|| panic!("node {} is up", self.port))
+    }
+
+    /// Runs one command and returns its answer.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?} on {}: {e}", self.port))
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, from its directory (AOF, cluster
+    /// state).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A standalone node that writes every change to its AOF before it
+/// answers (as deploy/redis.conf).
+pub fn durable_standalone() -> Node {
+    Node::start(
+        "appendonly yes\nappendfsync always\nsave \"\"\nprotected-mode yes",
+        &[],
+    )
+}
+
+/// A Redis Cluster of `primaries` primaries with one replica each.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+}
+
+/// Settings of a Cluster node: quick failure detection (2 s), AOF.
+const CLUSTER_NODE: &str = "cluster-enabled yes\ncluster-config-file nodes.conf\n\
+cluster-node-timeout 2000\nappendonly yes\nappendfsync everysec\nsave \"\"\n\
+protected-mode yes";
+
+impl Cluster {
+    pub fn start(primaries: usize) -> Self {
+        let nodes: Vec<Node> = (0..primaries * 2)
+            .map(|_| Node::start(CLUSTER_NODE, &[]))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(Node::addr))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (redis-tools) not found");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and agrees on
+    /// `primaries` primaries serving all slots.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.is_alive()).all(|n| {
+                let info: String = n.query(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The store URL with two seed nodes.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://{},{}",
+            self.nodes[0].addr(),
+            self.nodes[1].addr()
+        )
+    }
+
+    /// A live node to ask.
+    fn any(&self) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.is_alive())
+            .expect("a live node")
+    }
+
+    /// (id, port, slot ranges) of the primaries serving slots, as
+    /// `CLUSTER NODES` on a live node says.
+    pub fn primaries(&self) -> Vec<Primary> {
+        let text: String = self.any().query(&["CLUSTER", "NODES"]);
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .map(|s| match s.split_once('-') {
+                        Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                        None => (s.parse().unwrap(), s.parse().unwrap()),
+                    })
+                    .collect::<Vec<_>>();
+                // A node that serves no slot is no shard's primary.
+                (!slots.is_empty()).then(|| (fields[0].to_owned(), port, slots))
+            })
+            .collect()
+    }
+
+    /// The slot of a key (or of a hash tag `{tag}`).
+    pub fn slot(&self, key: &str) -> u16 {
+        self.any().query::<u16>(&["CLUSTER", "KEYSLOT", key])
+    }
+
+    /// The node serving `slot` as primary.
+    pub fn owner(&self, slot: u16) -> &Node {
+        let port = self
+            .primaries()
+            .into_iter()
+            .find(|(_, _, slots)| slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(_, port, _)| port)
+            .expect("an owner");
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("the owner is ours")
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of ours")
+    }
+}
+
+/// A Cluster primary: node id, port, slot ranges (inclusive).
+pub type Primary = (String, u16, Vec<(u16, u16)>);
+
+/// One primary, one replica and three sentinels watching it as `patd`.
+pub struct Sentinels {
+    pub primary: Node,
+    pub replica: Node,
+    pub sentinels: Vec<Node>,
+}
+
+pub const MASTER_NAME: &str = "patd";
+
+impl Sentinels {
+    pub fn start() -> Self {
+        let data = "appendonly yes\nappendfsync everysec\nsave \"\"\nprotected-mode yes";
+        let primary = Node::start(data, &[]);
+        let replica = Node::start(
+            &format!("{data}\nreplicaof 127.0.0.1 {}", primary.port),
+            &[],
+        );
+        let sentinels = (0..3)
+            .map(|_| {
+                Node::start(
+                    &format!(
+                        "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 10000\n\
+                         sentinel parallel-syncs {MASTER_NAME} 1",
+                        primary.port
+                    ),
+                    &["--sentinel".to_owned()],
+                )
+            })
+            .collect();
+        let topology = Self {
+            primary,
+            replica,
+            sentinels,
+        };
+        // The replica is in sync and every sentinel knows it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info: String = topology.replica.query(&["INFO", "replication"]);
+            let known = topology.sentinels.iter().all(|s| {
+                let replicas: Vec<redis::Value> = s.query(&["SENTINEL", "REPLICAS", MASTER_NAME]);
+                !replicas.is_empty()
+            });
+            if info.contains("master_link_status:up") && known {
+                return topology;
+            }
+            assert!(Instant::now() < deadline, "the sentinels did not settle");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self.sentinels.iter().map(Node::addr).collect();
+        format!("redis-sentinel://{}/0#{MASTER_NAME}", addrs.join(","))
+    }
+
+    /// The port of the primary the sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let addr: Vec<String> = self.sentinels.iter().find(|s| s.is_alive())?.query(&[
+            "SENTINEL",
+            "GET-MASTER-ADDR-BY-NAME",
+            MASTER_NAME,
+        ]);
+        addr.get(1)?.parse().ok()
+    }
+}
