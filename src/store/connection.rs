@@ -272,9 +272,11 @@ pub fn open(url: &RedisUrl, options: &LinkOptions) -> Result<Link, RedisError> {
             let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                 .connection_timeout(options.connect_timeout)
                 .tcp_settings(options.tcp.clone())
-                // A failover or a reshard is followed by retrying; the
-                // store's timer bounds the whole call.
-                .retries(8)
+                // A failover or a reshard (TRYAGAIN while an account's
+                // keys are split between two nodes) is waited out by
+                // retrying, up to ~8 s; the store's timer
+                // (PATD_REDIS_TIMEOUT) bounds the whole call first.
+                .retries(20)
                 .min_retry_wait(50)
                 .max_retry_wait(500);
             if *tls {

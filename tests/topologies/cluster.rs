@@ -19,8 +19,10 @@ use crate::workload::{Fate, Workload, accounts, check, serves_again};
 
 const SERVICE: &str = "patd.v1.TokenService";
 
+/// patd on `cluster`, logged in as README's ACL user, once ready.
 async fn on(cluster: &Cluster, prefix: &str, env: &[(&str, &str)]) -> Patd {
-    let mut opts = PatdOptions::new(Backend::Redis { url: cluster.url() }).key_prefix(prefix);
+    let url = cluster.add_patd_user(prefix);
+    let mut opts = PatdOptions::new(Backend::Redis { url }).key_prefix(prefix);
     for (k, v) in env {
         opts = opts.env(k, v);
     }
@@ -153,7 +155,7 @@ fn accounts_in_first_slots(cluster: &Cluster, slots: u16, n: usize) -> Vec<Strin
 async fn a_slot_migrated_under_load_gives_no_wrong_answer() {
     let cluster = Cluster::start(3);
     let prefix = random_name("t");
-    let patd = on(&cluster, &prefix, &[]).await;
+    let patd = on(&cluster, &prefix, &[("PATD_REDIS_TIMEOUT", "5s")]).await;
     let client = patd.client().await;
     let moving = accounts_in_first_slots(&cluster, 100, 6);
     let source = cluster.owner(0).port;
@@ -190,19 +192,57 @@ async fn a_slot_migrated_under_load_gives_no_wrong_answer() {
         String::from_utf8_lossy(&reshard.stdout)
     );
     let before = load.acknowledged();
-    while load.acknowledged() < before + 150 {
+    while load.acknowledged() < before + 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The accounts did move.
+    let slot_of = |account: &str| {
+        let tag = patd::domain::shard_tag(account);
+        cluster.slot(&format!("{{{tag}}}"))
+    };
+    for account in &moving {
+        let slot = slot_of(account);
+        assert_ne!(cluster.owner(slot).port, source, "slot {slot} did not move");
+    }
+    // One slot goes back step by step, held 2 s between its keys' move and
+    // its own, under load: every call on it meets ASK meanwhile.
+    let back = slot_of(&moving[0]);
+    let cluster = std::sync::Arc::new(cluster);
+    let c = cluster.clone();
+    let before = load.acknowledged();
+    tokio::task::spawn_blocking(move || c.migrate_slot(back, source, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(
+        load.acknowledged() > before,
+        "no call went through during the ASK phase"
+    );
+    assert_eq!(cluster.owner(back).port, source);
+    // patd followed ASK: the importing node ran its ASKING.
+    let stats: String = cluster.owner(back).query(&["INFO", "commandstats"]);
+    let asked = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_asking:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(asked > 0, "no ASKING reached the importing node:\n{stats}");
+    let before = load.acknowledged();
+    while load.acknowledged() < before + 100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tally = load.tally.clone();
     let tokens = load.stop().await;
 
-    // The accounts did move.
-    for account in &moving {
-        let tag = patd::domain::shard_tag(account);
-        let slot = cluster.slot(&format!("{{{tag}}}"));
-        assert_ne!(cluster.owner(slot).port, source, "slot {slot} did not move");
-    }
     assert_eq!(tally.wrong.load(Ordering::Relaxed), 0, "wrong answers");
+    // With a 5 s PATD_REDIS_TIMEOUT, redirections and TRYAGAIN are
+    // followed to an answer: nothing was refused either.
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "refused calls:\n{}",
+        patd.logs()
+    );
     let (active, revoked) = check(&client, &tokens).await;
     eprintln!(
         "reshard under load: {} acknowledged, {} failed, {active} active and {revoked} revoked checked",
@@ -260,6 +300,7 @@ async fn a_killed_primary_is_replaced_and_no_acknowledged_revocation_is_lost() {
     // The old primary returns as a replica: writes on its shard are
     // acknowledged again, and every shard is ready.
     cluster.node_mut(victim).restart();
+    cluster.add_patd_user(&prefix);
     cluster.wait_ok(Duration::from_secs(30));
     let mut c = client.clone();
     let back = crate::helpers::eventually(Duration::from_secs(60), || {

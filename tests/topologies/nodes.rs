@@ -192,6 +192,36 @@ impl Cluster {
         )
     }
 
+    /// Creates README's ACL user `patd` (key pattern for `prefix`) on every
+    /// live node (a Cluster's ACLs are per node) and returns the store URL
+    /// that logs in as it.
+    pub fn add_patd_user(&self, prefix: &str) -> String {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README");
+        let line = readme
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ACL SETUSER patd "))
+            .expect("README documents the ACL");
+        let rules: Vec<String> = line
+            .split_whitespace()
+            .map(|r| match r {
+                ">PASSWORD" => ">pw-cluster".to_owned(),
+                "~patd:*" => format!("~{prefix}:*"),
+                other => other.to_owned(),
+            })
+            .collect();
+        for node in self.nodes.iter().filter(|n| n.is_alive()) {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("patd")
+                .arg(&rules)
+                .query(&mut node.conn())
+                .expect("ACL SETUSER");
+        }
+        self.url()
+            .replace("redis-cluster://", "redis-cluster://patd:pw-cluster@")
+    }
+
     /// A live node to ask.
     fn any(&self) -> &Node {
         self.nodes
@@ -243,6 +273,37 @@ impl Cluster {
             .iter()
             .find(|n| n.port == port)
             .expect("the owner is ours")
+    }
+
+    /// Moves `slot` from its owner to the primary at `to`, step by step as
+    /// `redis-cli --cluster reshard` does (IMPORTING / MIGRATING, MIGRATE
+    /// every key, then NODE), but holding `hold` after the keys moved and
+    /// before the slot does: meanwhile the old owner answers `ASK` for
+    /// them and the new one serves them only after `ASKING`.
+    pub fn migrate_slot(&self, slot: u16, to: u16, hold: Duration) {
+        let src = self.owner(slot);
+        let dst = self.nodes.iter().find(|n| n.port == to).expect("target");
+        let src_id: String = src.query(&["CLUSTER", "MYID"]);
+        let dst_id: String = dst.query(&["CLUSTER", "MYID"]);
+        let slot = slot.to_string();
+        let _: () = dst.query(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+        let _: () = src.query(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+        let move_keys = || loop {
+            let keys: Vec<String> = src.query(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            if keys.is_empty() {
+                return;
+            }
+            let port = dst.port.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys.iter().map(String::as_str));
+            let _: String = src.query(&migrate);
+        };
+        move_keys();
+        std::thread::sleep(hold);
+        move_keys();
+        for node in [dst, src] {
+            let _: () = node.query(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+        }
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut Node {
