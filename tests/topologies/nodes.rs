@@ -27,8 +27,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `redis-server <config file> <args>`; `config` is written to
-    /// `node.conf` in the node's directory first (sentinels rewrite it).
+    /// Starts `redis-server <config file> <args>`; `config`, then this
+    /// node's port, loopback address and directory (later lines win), are
+    /// written to `node.conf` in the node's directory first (sentinels
+    /// rewrite it).
     pub fn start(config: &str, args: &[String]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(random_name("patd-topology-"));
@@ -36,7 +38,7 @@ impl Node {
         std::fs::write(
             dir.join("node.conf"),
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n{config}\n",
+                "{config}\nport {port}\nbind 127.0.0.1\ndir {}\n",
                 dir.display()
             ),
         )
@@ -125,13 +127,16 @@ impl Drop for Node {
     }
 }
 
-/// A standalone node that writes every change to its AOF before it
-/// answers (as deploy/redis.conf).
+/// A file of deploy/.
+pub fn deploy_file(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("deploy/{name}: {e}"))
+}
+
+/// A standalone node run as deploy/redis.conf says: every change in its
+/// AOF, fsynced, before it answers.
 pub fn durable_standalone() -> Node {
-    Node::start(
-        "appendonly yes\nappendfsync always\nsave \"\"\nprotected-mode yes",
-        &[],
-    )
+    Node::start(&deploy_file("redis.conf"), &[])
 }
 
 /// A Redis Cluster of `primaries` primaries with one replica each.
@@ -139,15 +144,16 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
 }
 
-/// Settings of a Cluster node: quick failure detection (2 s), AOF.
-const CLUSTER_NODE: &str = "cluster-enabled yes\ncluster-config-file nodes.conf\n\
-cluster-node-timeout 2000\nappendonly yes\nappendfsync everysec\nsave \"\"\n\
-protected-mode yes";
-
 impl Cluster {
+    /// Nodes run as deploy/redis-cluster.conf says, with failures detected
+    /// after 2 s instead of 5.
     pub fn start(primaries: usize) -> Self {
+        let config = format!(
+            "{}\ncluster-node-timeout 2000",
+            deploy_file("redis-cluster.conf")
+        );
         let nodes: Vec<Node> = (0..primaries * 2)
-            .map(|_| Node::start(CLUSTER_NODE, &[]))
+            .map(|_| Node::start(&config, &[]))
             .collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
@@ -327,22 +333,35 @@ pub struct Sentinels {
 pub const MASTER_NAME: &str = "patd";
 
 impl Sentinels {
+    /// Data nodes run as deploy/redis.conf, sentinels as
+    /// deploy/redis-sentinel.conf says (watching this primary, which is
+    /// down after 1 s instead of 5).
     pub fn start() -> Self {
-        let data = "appendonly yes\nappendfsync everysec\nsave \"\"\nprotected-mode yes";
-        let primary = Node::start(data, &[]);
+        let data = deploy_file("redis.conf");
+        let primary = Node::start(&data, &[]);
         let replica = Node::start(
             &format!("{data}\nreplicaof 127.0.0.1 {}", primary.port),
             &[],
+        );
+        let monitor = format!("sentinel monitor {MASTER_NAME} 10.0.0.10 6379 2");
+        let sentinel = deploy_file("redis-sentinel.conf");
+        assert!(
+            sentinel.contains(&monitor),
+            "deploy/redis-sentinel.conf: {monitor}"
+        );
+        let sentinel = sentinel.replace(
+            &monitor,
+            &format!(
+                "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2",
+                primary.port
+            ),
         );
         let sentinels = (0..3)
             .map(|_| {
                 Node::start(
                     &format!(
-                        "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
-                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                         sentinel failover-timeout {MASTER_NAME} 10000\n\
-                         sentinel parallel-syncs {MASTER_NAME} 1",
-                        primary.port
+                        "{sentinel}\nsentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 10000"
                     ),
                     &["--sentinel".to_owned()],
                 )
