@@ -61,13 +61,13 @@ pub struct Config {
     pub store_given: bool,
 
     /// PEM CA certificate(s) that Redis's TLS certificate must chain to
-    /// (a private CA), instead of the public web roots; needs a rediss://
-    /// PATD_STORE.
+    /// (a private CA), instead of the public web roots; needs a TLS
+    /// PATD_STORE (rediss://, rediss-cluster:// or rediss-sentinel://).
     #[arg(long, env = "PATD_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
 
     /// PEM client certificate for Redis's `tls-auth-clients`; needs
-    /// PATD_REDIS_CLIENT_KEY and a rediss:// PATD_STORE.
+    /// PATD_REDIS_CLIENT_KEY and a TLS (rediss...) PATD_STORE.
     #[arg(long, env = "PATD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
     pub redis_client_cert: Option<PathBuf>,
 

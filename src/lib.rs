@@ -48,7 +48,8 @@
 //!   cases and their rules (limit, lifetime, digest check, the gateway
 //!   decision), with one error enum, and the one log line per request.
 //! - [`store`] (uses `domain`, `token`): the `Store` trait, memory and
-//!   Redis implementations, key names and the Lua scripts.
+//!   Redis implementations (one Redis, a Cluster or a Sentinel primary,
+//!   reached through `store::connection`), key names and the Lua scripts.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
 //!   `Note`, `Scopes`, expiry) and the shard tag.
