@@ -83,6 +83,15 @@ async fn a_cluster_serves_the_lifecycle_the_limit_and_every_shard() {
     }
     assert!(ca.list(&account).await.unwrap().tokens.is_empty());
 
+    // Every node forgets the scripts (as after a failover to a replica
+    // that never loaded them): NOSCRIPT makes patd load and retry once.
+    for node in &cluster.nodes {
+        let _: () = node.query(&["SCRIPT", "FLUSH"]);
+    }
+    let (token, id) = issue(&mut ca, &account, 600).await;
+    cb.revoke(&account, &id).await.unwrap();
+    assert!(!is_active(&mut ca, &token).await);
+
     // The limit holds across instances on a Cluster.
     let racer = random_name("acct-");
     assert_eq!(race(&[ca.clone(), cb.clone()], &racer, 120).await, (50, 70));
