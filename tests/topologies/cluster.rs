@@ -329,3 +329,45 @@ async fn a_killed_primary_is_replaced_and_no_acknowledged_revocation_is_lost() {
     .await;
     assert!(ready);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patd_starts_while_the_cluster_is_down_and_serves_once_it_is_up() {
+    let mut cluster = Cluster::start(3);
+    let prefix = random_name("t");
+    let url = cluster.add_patd_user(&prefix);
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let patd = Patd::spawn(PatdOptions::new(Backend::Redis { url }).key_prefix(&prefix)).await;
+    let channel = patd.channel().await;
+    let mut client = patd.client().await;
+    let refused = client
+        .issue(issue_request("acct-down", 60))
+        .await
+        .expect_err("no cluster");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        health_becomes(
+            &channel,
+            SERVICE,
+            ServingStatus::NotServing,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    cluster.add_patd_user(&prefix);
+    cluster.wait_ok(Duration::from_secs(30));
+    let ready = health_becomes(
+        &channel,
+        SERVICE,
+        ServingStatus::Serving,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ready, "patd did not find the cluster:\n{}", patd.logs());
+    let (token, _) = issue(&mut client, "acct-down", 60).await;
+    assert!(is_active(&mut client, &token).await);
+}
