@@ -77,20 +77,31 @@ impl Application {
     /// An unusable store URL, or an address that cannot be bound.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = match &settings.store {
-            StoreSettings::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreSettings::Memory => AnyStore::Memory(
+                MemoryStore::with_audit(settings.audit).with_tombstone_ttl(settings.tombstone_ttl),
+            ),
             StoreSettings::Redis {
                 url,
                 key_prefix,
                 timeout,
                 min_replicas_ack,
                 tls,
-            } => AnyStore::Redis(RedisStore::connect(
-                url,
-                key_prefix.as_str(),
-                *timeout,
-                *min_replicas_ack,
-                tls,
-            )?),
+                cache,
+            } => {
+                let store = RedisStore::connect(
+                    url,
+                    key_prefix.as_str(),
+                    *timeout,
+                    *min_replicas_ack,
+                    tls,
+                )?
+                .with_audit(settings.audit)
+                .with_tombstone_ttl(settings.tombstone_ttl);
+                AnyStore::Redis(match cache {
+                    Some(cache) => store.with_cache(*cache),
+                    None => store,
+                })
+            }
         };
         warn_about_exposure(&settings);
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;

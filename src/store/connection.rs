@@ -342,6 +342,31 @@ pub fn open(url: &RedisUrl, options: &LinkOptions) -> Result<Link, RedisError> {
     }
 }
 
+/// A client for the introspection cache's subscription to its
+/// invalidations, or `None` where that cache could not keep its promise.
+/// Its staleness bound rests on a `PING` answered on the subscription
+/// proving that every invalidation published before it has arrived, which
+/// holds only when the scripts `PUBLISH` on the node patd subscribes to:
+/// one Redis. On a Cluster the scripts publish on their slot's node and
+/// the message reaches the others over the cluster bus, later; behind
+/// Sentinel the primary moves.
+///
+/// # Errors
+/// The URL or the TLS material is unusable.
+pub fn pubsub_client(url: &RedisUrl, options: &LinkOptions) -> Result<Option<Client>, RedisError> {
+    let RedisUrl::Standalone(url) = url else {
+        return Ok(None);
+    };
+    let info = url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(options.tcp.clone());
+    Ok(Some(match &options.certificates {
+        None => Client::open(info)?,
+        Some(certificates) => Client::build_with_tls(info, certificates.clone())?,
+    }))
+}
+
 /// Where a `HealingConnection` gets its client from.
 enum Source {
     /// Always the same Redis.

@@ -213,6 +213,7 @@ impl Cluster {
             .map(|r| match r {
                 ">PASSWORD" => ">pw-cluster".to_owned(),
                 "~patd:*" => format!("~{prefix}:*"),
+                "&patd:*" => format!("&{prefix}:*"),
                 other => other.to_owned(),
             })
             .collect();

@@ -44,7 +44,7 @@ async fn a_write_no_replica_acknowledged_is_unavailable_and_the_issue_undone() {
         PatdOptions::new(Backend::Redis { url })
             .key_prefix(&prefix)
             .env("PATD_REDIS_MIN_REPLICAS_ACK", "1")
-            .env("PATD_REDIS_TIMEOUT", "300ms"),
+            .env("PATD_REDIS_TIMEOUT", "1s"),
     )
     .await;
     let mut client = patd.client().await;
