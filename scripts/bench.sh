@@ -165,7 +165,7 @@ if [ "$STORE" = cluster ]; then
     port="$(free_port)"
     mkdir -p "$WORK/cluster$i"
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-      --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "$(free_port)" \
       --dir "$WORK/cluster$i" --logfile "$WORK/cluster$i/redis.log" &
     CLUSTER_PIDS+=($!)
     for _ in $(seq 100); do

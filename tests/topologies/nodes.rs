@@ -35,10 +35,17 @@ impl Node {
         let port = free_port();
         let dir = std::env::temp_dir().join(random_name("patd-topology-"));
         std::fs::create_dir_all(&dir).expect("node dir");
+        // A Cluster node's bus port is its own free port: the default,
+        // port + 10000, may be taken, or beyond 65535 for a high port.
+        let bus = if config.contains("cluster-enabled yes") {
+            format!("cluster-port {}\n", free_port())
+        } else {
+            String::new()
+        };
         std::fs::write(
             dir.join("node.conf"),
             format!(
-                "{config}\nport {port}\nbind 127.0.0.1\ndir {}\n",
+                "{config}\nport {port}\n{bus}bind 127.0.0.1\ndir {}\n",
                 dir.display()
             ),
         )
