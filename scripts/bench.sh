@@ -5,7 +5,11 @@
 #
 # Builds the release binaries, starts its own redis-server (no persistence)
 # and, for each round, one after another: the baseline server
-# (`patd-bench baseline-server`), patd on the memory store, patd on Redis.
+# (`patd-bench baseline-server`), the baseline server doing one Redis GET per
+# Introspect (`baseline-redis`: the limit for any answer that reads the
+# store), patd on the memory store, patd on Redis with its introspection
+# cache (`redis`, the default) and without it (`redis-nocache`,
+# PATD_CACHE_MAX_ENTRIES=0).
 # Against each it runs the scenarios below with `patd-bench run ... --json`,
 # then stops it (recording patd's peak RSS, VmHWM). Prints, per scenario and
 # target, the median over rounds of requests/s, p50 and p99, the median of
@@ -19,7 +23,17 @@
 #   issue         Issue + Revoke on a fresh account (one op = the pair), 8 x 32
 #   mixed         98% Introspect, 2% management (Issue+Revoke or List), 8 x 32
 #   forward-auth  GET /v1/forward-auth, 8 x 32 keep-alive HTTP/1.1 connections
-#                 (memory and redis only: the baseline server has no HTTP)
+#                 (patd only: the baseline server has no HTTP)
+#   (baseline-redis runs introspect and serial only.)
+#
+# Then, once: `patd-bench propagation` between two patd instances on the
+# Redis store (BENCH_PROPAGATION_TRIALS revocations, 1000 by default): how
+# long a Revoke acknowledged by A takes to make the token inactive on B; and
+# the same with the invalidation channel killed (`CLIENT KILL TYPE pubsub`)
+# just before each Revoke. And, when h2load is installed (Debian's
+# nghttp2-client), an independent load generator: h2load posts one framed
+# IntrospectRequest (8 connections x 32 streams) to each target, reported
+# next to patd-bench's figures.
 #
 # patd sets TCP_NODELAY on accepted sockets, and so does the baseline by
 # default (BENCH_BASELINE_NODELAY=0 turns it off there), so both stacks match.
@@ -144,13 +158,22 @@ start_target() {
     HTTP=""
     return
   fi
-  local store=memory ready="$WORK/ready.$1.$2.json" addrs
-  if [ "$target" = redis ]; then store="$REDIS_URL"; fi
+  if [ "$target" = baseline-redis ]; then
+    "$BIN/patd-bench" baseline-server --addr 127.0.0.1:0 --redis-url "$REDIS_URL" ${BASELINE_FLAGS[@]+"${BASELINE_FLAGS[@]}"} >"$log" 2>&1 &
+    SERVER_PID=$!
+    wait_for "$SERVER_PID" "$log" '^listening '
+    GRPC="$(sed -n 's/^listening //p' "$log" | head -n1)"
+    HTTP=""
+    return
+  fi
+  local store=memory ready="$WORK/ready.$1.$2.json" addrs cache=100000
+  if [ "$target" = redis ] || [ "$target" = redis-nocache ]; then store="$REDIS_URL"; fi
+  if [ "$target" = redis-nocache ]; then cache=0; fi
   # patd writes its bound addresses to the ready file, as JSON, once both
   # listeners are up.
   PATD_GRPC_ADDR=127.0.0.1:0 PATD_HTTP_ADDR=127.0.0.1:0 PATD_STORE="$store" \
     PATD_KEY_PREFIX="bench$round" PATD_READY_FILE="$ready" RUST_LOG="$PATD_LOG" \
-    "$BIN/patd" 2>"$log" &
+    PATD_CACHE_MAX_ENTRIES="$cache" "$BIN/patd" 2>"$log" &
   SERVER_PID=$!
   wait_for_file "$SERVER_PID" "$ready" "$log"
   addrs="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["grpc_addr"], r["http_addr"])' "$ready")"
@@ -160,7 +183,7 @@ start_target() {
 
 stop_target() {
   local target="$1" round="$2"
-  if [ "$target" != baseline ]; then
+  if [ "${target#baseline}" = "$target" ]; then
     awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status" >"$RESULTS/rss.$target.$round"
   fi
   kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -180,7 +203,7 @@ bench() {
   shift 3
   local out="$RESULTS/$name.$target.$round.json" log="$RESULTS/$name.$target.$round.log"
   local extra=()
-  if [ "$target" = baseline ]; then extra+=(--expect-baseline); fi
+  if [ "${target#baseline}" != "$target" ]; then extra+=(--expect-baseline); fi
   local server0 redis0
   server0="$(cpu_seconds "$SERVER_PID")"
   redis0="$(cpu_seconds "$REDIS_PID")"
@@ -198,8 +221,36 @@ bench() {
   fi
 }
 
+H2LOAD=""
+if command -v h2load >/dev/null 2>&1; then H2LOAD=h2load; fi
+# h2load_run <target> <round>: h2load posts one framed IntrospectRequest
+# (a live token's, written by `patd-bench h2load-body`) for BENCH_DURATION.
+h2load_run() {
+  local target="$1" round="$2" body="$WORK/body.$1.$2" out
+  [ -n "$H2LOAD" ] || return 0
+  "$BIN/patd-bench" h2load-body --grpc-addr "$GRPC" --out "$body" 2>>"$RESULTS/h2load.$target.$round.log" || {
+    echo "bench.sh: h2load-body against $target FAILED" >&2
+    FAILED=1
+    return 0
+  }
+  out="$("$H2LOAD" -D "$DURATION" --warm-up-time "$WARMUP" -c "$CONNS" -m "$INFLIGHT" -t 1 \
+    -d "$body" -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://$GRPC/patd.v1.TokenService/Introspect" 2>&1)" || true
+  echo "$out" >"$RESULTS/h2load.$target.$round.log"
+  python3 - "$out" "$RESULTS/h2load.$target.$round.rps" <<'PY'
+import re, sys
+out, path = sys.argv[1], sys.argv[2]
+m = re.search(r"finished in [^,]+, ([0-9.]+) req/s", out)
+ok = re.search(r"status codes: (\d+) 2xx", out)
+if m:
+    open(path, "w").write(m.group(1))
+    print("    %-13s %10.0f rps  (h2load, %s 2xx)" % ("h2load", float(m.group(1)), ok.group(1) if ok else "?"), file=sys.stderr)
+PY
+}
+
+TARGETS=(baseline baseline-redis memory redis redis-nocache)
 for round in $(seq "$ROUNDS"); do
-  for target in baseline memory redis; do
+  for target in "${TARGETS[@]}"; do
     if [ "$target" = redis ]; then
       "$BIN/patd-bench" redis-rtt --url "$REDIS_URL" --json >"$RESULTS/rtt.$round.json"
     fi
@@ -207,13 +258,39 @@ for round in $(seq "$ROUNDS"); do
     echo "bench.sh: round $round/$ROUNDS, $target (grpc $GRPC${HTTP:+, http $HTTP})" >&2
     bench introspect "$target" "$round" introspect --connections "$CONNS" --in-flight "$INFLIGHT"
     bench serial "$target" "$round" introspect --connections 1 --in-flight 1
-    bench issue "$target" "$round" issue --connections "$CONNS" --in-flight "$INFLIGHT"
-    bench mixed "$target" "$round" mixed --connections "$CONNS" --in-flight "$INFLIGHT"
-    if [ "$target" != baseline ]; then
+    if [ "$target" != baseline-redis ]; then
+      bench issue "$target" "$round" issue --connections "$CONNS" --in-flight "$INFLIGHT"
+      bench mixed "$target" "$round" mixed --connections "$CONNS" --in-flight "$INFLIGHT"
+    fi
+    if [ "${target#baseline}" = "$target" ]; then
       bench forward-auth "$target" "$round" forward-auth --connections "$CONNS" --in-flight "$INFLIGHT"
     fi
+    h2load_run "$target" "$round"
     stop_target "$target" "$round"
   done
+done
+
+# Propagation: two patd instances on one Redis, one key prefix.
+PROP_TRIALS="${BENCH_PROPAGATION_TRIALS:-1000}"
+PROP_PIDS=()
+PROP_ADDRS=()
+for n in a b; do
+  ready="$WORK/ready.prop.$n.json"
+  PATD_GRPC_ADDR=127.0.0.1:0 PATD_HTTP_ADDR=127.0.0.1:0 PATD_STORE="$REDIS_URL" \
+    PATD_KEY_PREFIX=benchprop PATD_READY_FILE="$ready" RUST_LOG="$PATD_LOG" \
+    "$BIN/patd" 2>"$WORK/server.prop.$n.log" &
+  PROP_PIDS+=($!)
+  wait_for_file "$!" "$ready" "$WORK/server.prop.$n.log"
+  PROP_ADDRS+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["grpc_addr"])' "$ready")")
+done
+echo "bench.sh: propagation, $PROP_TRIALS revocations on A seen on B" >&2
+"$BIN/patd-bench" propagation --a "${PROP_ADDRS[0]}" --b "${PROP_ADDRS[1]}" \
+  --trials "$PROP_TRIALS" --json >"$RESULTS/propagation.json" || FAILED=1
+"$BIN/patd-bench" propagation --a "${PROP_ADDRS[0]}" --b "${PROP_ADDRS[1]}" \
+  --trials "$PROP_TRIALS" --kill-channel-on "$REDIS_URL" --json >"$RESULTS/propagation-killed.json" || FAILED=1
+for pid in "${PROP_PIDS[@]}"; do
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 done
 
 python3 - "$RESULTS" "$CONNS" "$INFLIGHT" <<'PY'
@@ -223,7 +300,7 @@ results, conns, inflight = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = {}
 for path in glob.glob(os.path.join(results, "*.json")):
     base = os.path.basename(path)
-    if base.startswith("rtt."):
+    if base.startswith("rtt.") or base.startswith("propagation"):
         continue
     name, target, rnd = base[: -len(".json")].rsplit(".", 2)
     with open(path) as f:
@@ -250,7 +327,12 @@ for path in glob.glob(os.path.join(results, "rtt.*.json")):
         rtts.append(json.load(f)["p50_us"])
 rtt = med(rtts)
 
-goals = {("introspect", "memory"): 0.85, ("introspect", "redis"): 0.60, ("issue", "redis"): 0.30}
+goals = {
+    ("introspect", "memory"): 0.90,
+    ("introspect", "redis"): 0.90,
+    ("introspect", "redis-nocache"): 0.70,
+    ("issue", "redis"): 0.30,
+}
 labels = {
     "introspect": "introspect %sx%s" % (conns, inflight),
     "serial": "introspect 1x1",
@@ -262,7 +344,7 @@ print()
 print("%-22s %-9s %6s %11s %8s %8s %7s %12s  %s" % (
     "scenario", "target", "rounds", "rps (med)", "p50 us", "p99 us", "x base", "cpu us/op", "goal"))
 for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
-    for target in ["baseline", "memory", "redis"]:
+    for target in ["baseline", "baseline-redis", "memory", "redis", "redis-nocache"]:
         rs = rounds(name, target)
         if not rs:
             continue
@@ -290,9 +372,31 @@ for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
             labels[name], target, len(rs), rps, p50, p99,
             "" if ratio is None or target == "baseline" else "%.2f" % ratio, cpu_text, goal))
 print("(cpu us/op: the server's CPU time per operation, median over rounds; redis: patd+redis-server)")
+h2 = {}
+for path in glob.glob(os.path.join(results, "h2load.*.rps")):
+    _, target, rnd, _ = os.path.basename(path).split(".")
+    with open(path) as f:
+        h2.setdefault(target, {})[int(rnd)] = float(f.read())
+if h2:
+    print("\nh2load, Introspect %sx%s (median rps over rounds, median per-round ratio to baseline):" % (conns, inflight))
+    for target in ["baseline", "baseline-redis", "memory", "redis", "redis-nocache"]:
+        if target not in h2:
+            continue
+        ratios = [v / h2["baseline"][r] for r, v in h2[target].items() if h2.get("baseline", {}).get(r)]
+        print("  %-15s %10.0f rps  %s" % (target, med(list(h2[target].values())),
+              "" if target == "baseline" or not ratios else "%.2fx baseline" % med(ratios)))
+for name, label in [("propagation.json", "revocation on A -> inactive on B"),
+                    ("propagation-killed.json", "the same, invalidation channel killed before each Revoke")]:
+    path = os.path.join(results, name)
+    if os.path.exists(path):
+        with open(path) as f:
+            p = json.load(f)
+        print("\n%s, %d trials: p50 %.1f ms, p99 %.1f ms, max %.1f ms; over 100 ms: %d, over 1 s: %d (goal p99 <= 100 ms, none over 1 s: %s)" % (
+            label, p["trials"], p["p50_us"] / 1000, p["p99_us"] / 1000, p["max_us"] / 1000,
+            p["over_100ms"], p["over_1s"], "PASS" if p["p99_us"] <= 100000 and p["over_1s"] == 0 else "MISS"))
 if rtt is not None:
     print("\nredis round trip (PING p50, median over rounds): %g us" % rtt)
-for target in ["memory", "redis"]:
+for target in ["memory", "redis", "redis-nocache"]:
     kb = []
     for path in glob.glob(os.path.join(results, "rss.%s.*" % target)):
         with open(path) as f:

@@ -104,6 +104,13 @@ pub const CHALLENGE_MISSING: &str = r#"Bearer realm="patd""#;
 /// `WWW-Authenticate` for a credential that is not a live token.
 pub const CHALLENGE_INVALID: &str = r#"Bearer realm="patd", error="invalid_token""#;
 
+/// `WWW-Authenticate` for a credential that is not a live token, saying
+/// why in `error_description` (RFC 6750 §3: human-readable, and here one
+/// of patd's reason words, so a client can act on it).
+pub fn challenge_invalid(reason: &str) -> String {
+    format!(r#"{CHALLENGE_INVALID}, error_description="{reason}""#)
+}
+
 /// `WWW-Authenticate` for a live token lacking some of `required`.
 pub fn challenge_insufficient_scope(required: &Scopes) -> String {
     format!(

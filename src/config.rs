@@ -92,9 +92,38 @@ pub struct Config {
     #[arg(long, env = "PATD_MAX_TTL", default_value = "365d")]
     pub max_ttl: humantime::Duration,
 
+    /// Most audit events kept per account (the oldest go first).
+    #[arg(long, env = "PATD_AUDIT_MAX_EVENTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub audit_max_events: u32,
+
+    /// How long audit events are kept (on the store's clock); an account's
+    /// trail vanishes this long after its last event.
+    #[arg(long, env = "PATD_AUDIT_RETENTION", default_value = "90d")]
+    pub audit_retention: humantime::Duration,
+
+    /// How long what is kept of an ended token (its digest and times, for
+    /// Introspect's reason and List's ended tokens) outlives its end.
+    #[arg(long, env = "PATD_TOMBSTONE_TTL", default_value = "30d")]
+    pub tombstone_ttl: humantime::Duration,
+
+    /// Longest grace window a Rotate may give the old token.
+    #[arg(long, env = "PATD_MAX_ROTATION_GRACE", default_value = "7d")]
+    pub max_rotation_grace: humantime::Duration,
+
     /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,
+
+    /// Longest time the Redis store's introspection cache keeps a token
+    /// record without hearing of any change to it.
+    #[arg(long, env = "PATD_CACHE_TTL", default_value = "30s")]
+    pub cache_ttl: humantime::Duration,
+
+    /// Most token records the Redis store's introspection cache holds;
+    /// 0 turns the cache off.
+    #[arg(long, env = "PATD_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
+    pub cache_max_entries: u64,
 
     /// Bound on every request, end to end.
     #[arg(long, env = "PATD_REQUEST_TIMEOUT", default_value = "5s")]

@@ -250,7 +250,7 @@ impl Scopes {
 }
 
 /// Milliseconds since the Unix epoch: the one time unit of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
@@ -523,9 +523,125 @@ pub struct TokenInfo {
     pub last_used_at: Option<UnixMillis>,
 }
 
+/// Where a token is in its life, on the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Live.
+    Active,
+    /// Live, but rotated: it ends when its grace window closes.
+    Rotating,
+    /// Reached its expiry.
+    Expired,
+    /// Revoked (Revoke, RevokeAll, RevokeToken).
+    Revoked,
+    /// Replaced by Rotate, its grace window over.
+    Rotated,
+}
+
+impl TokenState {
+    /// Whether a token in this state is live (accepted, listed by default).
+    pub fn is_live(self) -> bool {
+        matches!(self, TokenState::Active | TokenState::Rotating)
+    }
+}
+
+/// A token as List shows it: its facts, its state and when it ended (or,
+/// rotating, will end). A token listed from its tombstone has no note,
+/// scopes or last use: the tombstone keeps none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedToken {
+    pub info: TokenInfo,
+    pub state: TokenState,
+    pub ended_at: Option<UnixMillis>,
+}
+
+/// Why a token was revoked by its value (`RevokeToken.reason`): free text
+/// held to the note's rules (at most 256 characters, no control
+/// characters). It goes to the log line only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationReason(String);
+
+impl RevocationReason {
+    /// # Errors
+    /// Longer than 256 characters, or holding a control character; the
+    /// error names the field `reason`.
+    pub fn parse(raw: String) -> Result<Self, FieldError> {
+        Note::parse(raw)
+            .map(|note| Self(note.0))
+            .map_err(|e| FieldError::new("reason", e.reason))
+    }
+
+    /// The text with every occurrence of `value` replaced by `<token>`: a
+    /// responder pasting the leaked value into the reason must not put it
+    /// in the log.
+    pub fn redacting(self, value: &str) -> Self {
+        if value.is_empty() {
+            return self;
+        }
+        Self(self.0.replace(value, "<token>"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The longest rotation grace window accepted when none is configured.
+pub const DEFAULT_MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
+/// A validated rotation grace window: how long a rotated token stays
+/// active, at most `PATD_MAX_ROTATION_GRACE`.
+///
+/// # Errors
+/// A negative duration, nanos out of range, or above `max`; the error
+/// names the field `grace`.
+pub fn rotation_grace(seconds: i64, nanos: i32, max: Duration) -> Result<Duration, FieldError> {
+    const FIELD: &str = "grace";
+    if seconds < 0 || nanos < 0 {
+        return Err(FieldError::new(FIELD, "must not be negative"));
+    }
+    if nanos >= 1_000_000_000 {
+        return Err(FieldError::new(FIELD, "nanos out of range"));
+    }
+    let d = Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs());
+    if d > max {
+        return Err(FieldError::new(
+            FIELD,
+            format!("must be at most {}", format_duration(max)),
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_grace_is_bounded_and_never_negative() {
+        let max = Duration::from_secs(7 * 86_400);
+        assert_eq!(rotation_grace(0, 0, max).unwrap(), Duration::ZERO);
+        assert_eq!(rotation_grace(60, 0, max).unwrap(), Duration::from_secs(60));
+        assert_eq!(rotation_grace(7 * 86_400, 0, max).unwrap(), max);
+        let e = rotation_grace(7 * 86_400, 1, max).unwrap_err();
+        assert_eq!(e.field, "grace");
+        assert!(e.reason.contains("7d"), "{e}");
+        assert_eq!(rotation_grace(-1, 0, max).unwrap_err().field, "grace");
+    }
+
+    #[test]
+    fn a_revocation_reason_is_bounded_and_never_holds_the_value() {
+        assert_eq!(
+            RevocationReason::parse("x".repeat(257)).unwrap_err().field,
+            "reason"
+        );
+        assert!(RevocationReason::parse("a\nb".into()).is_err());
+        let r = RevocationReason::parse("found pat_abc in a log, pat_abc".into()).unwrap();
+        assert_eq!(
+            r.redacting("pat_abc").as_str(),
+            "found <token> in a log, <token>"
+        );
+    }
 
     #[test]
     fn account_ids_are_bounded_and_free_of_control_characters() {

@@ -9,7 +9,7 @@
 //! Start-up:
 //! - [`config`] (uses `auth`, `telemetry`): the command line, flags with
 //!   `PATD_*` variable fallbacks; unknown `PATD_*` variables are refused.
-//! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
+//! - [`settings`] (uses `audit`, `auth`, `config`, `domain`, `forward_auth`,
 //!   `listener`, `service`, `store`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
 //! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `health`, `listener`, `pb`, `service`,
@@ -26,8 +26,8 @@
 //!   text of `/metrics`.
 //!
 //! Transport (the doors):
-//! - [`grpc`] (uses `auth`, `bearer`, `domain`, `metrics`, `pb`, `service`,
-//!   `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
+//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `metrics`, `pb`,
+//!   `service`, `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
 //! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
@@ -48,21 +48,31 @@
 //! - [`auth`] (uses `token`): callers, their roles and keys.
 //!
 //! Core:
-//! - [`service`] (uses `domain`, `metrics`, `store`, `telemetry`, `token`): the use
-//!   cases and their rules (limit, lifetime, digest check, the gateway
+//! - [`service`] (uses `audit`, `domain`, `metrics`, `store`, `telemetry`,
+//!   `token`): the use cases and their rules (limit, lifetime, digest
+//!   check, rotation, a token's state and why it is inactive, the gateway
 //!   decision), with one error enum, and the one log line per request.
-//! - [`store`] (uses `domain`, `metrics`, `token`): the `Store` trait, memory and
-//!   Redis implementations, key names and the Lua scripts.
+//! - [`store`] (uses `audit`, `domain`, `metrics`, `token`): the `Store`
+//!   trait, memory and Redis implementations, key names and the Lua
+//!   scripts (each change appends its audit event in the same atomic step).
+//! - [`audit`] (uses `domain`): the audit trail's types (actor, request
+//!   id, event, paging, the count and age caps) and its `audit` log line.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
-//!   `Note`, `Scopes`, expiry) and the shard tag.
+//!   `Note`, `Scopes`, expiry, rotation grace, token states) and the shard
+//!   tag.
 //!
 //! # Where cross-cutting behaviour lives
 //!
 //! - Guards (panic, deadline, load shedding, caller authentication):
 //!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
 //! - Every status, challenge and body a caller sees: `verdict`.
-//! - The one log line per request: `service` (`log_rpc`).
+//! - The one log line per request: `service` (`log_rpc`); a management
+//!   request's id is made there too.
+//! - The audit trail: `audit` (its types and `audit` log line); each
+//!   store appends an event inside the change itself (`store::memory`'s
+//!   `append_event`, the Lua fragment `store/lua/audit.lua` that
+//!   `store::redis` puts into every changing script).
 //! - Server spans and request metrics: `grpc::guard` (gRPC) and
 //!   `forward_auth` (HTTP); store spans and timings: `store` (`AnyStore`);
 //!   the instruments: `metrics`; the providers: `telemetry`.
@@ -70,6 +80,7 @@
 //! - The shard tag that keeps an account in one Cluster slot:
 //!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).
 
+pub mod audit;
 pub mod auth;
 pub mod bearer;
 pub mod config;

@@ -78,18 +78,25 @@ impl Application {
     /// An unusable store URL, or an address that cannot be bound.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = match &settings.store {
-            StoreSettings::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreSettings::Memory => AnyStore::Memory(
+                MemoryStore::with_audit(settings.audit).with_tombstone_ttl(settings.tombstone_ttl),
+            ),
             StoreSettings::Redis {
                 url,
                 key_prefix,
                 timeout,
                 tls,
-            } => AnyStore::Redis(RedisStore::connect(
-                url.expose_secret(),
-                key_prefix.as_str(),
-                *timeout,
-                tls,
-            )?),
+                cache,
+            } => {
+                let store =
+                    RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
+                        .with_audit(settings.audit)
+                        .with_tombstone_ttl(settings.tombstone_ttl);
+                AnyStore::Redis(match cache {
+                    Some(cache) => store.with_cache(*cache),
+                    None => store,
+                })
+            }
         };
         warn_about_exposure(&settings);
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;

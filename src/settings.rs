@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret as _, SecretString};
 use thiserror::Error;
 
+use crate::audit::AuditPolicy;
 use crate::auth::{Callers, CallersError};
 use crate::config::Config;
 use crate::domain::LifetimePolicy;
@@ -19,6 +20,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::listener::Limits;
 use crate::service::Rules;
 use crate::store::RedisTls;
+use crate::store::cache::CacheSettings;
 use crate::telemetry::LogFormat;
 use crate::tls::{TlsConfig, TlsError, TlsFiles};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
@@ -61,6 +63,10 @@ pub enum SettingsError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
+    #[error("PATD_CACHE_TTL must be positive (PATD_CACHE_MAX_ENTRIES=0 turns the cache off)")]
+    CacheTtl,
+    #[error("PATD_AUDIT_RETENTION must be between 1s and 3650d")]
+    AuditRetention,
     #[error("PATD_TOKEN_HASH_KEYS: {0}")]
     HashKeys(#[from] HashKeyError),
     #[error("TLS: {0}")]
@@ -110,12 +116,13 @@ pub enum StoreSettings {
     Memory,
     /// Redis at `url` (secret: it may carry a password), every key under
     /// `key_prefix`, every call bounded by `timeout`, with `tls` beyond
-    /// what the URL says.
+    /// what the URL says, and Introspect's `cache` (`None`: off).
     Redis {
         url: SecretString,
         key_prefix: KeyPrefix,
         timeout: Duration,
         tls: RedisTls,
+        cache: Option<CacheSettings>,
     },
 }
 
@@ -137,6 +144,10 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Token format, digests, the per-account limit and lifetimes.
     pub rules: Rules,
+    /// How many audit events each account keeps, and for how long.
+    pub audit: AuditPolicy,
+    /// How long a tombstone outlives its token's end (`PATD_TOMBSTONE_TTL`).
+    pub tombstone_ttl: Duration,
     /// Caller authentication; empty = off (loopback only, or opted out).
     pub callers: Callers,
     /// Where the callers came from, read again on SIGHUP.
@@ -181,6 +192,21 @@ fn redis_tls(config: &Config, url: &str) -> Result<RedisTls, SettingsError> {
     Ok(tls)
 }
 
+/// The introspection cache's bounds; `None` when
+/// `PATD_CACHE_MAX_ENTRIES` is 0.
+fn cache_settings(config: &Config) -> Result<Option<CacheSettings>, SettingsError> {
+    if config.cache_max_entries == 0 {
+        return Ok(None);
+    }
+    if config.cache_ttl.is_zero() {
+        return Err(SettingsError::CacheTtl);
+    }
+    Ok(Some(CacheSettings {
+        ttl: *config.cache_ttl,
+        max_entries: config.cache_max_entries,
+    }))
+}
+
 impl TryFrom<Config> for Settings {
     type Error = SettingsError;
 
@@ -197,6 +223,16 @@ impl TryFrom<Config> for Settings {
         if config.redis_timeout.is_zero() || config.request_timeout.is_zero() {
             return Err(SettingsError::Timeout);
         }
+        // Ten years keeps every millisecond count well inside what Redis's
+        // Lua numbers hold exactly.
+        let retention = *config.audit_retention;
+        if retention < Duration::from_secs(1) || retention > Duration::from_secs(3650 * 86_400) {
+            return Err(SettingsError::AuditRetention);
+        }
+        let audit = AuditPolicy {
+            max_events: config.audit_max_events,
+            retention,
+        };
         let key_prefix = KeyPrefix::parse(&config.key_prefix)?;
         let url = config.store.expose_secret();
         let store = if url == "memory" {
@@ -207,6 +243,7 @@ impl TryFrom<Config> for Settings {
                 key_prefix,
                 timeout: *config.redis_timeout,
                 tls: redis_tls(&config, url)?,
+                cache: cache_settings(&config)?,
             }
         } else {
             return Err(SettingsError::Store);
@@ -254,7 +291,10 @@ impl TryFrom<Config> for Settings {
                     default_ttl: *config.default_ttl,
                     max_ttl: *config.max_ttl,
                 },
+                max_rotation_grace: *config.max_rotation_grace,
             },
+            audit,
+            tombstone_ttl: *config.tombstone_ttl,
             callers,
             callers_file: config.callers_file,
             tls,
@@ -321,6 +361,20 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_retention_out_of_range_is_refused() {
+        for bad in ["0s", "999ms", "3651d"] {
+            let refused = settings(&["--audit-retention", bad]);
+            assert!(
+                matches!(refused, Err(SettingsError::AuditRetention)),
+                "{bad}"
+            );
+        }
+        let s = settings(&["--audit-retention", "2s", "--audit-max-events", "3"]).unwrap();
+        assert_eq!(s.audit.retention, Duration::from_secs(2));
+        assert_eq!(s.audit.max_events, 3);
+    }
+
+    #[test]
     fn the_defaults_are_loopback_memory_and_fifty_tokens() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
@@ -328,6 +382,8 @@ mod tests {
         assert!(s.forward_auth.token_header.is_none());
         assert!(matches!(s.store, StoreSettings::Memory));
         assert_eq!(s.rules.max_tokens_per_account, 50);
+        assert_eq!(s.audit.max_events, 1000);
+        assert_eq!(s.audit.retention, Duration::from_secs(90 * 86_400));
         assert_eq!(
             s.rules.lifetime.default_ttl,
             Duration::from_secs(30 * 86_400)

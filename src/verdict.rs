@@ -8,7 +8,7 @@
 //! |---|---|---|---|---|
 //! | allow | 200 | 200 | OK | |
 //! | missing credential | 401 | 401 | UNAUTHENTICATED | `Bearer realm="patd"` |
-//! | invalid token | 401 | 401 | UNAUTHENTICATED | `error="invalid_token"` |
+//! | invalid token (reason) | 401 | 401 | UNAUTHENTICATED | `error="invalid_token", error_description="<reason>"` |
 //! | insufficient scope | 403 | 403 | PERMISSION_DENIED | `error="insufficient_scope"` |
 //! | route misconfigured | 500 | 500 | INTERNAL | |
 //! | unauthenticated caller | 401 | 500 | UNAUTHENTICATED | |
@@ -20,7 +20,14 @@
 //! | invalid argument | 400 | 400 | INVALID_ARGUMENT | |
 //! | limit reached | 409 | 409 | RESOURCE_EXHAUSTED | |
 //! | not found | 404 | 404 | NOT_FOUND | |
+//! | already rotated | 409 | 409 | FAILED_PRECONDITION | |
 //! | store full | 507 | 507 | RESOURCE_EXHAUSTED | |
+//!
+//! An invalid token's reason (`malformed`, `unknown`, `expired`, `revoked`,
+//! `rotated`) is said in the challenge's `error_description`, in the
+//! `X-Patd-Reason` header (forward-auth and ext_authz denials alike) and in
+//! the body; `expired`, `revoked` and `rotated` only ever for the token's
+//! own value (see `service::Inactive`).
 //!
 //! The forward-auth column differs only for refused callers: there the
 //! caller is a gateway relaying an end user's request, and the status
@@ -56,6 +63,8 @@ pub const ACCOUNT_ID_HEADER: &str = "x-account-id";
 pub const TOKEN_ID_HEADER: &str = "x-token-id";
 /// Upstream header listing the token's scopes, space-separated.
 pub const TOKEN_SCOPES_HEADER: &str = "x-token-scopes";
+/// Denial header naming why a token is inactive (`Inactive::as_str`).
+pub const REASON_HEADER: &str = "x-patd-reason";
 
 const NO_STORE: &str = "no-store";
 
@@ -80,8 +89,7 @@ pub enum Verdict {
     Allow(Live),
     /// No credential was presented.
     MissingCredential,
-    /// A credential that is not a live token of ours (the reason is for
-    /// logs only).
+    /// A credential that is not a live token of ours, and why.
     InvalidToken(Inactive),
     /// A live token lacking some of `required`.
     InsufficientScope { required: Scopes },
@@ -106,6 +114,8 @@ pub enum Verdict {
     LimitReached { limit: u32 },
     /// The account holds no such live token.
     NotFound,
+    /// The token was already rotated (Rotate).
+    AlreadyRotated,
     /// Redis is at `maxmemory`: new tokens are refused, revocations work.
     StoreFull,
 }
@@ -126,12 +136,10 @@ impl Verdict {
 
     /// The `outcome` label of `patd_introspections_total` for a token
     /// check answered with this verdict: `active`, the inactive reason
-    /// (`malformed`, `unknown`, `expired`), `insufficient_scope`,
-    /// `unavailable`, or `missing` (no credential at a gateway door).
-    /// `None` for answers that checked no token (a refused caller, a
-    /// misconfigured route, shed, deadline, a panic). (`revoked` is not
-    /// told apart: a revocation deletes the record, so a revoked token is
-    /// `unknown`.)
+    /// (`malformed`, `unknown`, `expired`, `revoked`, `rotated`),
+    /// `insufficient_scope`, `unavailable`, or `missing` (no credential at
+    /// a gateway door). `None` for answers that checked no token (a
+    /// refused caller, a misconfigured route, shed, deadline, a panic).
     pub fn introspection_outcome(&self) -> Option<&'static str> {
         match self {
             Verdict::Allow(_) => Some(OUTCOME_ACTIVE),
@@ -148,6 +156,7 @@ impl Verdict {
             | Verdict::InvalidArgument(_)
             | Verdict::LimitReached { .. }
             | Verdict::NotFound
+            | Verdict::AlreadyRotated
             | Verdict::StoreFull => None,
         }
     }
@@ -167,7 +176,7 @@ impl Verdict {
             Verdict::Overloaded | Verdict::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Verdict::Deadline => StatusCode::GATEWAY_TIMEOUT,
             Verdict::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Verdict::LimitReached { .. } => StatusCode::CONFLICT,
+            Verdict::LimitReached { .. } | Verdict::AlreadyRotated => StatusCode::CONFLICT,
             Verdict::NotFound => StatusCode::NOT_FOUND,
             Verdict::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
         }
@@ -201,6 +210,7 @@ impl Verdict {
             Verdict::StoreUnavailable => Code::Unavailable,
             Verdict::InvalidArgument(_) => Code::InvalidArgument,
             Verdict::NotFound => Code::NotFound,
+            Verdict::AlreadyRotated => Code::FailedPrecondition,
         }
     }
 
@@ -210,10 +220,19 @@ impl Verdict {
     pub fn challenge(&self) -> Option<Cow<'static, str>> {
         match self {
             Verdict::MissingCredential => Some(bearer::CHALLENGE_MISSING.into()),
-            Verdict::InvalidToken(_) => Some(bearer::CHALLENGE_INVALID.into()),
+            Verdict::InvalidToken(why) => Some(bearer::challenge_invalid(why.as_str()).into()),
             Verdict::InsufficientScope { required } => {
                 Some(bearer::challenge_insufficient_scope(required).into())
             }
+            _ => None,
+        }
+    }
+
+    /// Why a token is inactive, for the `X-Patd-Reason` header of a
+    /// denial; `None` for every other answer.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Verdict::InvalidToken(why) => Some(why.as_str()),
             _ => None,
         }
     }
@@ -224,7 +243,7 @@ impl Verdict {
         match self {
             Verdict::Allow(_) => "".into(),
             Verdict::MissingCredential => "missing bearer token".into(),
-            Verdict::InvalidToken(_) => "invalid token".into(),
+            Verdict::InvalidToken(why) => format!("invalid token: {}", why.as_str()).into(),
             Verdict::InsufficientScope { .. } => "insufficient scope".into(),
             Verdict::RouteMisconfigured(e) => format!("route configuration: {e}").into(),
             Verdict::UnauthenticatedCaller => Refusal::Unauthenticated.to_string().into(),
@@ -238,6 +257,7 @@ impl Verdict {
                 .to_string()
                 .into(),
             Verdict::NotFound => ServiceError::NotFound.to_string().into(),
+            Verdict::AlreadyRotated => ServiceError::AlreadyRotated.to_string().into(),
             Verdict::StoreFull => ServiceError::StoreFull.to_string().into(),
         }
     }
@@ -285,6 +305,9 @@ impl Verdict {
         {
             h.insert(WWW_AUTHENTICATE, challenge);
         }
+        if let Some(reason) = self.reason() {
+            h.insert(REASON_HEADER, HeaderValue::from_static(reason));
+        }
         response
     }
 
@@ -317,6 +340,9 @@ impl Verdict {
         if let Some(challenge) = self.challenge() {
             denied.add_header(WWW_AUTHENTICATE.as_str(), challenge, overwrite, false);
         }
+        if let Some(reason) = self.reason() {
+            denied.add_header(REASON_HEADER, reason, overwrite, false);
+        }
         let mut response = CheckResponse::with_status(self.to_status());
         response.set_http_response(denied.build());
         response
@@ -348,6 +374,7 @@ impl From<ServiceError> for Verdict {
             ServiceError::InvalidArgument(field) => Verdict::InvalidArgument(field),
             ServiceError::LimitReached { limit } => Verdict::LimitReached { limit },
             ServiceError::NotFound => Verdict::NotFound,
+            ServiceError::AlreadyRotated => Verdict::AlreadyRotated,
             ServiceError::StoreFull => Verdict::StoreFull,
             ServiceError::Unavailable(_) => Verdict::StoreUnavailable,
         }
@@ -370,7 +397,11 @@ mod tests {
     fn every_denial() -> Vec<Verdict> {
         vec![
             Verdict::MissingCredential,
+            Verdict::InvalidToken(Inactive::Malformed),
             Verdict::InvalidToken(Inactive::Unknown),
+            Verdict::InvalidToken(Inactive::Expired),
+            Verdict::InvalidToken(Inactive::Revoked),
+            Verdict::InvalidToken(Inactive::Rotated),
             Verdict::InsufficientScope {
                 required: Scopes::parse(vec!["admin".into()]).unwrap(),
             },
@@ -384,18 +415,20 @@ mod tests {
             Verdict::InvalidArgument(FieldError::new("note", "too long")),
             Verdict::LimitReached { limit: 50 },
             Verdict::NotFound,
+            Verdict::AlreadyRotated,
             Verdict::StoreFull,
         ]
     }
 
     #[test]
     fn token_check_outcomes_are_the_metric_labels() {
-        const LABELS: [&str; 8] = [
+        const LABELS: [&str; 9] = [
             "active",
             "malformed",
             "unknown",
             "expired",
             "revoked",
+            "rotated",
             "insufficient_scope",
             "unavailable",
             "missing",
@@ -413,7 +446,13 @@ mod tests {
             Some("unavailable")
         );
         // gRPC Introspect names the same answers the same way.
-        for why in [Inactive::Malformed, Inactive::Unknown, Inactive::Expired] {
+        for why in [
+            Inactive::Malformed,
+            Inactive::Unknown,
+            Inactive::Expired,
+            Inactive::Revoked,
+            Inactive::Rotated,
+        ] {
             assert_eq!(
                 introspect_outcome(&Ok(Introspection::Inactive(why))),
                 Verdict::InvalidToken(why).introspection_outcome().unwrap()
@@ -453,12 +492,46 @@ mod tests {
                 .map(|h| h.value.clone());
             assert_eq!(http_challenge, envoy_challenge, "{v:?}");
             assert_eq!(http_challenge.as_deref(), v.challenge().as_deref());
+            let http_reason = http
+                .headers()
+                .get(REASON_HEADER)
+                .map(|h| h.to_str().unwrap().to_owned());
+            let envoy_reason = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == REASON_HEADER)
+                .map(|h| h.value.clone());
+            assert_eq!(http_reason, envoy_reason, "{v:?}");
+            assert_eq!(http_reason.as_deref(), v.reason(), "{v:?}");
             assert_eq!(
                 http.headers().get(CACHE_CONTROL).unwrap(),
                 NO_STORE,
                 "{v:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_invalid_tokens_reason_is_in_the_challenge_the_header_and_the_body() {
+        for (why, word) in [
+            (Inactive::Malformed, "malformed"),
+            (Inactive::Unknown, "unknown"),
+            (Inactive::Expired, "expired"),
+            (Inactive::Revoked, "revoked"),
+            (Inactive::Rotated, "rotated"),
+        ] {
+            let v = Verdict::InvalidToken(why);
+            assert_eq!(
+                v.challenge().unwrap(),
+                format!(
+                    r#"Bearer realm="patd", error="invalid_token", error_description="{word}""#
+                )
+            );
+            assert_eq!(v.reason(), Some(word));
+            assert!(v.message().ends_with(word));
+        }
+        assert_eq!(Verdict::MissingCredential.reason(), None);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! deadline, load shedding, concurrency limit, caller gate) count as
 //! patd's cost. The constants are what the checks accept under
 //! `--expect-baseline`.
+//!
+//! With `--redis-url`, Introspect also does one Redis `GET` (of a key that
+//! does not exist) on one multiplexed connection of the `redis` crate, as
+//! patd's: the limit for any uncached answer that needs the store.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -38,10 +42,16 @@ fn info() -> pb::TokenInfo {
             nanos: 0,
         }),
         last_used_at: None,
+        ..Default::default()
     }
 }
 
-struct Baseline;
+/// The key the Redis baseline reads.
+const REDIS_KEY: &str = "patd-bench:baseline";
+
+struct Baseline {
+    redis: Option<redis::aio::MultiplexedConnection>,
+}
 
 #[tonic::async_trait]
 impl TokenService for Baseline {
@@ -59,9 +69,18 @@ impl TokenService for Baseline {
         &self,
         _request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.clone();
+            let _: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(REDIS_KEY)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
         Ok(Response::new(pb::IntrospectResponse {
             active: true,
             info: Some(info()),
+            ..Default::default()
         }))
     }
 
@@ -85,13 +104,52 @@ impl TokenService for Baseline {
     ) -> Result<Response<pb::ListResponse>, Status> {
         Ok(Response::new(pb::ListResponse::default()))
     }
+
+    async fn list_audit_events(
+        &self,
+        _request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        Ok(Response::new(pb::ListAuditEventsResponse::default()))
+    }
+
+    async fn rotate(
+        &self,
+        _request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        Ok(Response::new(pb::RotateResponse {
+            token: TOKEN.to_owned(),
+            info: Some(info()),
+            ..Default::default()
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        _request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Ok(Response::new(pb::RevokeTokenResponse {
+            account_id: ACCOUNT.to_owned(),
+            token_id: TOKEN_ID.to_owned(),
+        }))
+    }
 }
 
 /// Binds `addr`, prints `listening <addr>` and serves until killed.
 /// `nodelay` sets TCP_NODELAY on accepted connections, as tonic's own
 /// `serve(addr)` does; without it the sockets are left as accepted, as
-/// patd's `serve_with_incoming` leaves them (Nagle on).
-pub async fn serve(addr: SocketAddr, nodelay: bool) -> Result<(), String> {
+/// patd's `serve_with_incoming` leaves them (Nagle on). With `redis_url`,
+/// every Introspect reads Redis once.
+pub async fn serve(addr: SocketAddr, nodelay: bool, redis_url: Option<&str>) -> Result<(), String> {
+    let redis = match redis_url {
+        Some(url) => Some(
+            redis::Client::open(url)
+                .map_err(|e| format!("redis URL: {e}"))?
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("cannot connect to Redis: {e}"))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -102,7 +160,7 @@ pub async fn serve(addr: SocketAddr, nodelay: bool) -> Result<(), String> {
     let _ = writeln!(stdout, "listening {bound}");
     let _ = stdout.flush();
     Server::builder()
-        .add_service(TokenServiceServer::new(Baseline).max_decoding_message_size(65_536))
+        .add_service(TokenServiceServer::new(Baseline { redis }).max_decoding_message_size(65_536))
         .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(nodelay.then_some(true)))
         .await
         .map_err(|e| format!("baseline server: {e}"))

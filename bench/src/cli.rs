@@ -27,10 +27,28 @@ pub enum Command {
         /// sockets as they are (Nagle on).
         #[arg(long)]
         tcp_nodelay: bool,
+        /// Read Redis once per Introspect (a `GET`): the limit for an
+        /// uncached answer.
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Run one load scenario against a patd (or the baseline server) and
     /// check every answer. Exit code 1 on any unexpected outcome.
     Run(RunArgs),
+    /// Measure how long a revocation on one patd takes to be seen by
+    /// another (sharing one Redis): Issue on A, Introspect on B until
+    /// cached, Revoke on A, then Introspect on B until inactive.
+    Propagation(PropagationArgs),
+    /// Issue one token and write a framed gRPC IntrospectRequest for it
+    /// (the body h2load posts to `/patd.v1.TokenService/Introspect`).
+    H2loadBody {
+        /// patd's (or the baseline server's) gRPC address.
+        #[arg(long)]
+        grpc_addr: String,
+        /// Where to write the body.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Measure the Redis round trip (sequential PINGs on one multiplexed
     /// connection, the client patd uses).
     RedisRtt(RedisRttArgs),
@@ -149,6 +167,27 @@ pub struct RedisRttArgs {
     /// Sequential PINGs measured (after 200 unmeasured).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PropagationArgs {
+    /// Instance A's gRPC address (where tokens are issued and revoked).
+    #[arg(long)]
+    pub a: String,
+    /// Instance B's gRPC address (where the revocation must arrive).
+    #[arg(long)]
+    pub b: String,
+    /// Revocations measured.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trials: u32,
+    /// Before each trial's Revoke, kill every Pub/Sub connection of this
+    /// Redis (`CLIENT KILL TYPE pubsub`): the invalidation channel is gone
+    /// when the revocation is made.
+    #[arg(long)]
+    pub kill_channel_on: Option<String>,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,7 @@
 //! patd-bench baseline-server --addr 127.0.0.1:0
 //! patd-bench run introspect --grpc-addr 127.0.0.1:50051 --connections 8 --in-flight 32 --json
 //! patd-bench redis-rtt --url redis://127.0.0.1:6379
+//! patd-bench propagation --a 127.0.0.1:50051 --b 127.0.0.1:50052 --trials 1000
 //! ```
 
 mod baseline;
@@ -19,6 +20,7 @@ mod forward_auth;
 mod introspect;
 mod issue;
 mod mixed;
+mod propagation;
 mod redis_rtt;
 mod report;
 mod rng;
@@ -45,9 +47,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::BaselineServer { addr, tcp_nodelay } => {
-                baseline::serve(addr, tcp_nodelay).await.map(|()| true)
-            }
+            Command::BaselineServer {
+                addr,
+                tcp_nodelay,
+                redis_url,
+            } => baseline::serve(addr, tcp_nodelay, redis_url.as_deref())
+                .await
+                .map(|()| true),
+            Command::Propagation(args) => propagation::run(args).await,
+            Command::H2loadBody { grpc_addr, out } => propagation::h2load_body(&grpc_addr, &out)
+                .await
+                .map(|()| true),
             Command::Run(args) => run::run(args).await,
             Command::RedisRtt(args) => redis_rtt::run(args).await.map(|()| true),
         }

@@ -3,9 +3,13 @@
 
 use prost_types::{Duration, Timestamp};
 
-use crate::domain::{AccountId, ExpiryRequest, FieldError, Note, Scopes, TokenInfo, UnixMillis};
+use crate::audit::AuditEvent;
+use crate::domain::{
+    AccountId, ExpiryRequest, FieldError, ListedToken, Note, Scopes, TokenId, TokenInfo,
+    TokenState, UnixMillis,
+};
 use crate::pb;
-use crate::service::IssueCommand;
+use crate::service::{Inactive, IssueCommand, RotateCommand};
 
 const NANOS_PER_SEC: i32 = 1_000_000_000;
 
@@ -25,6 +29,53 @@ pub fn issue_command(req: pb::IssueRequest) -> Result<IssueCommand, FieldError> 
         scopes: Scopes::parse(scopes)?,
         expiry: expiry(ttl, expires_at)?,
     })
+}
+
+/// # Errors
+/// The first field that fails validation (the grace window's bound is the
+/// service's rule).
+pub fn rotate_command(req: pb::RotateRequest) -> Result<RotateCommand, FieldError> {
+    let pb::RotateRequest {
+        account_id,
+        token_id,
+        grace,
+        ttl,
+        expires_at,
+    } = req;
+    Ok(RotateCommand {
+        account: AccountId::parse(account_id)?,
+        token_id: TokenId::parse(token_id)?,
+        grace: grace.map_or((0, 0), |d| (d.seconds, d.nanos)),
+        expiry: expiry(ttl, expires_at)?,
+    })
+}
+
+/// The proto's `InactiveReason`.
+pub fn inactive_reason(why: Inactive) -> pb::InactiveReason {
+    match why {
+        Inactive::Malformed => pb::InactiveReason::Malformed,
+        Inactive::Unknown => pb::InactiveReason::Unknown,
+        Inactive::Expired => pb::InactiveReason::Expired,
+        Inactive::Revoked => pb::InactiveReason::Revoked,
+        Inactive::Rotated => pb::InactiveReason::Rotated,
+    }
+}
+
+/// A listed token: its facts with `state` and `ended_at` set.
+pub fn listed_token(listed: ListedToken) -> pb::TokenInfo {
+    use pb::token_info::State;
+    let state = match listed.state {
+        TokenState::Active => State::Active,
+        TokenState::Rotating => State::Rotating,
+        TokenState::Expired => State::Expired,
+        TokenState::Revoked => State::Revoked,
+        TokenState::Rotated => State::Rotated,
+    };
+    pb::TokenInfo {
+        state: state as i32,
+        ended_at: listed.ended_at.map(timestamp),
+        ..token_info(listed.info)
+    }
 }
 
 fn expiry(ttl: Option<Duration>, at: Option<Timestamp>) -> Result<ExpiryRequest, FieldError> {
@@ -75,6 +126,24 @@ pub fn token_info(info: TokenInfo) -> pb::TokenInfo {
         created_at: Some(timestamp(info.created_at)),
         expires_at: Some(timestamp(info.expires_at)),
         last_used_at: info.last_used_at.map(timestamp),
+        state: 0,
+        ended_at: None,
+    }
+}
+
+pub fn audit_event(event: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: event.id.to_string(),
+        time: Some(timestamp(event.time())),
+        action: event.action,
+        account_id: event.account_id.as_str().to_owned(),
+        token_ids: event
+            .token_ids
+            .iter()
+            .map(|id| id.as_str().to_owned())
+            .collect(),
+        caller: event.caller,
+        request_id: event.request_id,
     }
 }
 

@@ -734,6 +734,19 @@ mod tests {
             role_for_grpc_path("/patd.v1.TokenService/RevokeAll"),
             Some(Role::Manage)
         );
+        // Rotate mints a token and RevokeToken ends anyone's: both manage.
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/Rotate"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/RevokeToken"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/ListAuditEvents"),
+            Some(Role::Manage)
+        );
         assert_eq!(
             role_for_grpc_path("/envoy.service.auth.v3.Authorization/Check"),
             Some(Role::Introspect)

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditPageRequest;
 use crate::auth::{ANONYMOUS, CallerName};
-use crate::domain::{AccountId, FieldError, PageRequest, TokenId};
+use crate::domain::{AccountId, FieldError, PageRequest, RevocationReason, TokenId};
 use crate::metrics::{self, Door};
 use crate::pb;
 use crate::pb::token_service_server::TokenService;
@@ -83,8 +84,12 @@ impl<S: Store> TokenService for TokenApi<S> {
             Introspection::Active(live) => pb::IntrospectResponse {
                 active: true,
                 info: Some(convert::token_info(live.info)),
+                reason: 0,
             },
-            Introspection::Inactive(_) => pb::IntrospectResponse::default(),
+            Introspection::Inactive(why) => pb::IntrospectResponse {
+                reason: convert::inactive_reason(why) as i32,
+                ..Default::default()
+            },
         };
         Ok(Response::new(answer))
     }
@@ -124,13 +129,76 @@ impl<S: Store> TokenService for TokenApi<S> {
             account_id,
             page_size,
             page_token,
+            include_inactive,
         } = request.into_inner();
         let account = self.parse("List", &caller, AccountId::parse(account_id))?;
         let page = self.parse("List", &caller, PageRequest::parse(page_size, &page_token))?;
-        let page = self.tokens.list(&caller, account, page).await?;
+        let page = self
+            .tokens
+            .list(&caller, account, page, include_inactive)
+            .await?;
         Ok(Response::new(pb::ListResponse {
-            tokens: page.tokens.into_iter().map(convert::token_info).collect(),
+            tokens: page.tokens.into_iter().map(convert::listed_token).collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        const RPC: &str = "ListAuditEvents";
+        let caller = caller_of(&request);
+        let pb::ListAuditEventsRequest {
+            account_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let account = self.parse(RPC, &caller, AccountId::parse(account_id))?;
+        let page = AuditPageRequest::parse(page_size, &page_token);
+        let page = self.parse(RPC, &caller, page)?;
+        let page = self
+            .tokens
+            .list_audit_events(&caller, account, page)
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: page.events.into_iter().map(convert::audit_event).collect(),
+            next_page_token: page.next.map(|id| id.encode_cursor()).unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        let caller = caller_of(&request);
+        let cmd = self.parse(
+            "Rotate",
+            &caller,
+            convert::rotate_command(request.into_inner()),
+        )?;
+        let rotated = self.tokens.rotate(&caller, cmd).await?;
+        Ok(Response::new(pb::RotateResponse {
+            token: rotated.token.into_exposed(),
+            info: Some(pb::TokenInfo {
+                state: pb::token_info::State::Active as i32,
+                ..convert::token_info(rotated.info)
+            }),
+            previous_expires_at: Some(convert::timestamp(rotated.previous_expires_at)),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let caller = caller_of(&request);
+        let pb::RevokeTokenRequest { token, reason } = request.into_inner();
+        let reason = self.parse("RevokeToken", &caller, RevocationReason::parse(reason))?;
+        let (account, token_id) = self.tokens.revoke_token(&caller, &token, reason).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {
+            account_id: account.as_str().to_owned(),
+            token_id: token_id.as_str().to_owned(),
         }))
     }
 }

@@ -1,5 +1,9 @@
 //! Redis key names: the one place that knows the layout
-//! `<prefix>:{TAG}:t:<token_id>` and `<prefix>:{TAG}:a:<account_id>`.
+//! `<prefix>:{TAG}:t:<token_id>` (record), `<prefix>:{TAG}:a:<account_id>`
+//! (index of live tokens), `<prefix>:{TAG}:x:<token_id>` (tombstone),
+//! `<prefix>:{TAG}:h:<account_id>` (index of tombstones) and
+//! `<prefix>:{TAG}:e:<account_id>` (the account's audit stream), and the
+//! introspection cache's invalidation channel `<prefix>:invalidate`.
 //! The `{TAG}` hash tag puts an account's index and all its token records in
 //! one Redis Cluster slot, so every multi-key change is a single script.
 
@@ -26,6 +30,45 @@ impl Keys {
             token_id.shard_tag(),
             token_id.as_str()
         )
+    }
+
+    /// The stream of an account's audit events (one entry per change,
+    /// appended by the same script as the change).
+    pub fn audit(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:e:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
+        )
+    }
+
+    /// The tombstone of one token: what is kept of it after it ended.
+    pub fn tombstone(&self, token_id: &TokenId) -> String {
+        format!(
+            "{}:{{{}}}:x:{}",
+            self.prefix,
+            token_id.shard_tag(),
+            token_id.as_str()
+        )
+    }
+
+    /// The sorted set of the ids of an account's tombstones, scored by when
+    /// each tombstone goes (Unix ms).
+    pub fn history(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:h:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
+        )
+    }
+
+    /// The Pub/Sub channel on which the scripts that end or change a token
+    /// publish its id, for every instance's cache. The scripts derive the
+    /// same name from their first key (everything before `:{`).
+    pub fn invalidations(&self) -> String {
+        format!("{}:invalidate", self.prefix)
     }
 
     /// A key under the prefix that patd never writes: readiness reads it to
@@ -71,6 +114,12 @@ mod tests {
         let (_, parsed) = TokenFormat::new("pat").unwrap().generate(&account);
         let tag = account.shard_tag();
         assert_eq!(keys.account(&account), format!("patd:{{{tag}}}:a:acct-7"));
+        assert_eq!(keys.audit(&account), format!("patd:{{{tag}}}:e:acct-7"));
+        assert_eq!(keys.history(&account), format!("patd:{{{tag}}}:h:acct-7"));
+        assert_eq!(
+            keys.tombstone(&parsed.token_id),
+            format!("patd:{{{tag}}}:x:{}", parsed.token_id.as_str())
+        );
         assert_eq!(
             keys.token(&parsed.token_id),
             format!("patd:{{{tag}}}:t:{}", parsed.token_id.as_str())

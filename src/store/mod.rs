@@ -3,7 +3,21 @@
 //! rules: the live-token limit is enforced atomically, expiry is decided on
 //! the store's one clock, expired tokens vanish on their own, a token whose
 //! digest can no longer verify is not live, and a revocation is final.
+//! Every change that succeeds appends its audit event in the same atomic
+//! step (see `audit`), kept per account by the same count and age rules.
+//!
+//! **Tombstones.** Beside each token record the store keeps a tombstone
+//! from Issue on: the token's account, digest, key id and times (never its
+//! note, scopes or value), and once it ended, how and when (revoked,
+//! rotated). It outlives the record by the store's tombstone TTL
+//! (`PATD_TOMBSTONE_TTL`) after the token's end (its expiry, revocation,
+//! or the close of its rotation grace window), so Introspect can say
+//! *why* a presented token is inactive and List can show ended tokens.
+//! Tombstones are never counted toward the limit and never make a token
+//! live: only the record does. Audit events are not tombstones: they stay
+//! by the audit policy, whatever happened to the token.
 
+pub mod cache;
 pub mod connection;
 pub mod keys;
 pub mod memory;
@@ -14,6 +28,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
@@ -44,6 +59,10 @@ pub enum StoreError {
     Corrupt { token_id: String, reason: String },
 }
 
+/// How long a tombstone is kept after its token ended, unless configured
+/// (`PATD_TOMBSTONE_TTL`).
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 /// One token as stored: its public facts and the digest of its value.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
@@ -51,6 +70,33 @@ pub struct StoredToken {
     pub digest: TokenDigest,
     /// The digest key that made `digest`; `None` for plain SHA-256.
     pub key_id: Option<KeyId>,
+    /// Set once the token was rotated: when its grace window closes (at
+    /// most its expiry). A rotated token does not count toward the limit
+    /// and cannot be rotated again.
+    pub rotated_at: Option<UnixMillis>,
+}
+
+/// How a token ended before its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Revoked,
+    Rotated,
+}
+
+/// What is kept of a token for the tombstone TTL after it ended (and, from
+/// Issue on, while it lives): enough to recognise its value and say how it
+/// ended, nothing to show (no note, no scopes).
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    pub account_id: AccountId,
+    pub digest: TokenDigest,
+    /// The digest key that made `digest`; `None` for plain SHA-256.
+    pub key_id: Option<KeyId>,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    /// How and when it ended before its expiry; a rotation's instant is
+    /// the close of its grace window, which may lie ahead.
+    pub ended: Option<(Ending, UnixMillis)>,
 }
 
 /// A token to issue: everything but its times, which the store sets on its
@@ -109,12 +155,64 @@ pub enum IssueOutcome {
     Refused(ExpiryRefusal),
 }
 
-/// A token record and the store's now, read together: whether the token
-/// has expired is decided against this `now`, never a caller's clock.
+/// A token id's record, or without one its tombstone (either may be
+/// missing), and the store's now, read together: whether the token has expired is decided
+/// against this `now`, never a caller's clock.
 #[derive(Debug, Clone)]
 pub struct Found {
-    pub token: StoredToken,
+    pub token: Option<StoredToken>,
+    pub tombstone: Option<Tombstone>,
     pub now: UnixMillis,
+}
+
+/// One token of a listing: its id, its record while it has one, and its
+/// tombstone (read only for a listing that includes ended tokens).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub token_id: TokenId,
+    pub token: Option<StoredToken>,
+    pub tombstone: Option<Tombstone>,
+}
+
+/// An account's tokens as the store holds them, with the store's now; the
+/// service decides which are live and in which state.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub now: UnixMillis,
+}
+
+/// A rotation to apply: the token it replaces and its successor.
+#[derive(Debug, Clone)]
+pub struct Rotation<'a> {
+    /// The token being replaced (of `new.account_id`).
+    pub old: &'a TokenId,
+    /// The successor, with the note and scopes it inherits.
+    pub new: &'a NewToken,
+    /// The successor's expiry.
+    pub expiry: Expiry,
+    /// How long the old token stays active (capped at its expiry).
+    pub grace: Duration,
+}
+
+/// What an atomic rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The successor is stored; the old token ends at `previous_ends_at`
+    /// (now, for no grace).
+    Rotated {
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+        previous_ends_at: UnixMillis,
+    },
+    /// The account holds no such live token; nothing was written.
+    NotFound,
+    /// The token was already rotated; nothing was written.
+    Superseded,
+    /// The successor's random id is taken; nothing was written.
+    IdTaken,
+    /// The successor's expiry is not acceptable at the store's now.
+    Refused(ExpiryRefusal),
 }
 
 /// Persistence of tokens. Every method is one atomic step. Implementations
@@ -133,20 +231,32 @@ pub struct Found {
 /// revoked.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Resolves `expiry` at the store's now, prunes the account's expired
-    /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`.
+    /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`
+    /// and appends an `Issue` event by `actor` (only then).
     fn issue(
         &self,
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
 
-    /// The record of a token id, if the store holds one, with the store's
-    /// now (an expired record may still be returned; the caller compares).
-    fn lookup(
+    /// The record of a token id, or, when it has none, its tombstone, with
+    /// the store's now (an expired record may still be returned; the caller
+    /// compares). A tombstone past its TTL is never returned.
+    fn lookup(&self, token_id: &TokenId) -> impl Future<Output = Result<Found, StoreError>> + Send;
+
+    /// Atomically: if `account` holds `rotation.old` live and not already
+    /// rotated, stores the successor (whatever the limit: the old token no
+    /// longer counts) and marks the old one to end after the grace window,
+    /// and appends a `Rotate` event by `actor` naming the old id then the
+    /// new one (only then).
+    fn rotate(
         &self,
-        token_id: &TokenId,
-    ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
+        rotation: &Rotation<'_>,
+        terms: &IssueTerms<'_>,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
 
     /// Records a use at the store's now, only if the token still exists
     /// (never resurrects one) and its last recorded use is at least
@@ -157,28 +267,46 @@ pub trait Store: Clone + Send + Sync + 'static {
         min_interval: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Revokes (removes) one token of an account; `true` only when it was
-    /// live.
+    /// Revokes (removes) one token of an account, a token in its rotation
+    /// grace window included, and marks its tombstone revoked; `true` only
+    /// when it was live, and only then is an event by `actor` appended,
+    /// named `action` (`Revoke` when asked by id, `RevokeToken` by value).
     fn revoke(
         &self,
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
+        action: AuditAction,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Removes every token of an account; returns how many were live.
+    /// Removes every token of an account (marking their tombstones
+    /// revoked) and appends a `RevokeAll` event by `actor` naming the live
+    /// ones; returns the ids of those that were live.
     fn revoke_all(
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+        actor: &Actor,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
 
-    /// The account's live tokens, in no particular order.
+    /// The account's audit events newest first: at most `page.size + 1`
+    /// (one more tells the caller another page follows), after
+    /// `page.after`, none older than the retention on the store's clock.
+    fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+
+    /// The account's token records, in no particular order (expired ones
+    /// may be among them); with `include_ended`, also every token the
+    /// account still has a tombstone of, with that tombstone.
     fn list(
         &self,
         account: &AccountId,
-        live_keys: &LiveKeys,
-    ) -> impl Future<Output = Result<Vec<TokenInfo>, StoreError>> + Send;
+        include_ended: bool,
+    ) -> impl Future<Output = Result<Listing, StoreError>> + Send;
 
     /// Whether the store can do its job (readiness); the error says why
     /// not.
@@ -237,12 +365,22 @@ impl Store for AnyStore {
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
-        dispatch!(self, "issue", s => s.issue(token, expiry, terms))
+        dispatch!(self, "issue", s => s.issue(token, expiry, terms, actor))
     }
 
-    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
+    async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
         dispatch!(self, "lookup", s => s.lookup(token_id))
+    }
+
+    async fn rotate(
+        &self,
+        rotation: &Rotation<'_>,
+        terms: &IssueTerms<'_>,
+        actor: &Actor,
+    ) -> Result<RotateOutcome, StoreError> {
+        dispatch!(self, "rotate", s => s.rotate(rotation, terms, actor))
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
@@ -254,24 +392,31 @@ impl Store for AnyStore {
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
+        action: AuditAction,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, "revoke", s => s.revoke(account, token_id, live_keys))
+        dispatch!(self, "revoke", s => s.revoke(account, token_id, live_keys, actor, action))
     }
 
     async fn revoke_all(
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
-        dispatch!(self, "revoke_all", s => s.revoke_all(account, live_keys))
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        dispatch!(self, "revoke_all", s => s.revoke_all(account, live_keys, actor))
     }
 
-    async fn list(
+    async fn audit_events(
         &self,
         account: &AccountId,
-        live_keys: &LiveKeys,
-    ) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, "list", s => s.list(account, live_keys))
+        page: &AuditPageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, "audit_events", s => s.audit_events(account, page))
+    }
+
+    async fn list(&self, account: &AccountId, include_ended: bool) -> Result<Listing, StoreError> {
+        dispatch!(self, "list", s => s.list(account, include_ended))
     }
 
     /// Readiness: metrics only, no span (it runs every few seconds on its

@@ -1,7 +1,10 @@
 //! The production store on Redis (7.0 or newer: the scripts declare their
 //! flags in a `#!lua` line). Every multi-key change is one Lua script (see
 //! `lua/`), called by SHA and reloaded by the client after a restart or
-//! failover. Reads (Introspect, List, readiness) and writes (the scripts)
+//! failover. A script that changes an account carries the audit fragment
+//! (`lua/audit.lua`, see `audited`), so its event is appended in the same
+//! atomic step. Reads (Introspect, List, the audit trail, readiness) and
+//! writes (the scripts)
 //! use two connections, so a paused or slow write (`CLIENT PAUSE WRITE`,
 //! as `FAILOVER` does) never queues a read behind it. Connections reconnect
 //! by themselves, and every call is bounded by a timeout so a stalled Redis
@@ -13,19 +16,34 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{TcpSettings, socket2};
-use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, Script, TlsCertificates};
+use redis::{
+    Client, ClientTlsConfig, IntoConnectionInfo as _, Script, ScriptInvocation, TlsCertificates,
+};
 
+use super::cache::{self, Cache, CacheSettings};
 use super::connection::HealingConnection;
 use super::keys::Keys;
-use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
+use super::{
+    DEFAULT_TOMBSTONE_TTL, Ending, Entry, Found, IssueOutcome, IssueTerms, Listing, NewToken,
+    RotateOutcome, Rotation, Store, StoreError, StoredToken, Tombstone,
+};
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
 use crate::token::{LiveKeys, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
-const FIELDS: [&str; 8] = [
-    "account", "digest", "note", "scopes", "created", "expires", "used", "kid",
+const FIELDS: [&str; 9] = [
+    "account", "digest", "note", "scopes", "created", "expires", "used", "kid", "rotated",
+];
+
+/// One `HMGET` reply, field by field, as bytes.
+type Row = Vec<Option<Vec<u8>>>;
+
+/// Hash fields read back for a tombstone, in this order.
+const TOMBSTONE_FIELDS: [&str; 7] = [
+    "account", "digest", "kid", "created", "expires", "end", "ended",
 ];
 
 /// A connection whose sent data stays unacknowledged this long is dead.
@@ -44,6 +62,20 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
     touch: Script,
+    audit_events: Script,
+    rotate: Script,
+}
+
+/// The audit fragment every changing script carries.
+const AUDIT_FRAGMENT: &str = include_str!("lua/audit.lua");
+
+/// `source` with the audit fragment put right after its `#!lua` line (the
+/// flags must stay first), so the script can call `audit(action, ids)`.
+/// A new script that changes an account is loaded through this, and its
+/// calls get their audit key and arguments from [`RedisStore::audited`].
+fn carrying_audit(source: &str) -> String {
+    let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
+    format!("{shebang}\n{AUDIT_FRAGMENT}\n{body}")
 }
 
 /// TLS to Redis beyond what a `rediss://` URL says: a private CA (the
@@ -78,6 +110,13 @@ pub struct RedisStore {
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    audit: AuditPolicy,
+    /// How long a tombstone outlives its token's end.
+    tombstone_ttl: Duration,
+    /// For the cache's subscription (a connection of its own).
+    client: Arc<Client>,
+    /// Records for Introspect; `None` when turned off.
+    cache: Option<Arc<Cache>>,
 }
 
 impl RedisStore {
@@ -130,19 +169,206 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let reads = HealingConnection::new(client.clone(), config.clone())?;
-        let writes = HealingConnection::new(client, config)?;
+        let writes = HealingConnection::new(client.clone(), config)?;
         Ok(Self {
             reads,
             writes,
             keys: Keys::new(key_prefix),
             timeout,
             scripts: Arc::new(Scripts {
-                issue: Script::new(include_str!("lua/issue.lua")),
-                revoke: Script::new(include_str!("lua/revoke.lua")),
-                revoke_all: Script::new(include_str!("lua/revoke_all.lua")),
+                issue: Script::new(&carrying_audit(include_str!("lua/issue.lua"))),
+                revoke: Script::new(&carrying_audit(include_str!("lua/revoke.lua"))),
+                revoke_all: Script::new(&carrying_audit(include_str!("lua/revoke_all.lua"))),
                 touch: Script::new(include_str!("lua/touch.lua")),
+                audit_events: Script::new(include_str!("lua/audit_events.lua")),
+                rotate: Script::new(&carrying_audit(include_str!("lua/rotate.lua"))),
             }),
+            audit: AuditPolicy::default(),
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            client: Arc::new(client),
+            cache: None,
         })
+    }
+
+    /// Turns on the introspection cache (see `store::cache`) and starts
+    /// following its invalidation channel in the background; the cache is
+    /// bypassed until the subscription is up. Needs a Tokio runtime.
+    #[must_use]
+    pub fn with_cache(mut self, settings: CacheSettings) -> Self {
+        let cache = Arc::new(Cache::new(settings));
+        tokio::spawn(cache::follow(
+            Arc::clone(&cache),
+            Client::clone(&self.client),
+            self.keys.invalidations(),
+            self.timeout,
+        ));
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The record (or, without one, the tombstone) and Redis's now, from
+    /// Redis.
+    async fn read_found(&self, token_id: &TokenId) -> Result<Found, StoreError> {
+        let mut conn = self.reads.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.keys.token(token_id))
+            .arg(&FIELDS)
+            .cmd("TIME");
+        let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
+        let now = redis_millis(time);
+        if let Some(token) = decode_record(token_id, values)? {
+            return Ok(Found {
+                token: Some(token),
+                tombstone: None,
+                now,
+            });
+        }
+        let tomb: Row = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.tombstone(token_id))
+                    .arg(&TOMBSTONE_FIELDS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(Found {
+            token: None,
+            tombstone: decode_tombstone(token_id, tomb)?,
+            now,
+        })
+    }
+
+    /// Forgets these tokens in this instance's cache at once (the other
+    /// instances hear of it from the script's `PUBLISH`).
+    fn forget<'a>(&self, token_ids: impl IntoIterator<Item = &'a str>) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(token_ids);
+        }
+    }
+
+    /// The same store keeping the audit trail by `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditPolicy) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Keeps tombstones `ttl` after their token's end
+    /// (`PATD_TOMBSTONE_TTL`; 30 days unless set).
+    pub fn with_tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    fn tombstone_ttl_ms(&self) -> u64 {
+        u64::try_from(self.tombstone_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The records (and, with `tombstones`, the tombstones) of `ids` and
+    /// Redis's `TIME`, in one pipelined round trip. An unreadable or
+    /// corrupt record or tombstone is skipped and logged: one bad key must
+    /// not hide the account's other tokens.
+    async fn entries(&self, ids: Vec<TokenId>, tombstones: bool) -> Result<Listing, StoreError> {
+        let mut conn = self.reads.clone();
+        let mut pipe = redis::pipe();
+        // A key of the wrong type answers an error for itself only.
+        pipe.ignore_errors();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
+            if tombstones {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.tombstone(id))
+                    .arg(&TOMBSTONE_FIELDS);
+            }
+        }
+        pipe.cmd("TIME");
+        let mut replies: Vec<redis::Value> = self.timed(pipe.query_async(&mut conn)).await?;
+        let time = replies.pop().unwrap_or(redis::Value::Nil);
+        let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
+        let mut replies = replies.into_iter();
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = |reply: Option<redis::Value>| -> Option<Vec<Option<Vec<u8>>>> {
+                match redis::from_redis_value(reply.unwrap_or(redis::Value::Nil)) {
+                    Ok(row) => Some(row),
+                    Err(e) => {
+                        tracing::warn!(token_id = id.as_str(), error = %e, "skipping an unreadable key in List");
+                        None
+                    }
+                }
+            };
+            let token = row(replies.next()).and_then(|r| match decode_record(&id, r) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a corrupt token record in List");
+                    None
+                }
+            });
+            let tombstone = if tombstones {
+                row(replies.next()).and_then(|r| match decode_tombstone(&id, r) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a corrupt tombstone in List");
+                        None
+                    }
+                })
+            } else {
+                None
+            };
+            entries.push(Entry {
+                token_id: id,
+                token,
+                tombstone,
+            });
+        }
+        Ok(Listing { entries, now })
+    }
+
+    /// The members of an index that name a token id; others are logged
+    /// and skipped.
+    async fn index_ids(
+        &self,
+        key: String,
+        account: &AccountId,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        let mut conn = self.reads.clone();
+        let members: Vec<Vec<u8>> = self
+            .timed(
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|m| {
+                let id = String::from_utf8(m)
+                    .ok()
+                    .and_then(|m| TokenId::parse(m).ok());
+                if id.is_none() {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        "skipping an index entry that names no token in List"
+                    );
+                }
+                id
+            })
+            .collect())
+    }
+
+    /// Adds what the audit fragment reads to a call of a script loaded
+    /// through [`carrying_audit`]: after every key and argument of the script's own,
+    /// so call this last.
+    fn audited(&self, call: &mut ScriptInvocation<'_>, account: &AccountId, actor: &Actor) {
+        call.key(self.keys.audit(account))
+            .arg(self.audit.max_events)
+            .arg(self.audit.retention_ms())
+            .arg(account.as_str())
+            .arg(&*actor.caller)
+            .arg(actor.request_id.as_str());
     }
 
     /// RevokeAll when the account's index is not a sorted set (written by
@@ -154,7 +380,8 @@ impl RedisStore {
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
         tracing::error!(
             account_id = account.as_str(),
             "the account's index is not a sorted set; revoking its tokens by scanning"
@@ -189,16 +416,25 @@ impl RedisStore {
             }
             cursor = next;
         }
-        let mut revoked = 0;
-        for id in &ids {
-            if self.revoke(account, id, live_keys).await? {
-                revoked += 1;
+        // Each revocation appends its own Revoke event; the removal of the
+        // index appends a RevokeAll event naming none.
+        let mut revoked = Vec::new();
+        for id in ids {
+            if self
+                .revoke(account, &id, live_keys, actor, AuditAction::Revoke)
+                .await?
+            {
+                revoked.push(id);
             }
         }
         let mut writes = self.writes.clone();
         let mut call = self.scripts.revoke_all.prepare_invoke();
-        call.key(self.keys.account(account)).arg(0);
-        let _: i64 = self.timed(call.invoke_async(&mut writes)).await?;
+        call.key(self.keys.account(account))
+            .key(self.keys.history(account))
+            .arg(self.tombstone_ttl_ms())
+            .arg(0);
+        self.audited(&mut call, account, actor);
+        let _: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
         Ok(revoked)
     }
 
@@ -247,7 +483,8 @@ fn decode_record(
         .into_iter()
         .map(|v| v.and_then(|bytes| String::from_utf8(bytes).ok()));
     let mut next = || it.next().flatten();
-    let (Some(account), digest, note, scopes, created, expires, used, key_id) = (
+    let (Some(account), digest, note, scopes, created, expires, used, key_id, rotated) = (
+        next(),
         next(),
         next(),
         next(),
@@ -277,12 +514,96 @@ fn decode_record(
         .as_deref()
         .and_then(TokenDigest::from_hex)
         .ok_or_else(|| corrupt("digest"))?;
+    let rotated_at = match rotated {
+        Some(ms) => Some(millis(Some(ms), "rotated")?),
+        None => None,
+    };
     Ok(Some(StoredToken {
         info,
         digest,
         // The scripts treat an empty key id as none (plain SHA-256).
         key_id: key_id.filter(|kid| !kid.is_empty()),
+        rotated_at,
     }))
+}
+
+/// Rebuilds a tombstone from its hash fields (`TOMBSTONE_FIELDS`), checked
+/// like a record. `None` when there is none.
+fn decode_tombstone(
+    token_id: &TokenId,
+    values: Vec<Option<Vec<u8>>>,
+) -> Result<Option<Tombstone>, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        token_id: token_id.as_str().to_owned(),
+        reason: format!("tombstone {reason}"),
+    };
+    let mut it = values
+        .into_iter()
+        .map(|v| v.map(|bytes| String::from_utf8(bytes).map_err(|_| ())));
+    let mut next = || -> Result<Option<String>, StoreError> {
+        it.next()
+            .flatten()
+            .transpose()
+            .map_err(|()| corrupt("field is not UTF-8"))
+    };
+    let (account, digest, kid, created, expires, end, ended) = (
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+    );
+    let Some(account) = account else {
+        return Ok(None);
+    };
+    let millis = |v: Option<String>, field: &str| -> Result<UnixMillis, StoreError> {
+        v.and_then(|s| s.parse().ok())
+            .map(UnixMillis)
+            .ok_or_else(|| corrupt(field))
+    };
+    let ended = match end.as_deref() {
+        None => None,
+        Some("revoked") => Some((Ending::Revoked, millis(ended, "ended")?)),
+        Some("rotated") => Some((Ending::Rotated, millis(ended, "ended")?)),
+        Some(_) => return Err(corrupt("end")),
+    };
+    Ok(Some(Tombstone {
+        account_id: AccountId::parse(account).map_err(|_| corrupt("account"))?,
+        digest: digest
+            .as_deref()
+            .and_then(TokenDigest::from_hex)
+            .ok_or_else(|| corrupt("digest"))?,
+        key_id: kid.filter(|kid| !kid.is_empty()),
+        created_at: millis(created, "created")?,
+        expires_at: millis(expires, "expires")?,
+        ended,
+    }))
+}
+
+/// Rebuilds an audit event from a stream entry (`[id, [field, value,
+/// ...]]`); `None` when it is not one patd wrote.
+fn decode_event(entry: redis::Value) -> Option<AuditEvent> {
+    let (id, fields): (String, Vec<(String, String)>) = redis::from_redis_value(entry).ok()?;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let token_ids = field("tokens")?
+        .split_whitespace()
+        .map(|id| TokenId::parse(id.to_owned()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(AuditEvent {
+        id: EventId::parse(&id)?,
+        action: field("action")?,
+        account_id: AccountId::parse(field("account")?).ok()?,
+        token_ids,
+        caller: field("caller")?,
+        request_id: field("request")?,
+    })
 }
 
 impl Store for RedisStore {
@@ -291,6 +612,7 @@ impl Store for RedisStore {
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
@@ -300,6 +622,8 @@ impl Store for RedisStore {
         };
         call.key(self.keys.account(&token.account_id))
             .key(self.keys.token(&token.token_id))
+            .key(self.keys.history(&token.account_id))
+            .key(self.keys.tombstone(&token.token_id))
             .arg(token.token_id.as_str())
             .arg(token.account_id.as_str())
             .arg(token.digest.to_hex())
@@ -310,7 +634,9 @@ impl Store for RedisStore {
             .arg(value)
             .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(terms.limit)
+            .arg(self.tombstone_ttl_ms())
             .arg(terms.live_keys.as_args());
+        self.audited(&mut call, &token.account_id, actor);
         let (outcome, now, expires): (i64, u64, u64) =
             self.timed(call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
@@ -325,20 +651,81 @@ impl Store for RedisStore {
         })
     }
 
-    /// One round trip on the read connection: the record, then Redis's
-    /// `TIME` (so "expired?" is decided on Redis's clock, at or after the
-    /// read). Redis drops an expired key by itself as well.
-    async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
-        let mut conn = self.reads.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.keys.token(token_id))
-            .arg(&FIELDS)
-            .cmd("TIME");
-        let (values, time): (Vec<Option<Vec<u8>>>, (u64, u64)) =
-            self.timed(pipe.query_async(&mut conn)).await?;
-        let now = redis_millis(time);
-        Ok(decode_record(token_id, values)?.map(|token| Found { token, now }))
+    /// From the cache when it holds the record, else one round trip on
+    /// the read connection for a token that has a record: the record, then
+    /// Redis's `TIME` (so "expired?" is decided on
+    /// Redis's clock, at or after the read); Redis drops an expired key by
+    /// itself as well. Only without a record (an ended, unknown or guessed
+    /// token) a second read fetches the tombstone, so the hot path stays
+    /// one `HMGET`.
+    async fn lookup(&self, token_id: &TokenId) -> Result<Found, StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.read_found(token_id).await;
+        };
+        if let Some((token, now)) = cache.get(token_id) {
+            return Ok(Found {
+                token: Some(token),
+                tombstone: None,
+                now,
+            });
+        }
+        let generation = cache.generation();
+        let found = self.read_found(token_id).await?;
+        if let Some(token) = &found.token {
+            cache.put(token, found.now, generation);
+        }
+        Ok(found)
+    }
+
+    async fn rotate(
+        &self,
+        rotation: &Rotation<'_>,
+        terms: &IssueTerms<'_>,
+        actor: &Actor,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut conn = self.writes.clone();
+        let mut call = self.scripts.rotate.prepare_invoke();
+        let new = rotation.new;
+        let account = &new.account_id;
+        let (kind, value) = match rotation.expiry {
+            Expiry::AfterMillis(ms) => ("ttl", ms),
+            Expiry::At(at) => ("at", at.0),
+        };
+        call.key(self.keys.account(account))
+            .key(self.keys.token(rotation.old))
+            .key(self.keys.token(&new.token_id))
+            .key(self.keys.history(account))
+            .key(self.keys.tombstone(rotation.old))
+            .key(self.keys.tombstone(&new.token_id))
+            .arg(rotation.old.as_str())
+            .arg(new.token_id.as_str())
+            .arg(account.as_str())
+            .arg(new.digest.to_hex())
+            .arg(new.note.as_str())
+            .arg(new.scopes.joined())
+            .arg(new.key_id.as_deref().unwrap_or_default())
+            .arg(kind)
+            .arg(value)
+            .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(rotation.grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.tombstone_ttl_ms())
+            .arg(terms.live_keys.as_args());
+        self.audited(&mut call, account, actor);
+        let rotated = self.timed(call.invoke_async(&mut conn)).await;
+        self.forget([rotation.old.as_str()]);
+        let (outcome, now, expires, ends): (i64, u64, u64, u64) = rotated?;
+        Ok(match outcome {
+            1 => RotateOutcome::Rotated {
+                created_at: UnixMillis(now),
+                expires_at: UnixMillis(expires),
+                previous_ends_at: UnixMillis(ends),
+            },
+            0 => RotateOutcome::NotFound,
+            -2 => RotateOutcome::Refused(ExpiryRefusal::NotInFuture),
+            -3 => RotateOutcome::Refused(ExpiryRefusal::BeyondMax),
+            -4 => RotateOutcome::Superseded,
+            _ => RotateOutcome::IdTaken,
+        })
     }
 
     async fn touch(&self, token_id: &TokenId, min_interval: Duration) -> Result<(), StoreError> {
@@ -346,6 +733,9 @@ impl Store for RedisStore {
         let mut call = self.scripts.touch.prepare_invoke();
         call.key(self.keys.token(token_id))
             .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX));
+        if let Some(cache) = &self.cache {
+            cache.touched(token_id);
+        }
         let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -355,15 +745,25 @@ impl Store for RedisStore {
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
+        action: AuditAction,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
+            .key(self.keys.history(account))
+            .key(self.keys.tombstone(token_id))
             .arg(token_id.as_str())
             .arg(account.as_str())
+            .arg(self.tombstone_ttl_ms())
+            .arg(action.as_str())
             .arg(live_keys.as_args());
-        let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        self.audited(&mut call, account, actor);
+        let revoked = self.timed(call.invoke_async(&mut conn)).await;
+        // Whatever the answer: this instance stops trusting its copy.
+        self.forget([token_id.as_str()]);
+        let revoked: i64 = revoked?;
         Ok(revoked == 1)
     }
 
@@ -371,7 +771,8 @@ impl Store for RedisStore {
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
         let mut writes = self.writes.clone();
@@ -390,12 +791,16 @@ impl Store for RedisStore {
             {
                 Ok(members) => members,
                 Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
-                    return self.revoke_all_without_index(account, live_keys).await;
+                    return self
+                        .revoke_all_without_index(account, live_keys, actor)
+                        .await;
                 }
                 Err(e) => return Err(e),
             };
             let mut call = self.scripts.revoke_all.prepare_invoke();
             call.key(&index)
+                .key(self.keys.history(account))
+                .arg(self.tombstone_ttl_ms())
                 .arg(live_keys.as_args().len())
                 .arg(live_keys.as_args());
             let mut unnamed = 0;
@@ -412,13 +817,17 @@ impl Store for RedisStore {
                     .filter(|id| id.shard_tag() == account.shard_tag())
                 {
                     Some(id) => {
-                        call.key(self.keys.token(&id));
+                        call.key(self.keys.token(&id)).key(self.keys.tombstone(&id));
                     }
                     None => unnamed += 1,
                 }
             }
-            let revoked: i64 = self.timed(call.invoke_async(&mut writes)).await?;
-            if let Ok(n) = u32::try_from(revoked) {
+            self.audited(&mut call, account, actor);
+            // -1 when the index changed in between; else the ids revoked.
+            let revoked = self.timed(call.invoke_async(&mut writes)).await;
+            self.forget(members.iter().filter_map(|m| std::str::from_utf8(m).ok()));
+            let revoked: redis::Value = revoked?;
+            if let redis::Value::Array(ids) = revoked {
                 if unnamed > 0 {
                     tracing::warn!(
                         account_id = account.as_str(),
@@ -426,80 +835,82 @@ impl Store for RedisStore {
                         "RevokeAll removed index entries that name no token"
                     );
                 }
-                return Ok(n);
+                return Ok(ids
+                    .into_iter()
+                    .filter_map(|id| redis::from_redis_value::<String>(id).ok())
+                    .filter_map(|id| TokenId::parse(id).ok())
+                    .collect());
             }
         }
         Err(StoreError::Contended)
     }
 
-    /// Two round trips on the read connection: the index, then every
-    /// record and Redis's `TIME` (which decides what has expired).
-    async fn list(
-        &self,
-        account: &AccountId,
-        live_keys: &LiveKeys,
-    ) -> Result<Vec<TokenInfo>, StoreError> {
-        let mut conn = self.reads.clone();
-        let members: Vec<Vec<u8>> = self
-            .timed(
-                redis::cmd("ZRANGE")
-                    .arg(self.keys.account(account))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let ids: Vec<TokenId> = members
-            .into_iter()
-            .filter_map(|m| {
-                let id = String::from_utf8(m)
-                    .ok()
-                    .and_then(|m| TokenId::parse(m).ok());
-                if id.is_none() {
-                    tracing::warn!(
-                        account_id = account.as_str(),
-                        "skipping an index entry that names no token in List"
-                    );
-                }
-                id
-            })
-            .collect();
+    /// Two round trips on the read connection: the index (and, with
+    /// `include_ended`, the tombstone index), then every record (and
+    /// tombstone) and Redis's `TIME` (which decides what has expired).
+    async fn list(&self, account: &AccountId, include_ended: bool) -> Result<Listing, StoreError> {
+        let mut ids = self.index_ids(self.keys.account(account), account).await?;
+        if include_ended {
+            ids.extend(self.index_ids(self.keys.history(account), account).await?);
+            ids.sort();
+            ids.dedup();
+        }
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Listing::default());
         }
-        let mut pipe = redis::pipe();
-        // A record of the wrong type answers an error for itself only.
-        pipe.ignore_errors();
-        for id in &ids {
-            pipe.cmd("HMGET").arg(self.keys.token(id)).arg(&FIELDS);
-        }
-        pipe.cmd("TIME");
-        let mut replies: Vec<redis::Value> = self.timed(pipe.query_async(&mut conn)).await?;
-        let time = replies.pop().unwrap_or(redis::Value::Nil);
-        let now = redis_millis(redis::from_redis_value(time).map_err(redis::RedisError::from)?);
-        let mut tokens = Vec::with_capacity(ids.len());
-        for (id, reply) in ids.iter().zip(replies) {
-            let row: Vec<Option<Vec<u8>>> = match redis::from_redis_value(reply) {
-                Ok(row) => row,
-                Err(e) => {
-                    tracing::warn!(
-                        token_id = id.as_str(),
-                        error = %e,
-                        "skipping an unreadable token record in List"
-                    );
-                    continue;
-                }
-            };
-            // One bad record must not hide the account's other tokens.
-            match decode_record(id, row) {
-                Ok(Some(t)) if t.info.expires_at > now && live_keys.admits(t.key_id.as_deref()) => {
-                    tokens.push(t.info);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt token record in List"),
+        let mut listing = self.entries(ids, include_ended).await?;
+        // Only records and tombstones that say they are this account's.
+        for entry in &mut listing.entries {
+            if entry
+                .token
+                .as_ref()
+                .is_some_and(|t| &t.info.account_id != account)
+            {
+                entry.token = None;
+            }
+            if entry
+                .tombstone
+                .as_ref()
+                .is_some_and(|t| &t.account_id != account)
+            {
+                entry.tombstone = None;
             }
         }
-        Ok(tokens)
+        Ok(listing)
+    }
+
+    /// One round trip on the read connection: a script that reads `TIME`
+    /// and the stream (`lua/audit_events.lua`), so the retention is
+    /// judged on Redis's clock. An entry patd cannot decode (written by
+    /// hand) is skipped and logged.
+    async fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut conn = self.reads.clone();
+        let start = page
+            .after
+            .map_or_else(|| "+".to_owned(), |after| format!("({after}"));
+        let mut call = self.scripts.audit_events.prepare_invoke();
+        call.key(self.keys.audit(account))
+            .arg(self.audit.retention_ms())
+            .arg(start)
+            .arg(page.size.saturating_add(1));
+        let entries: Vec<redis::Value> = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let event = decode_event(entry);
+                if event.is_none() {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        "skipping an audit entry patd cannot read"
+                    );
+                }
+                event
+            })
+            .collect())
     }
 
     /// Ready means able to do the job, checked with reads only (so a write
@@ -547,5 +958,75 @@ impl Store for RedisStore {
                 reason: "the readiness probe script answered wrongly".into(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_fragment_goes_right_after_the_flags_line() {
+        let script = carrying_audit("#!lua flags=allow-oom\nreturn audit('X', {})\n");
+        assert!(script.starts_with("#!lua flags=allow-oom\n-- The audit fragment"));
+        assert!(script.ends_with("\nreturn audit('X', {})\n"));
+    }
+
+    #[test]
+    fn every_script_that_appends_an_event_carries_the_fragment() {
+        // A script calling audit() without the fragment would fail at run
+        // time only; the ones loaded through carrying_audit are these.
+        let carried = [
+            include_str!("lua/issue.lua"),
+            include_str!("lua/revoke.lua"),
+            include_str!("lua/revoke_all.lua"),
+            include_str!("lua/rotate.lua"),
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let calls_audit = text.lines().any(|l| l.trim_start().starts_with("audit("));
+            if calls_audit {
+                assert!(
+                    carried.contains(&text.as_str()),
+                    "{} calls audit() but is not loaded through carrying_audit",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_entry_decodes_into_an_event() {
+        use redis::Value::{Array, BulkString};
+        let text = |s: &str| BulkString(s.as_bytes().to_vec());
+        let entry = Array(vec![
+            text("1700000000123-2"),
+            Array(vec![
+                text("action"),
+                text("Revoke"),
+                text("account"),
+                text("acct-1"),
+                text("tokens"),
+                text("abc0123456789xyz"),
+                text("caller"),
+                text("console"),
+                text("request"),
+                text("00ff"),
+            ]),
+        ]);
+        let event = decode_event(entry).unwrap();
+        assert_eq!(
+            event.id,
+            EventId {
+                ms: 1_700_000_000_123,
+                seq: 2
+            }
+        );
+        assert_eq!(event.action, "Revoke");
+        assert_eq!(event.token_ids[0].as_str(), "abc0123456789xyz");
+        assert_eq!(event.caller, "console");
+        assert!(decode_event(Array(vec![text("1-0"), Array(vec![])])).is_none());
     }
 }

@@ -214,6 +214,7 @@ async fn run_matrix(client: &mut RawClient) {
                 account_id: "acct".into(),
                 page_size,
                 page_token: page_token.into(),
+                ..Default::default()
             })
             .await
             .expect_err("bad page");

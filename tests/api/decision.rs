@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::helpers::{Backend, Patd, PatdOptions, RedisServer, issue, random_name};
-use crate::helpers::{issue_revoked, issue_scoped, wait_inactive};
+use crate::helpers::{issue_revoked, issue_scoped, kill_redis_until_unavailable, wait_inactive};
 use crate::http_helpers::get;
 
 /// What each door answered, reduced to what a gateway acts on.
@@ -157,7 +157,7 @@ async fn introspect_forward_auth_and_check_agree_on_every_case() {
         assert_eq!(ask_all(&patd, token, scope).await, expected, "case: {case}");
     }
 
-    redis.kill();
+    kill_redis_until_unavailable(&mut redis, &patd.client().await, &scoped).await;
     let down = ask_all(&patd, Some(&scoped), None).await;
     assert_eq!(
         down,

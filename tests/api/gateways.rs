@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use patd::auth::{Role, new_caller_key};
 
 use crate::helpers::{Backend, Client, Patd, PatdOptions, RedisServer, issue, random_name};
-use crate::helpers::{eventually, issue_revoked, issue_scoped, wait_inactive};
+use crate::helpers::{
+    eventually, issue_revoked, issue_scoped, kill_redis_until_unavailable, wait_inactive,
+};
 use crate::http_helpers::{
     Gateway, GatewayKind, Upstream, deploy_file, deploy_file_with_ports, free_addr, get, raw_get,
 };
@@ -196,7 +198,7 @@ async fn gateway_obeys_patd(kind: GatewayKind) {
     assert_eq!(upstream.last_values("x-token-scopes"), ["admin"]);
 
     // patd cannot reach its store: the gateway denies with a 5xx.
-    redis.kill();
+    kill_redis_until_unavailable(&mut redis, &stack.client, &valid).await;
     let reply = get(
         gateway.addr,
         "/api/things",

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use patd::pb::token_service_client::TokenServiceClient;
 use patd::pb::{
-    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListRequest, ListResponse,
-    RevokeAllRequest, RevokeAllResponse, RevokeRequest, RevokeResponse,
+    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListAuditEventsRequest,
+    ListAuditEventsResponse, ListRequest, ListResponse, RevokeAllRequest, RevokeAllResponse,
+    RevokeRequest, RevokeResponse, RevokeTokenRequest, RevokeTokenResponse, RotateRequest,
+    RotateResponse,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -87,8 +89,36 @@ impl Client {
             account_id: account.to_owned(),
             page_size,
             page_token: page_token.to_owned(),
+            include_inactive: false,
         });
         Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    /// The first page of the account's tokens, ended ones included.
+    pub async fn list_all(&mut self, account: &str) -> Result<ListResponse, Status> {
+        let request = self.request(ListRequest {
+            account_id: account.to_owned(),
+            include_inactive: true,
+            ..Default::default()
+        });
+        Ok(self.inner.list(request).await?.into_inner())
+    }
+
+    pub async fn rotate(&mut self, message: RotateRequest) -> Result<RotateResponse, Status> {
+        let request = self.request(message);
+        Ok(self.inner.rotate(request).await?.into_inner())
+    }
+
+    pub async fn revoke_token(
+        &mut self,
+        token: &str,
+        reason: &str,
+    ) -> Result<RevokeTokenResponse, Status> {
+        let request = self.request(RevokeTokenRequest {
+            token: token.to_owned(),
+            reason: reason.to_owned(),
+        });
+        Ok(self.inner.revoke_token(request).await?.into_inner())
     }
 
     pub async fn revoke(
@@ -108,6 +138,21 @@ impl Client {
         let account_id = account.to_owned();
         let request = self.request(RevokeAllRequest { account_id });
         Ok(self.inner.revoke_all(request).await?.into_inner())
+    }
+
+    /// One page of the account's audit trail (newest first).
+    pub async fn audit_events(
+        &mut self,
+        account: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListAuditEventsResponse, Status> {
+        let request = self.request(ListAuditEventsRequest {
+            account_id: account.to_owned(),
+            page_size,
+            page_token: page_token.to_owned(),
+        });
+        Ok(self.inner.list_audit_events(request).await?.into_inner())
     }
 }
 
@@ -225,12 +270,38 @@ impl RedisServer {
                         .arg(-1)
                         .arg("WITHSCORES")
                         .query(&mut conn),
+                    // An audit stream: each entry's id, then its fields
+                    // and values.
+                    "stream" => redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .query::<Vec<(String, Vec<String>)>>(&mut conn)
+                        .map(|entries| {
+                            entries
+                                .into_iter()
+                                .flat_map(|(id, fields)| std::iter::once(id).chain(fields))
+                                .collect()
+                        }),
                     other => panic!("unexpected key type {other} for {key}"),
                 }
                 .expect("read value");
                 (key, values)
             })
             .collect()
+    }
+
+    /// The keys under `prefix` that are not tombstones (`:x:`), their
+    /// index (`:h:`) or audit streams (`:e:`): what a revocation must leave
+    /// none of (those three stay by design).
+    pub fn live_keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut self.conn())
+            .expect("KEYS");
+        keys.retain(|k| !k.contains("}:x:") && !k.contains("}:h:") && !k.contains("}:e:"));
+        keys.sort();
+        keys
     }
 
     /// Freezes Redis for `ms`: it accepts bytes but answers nothing.
@@ -582,6 +653,28 @@ pub async fn wait_inactive(client: &Client, token: &str) {
     })
     .await;
     assert!(gone, "token still active");
+}
+
+/// Kills Redis and waits until patd has noticed for `token`: with the
+/// introspection cache (on by default with Redis), a cached token may be
+/// answered from memory until the cache's invalidation channel reports the
+/// loss, within its documented bound (1 s); from then on, UNAVAILABLE.
+pub async fn kill_redis_until_unavailable(redis: &mut RedisServer, client: &Client, token: &str) {
+    redis.kill();
+    let noticed = eventually(Duration::from_secs(3), || {
+        let mut c = client.clone();
+        let t = token.to_owned();
+        async move {
+            c.introspect(&t)
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+        }
+    })
+    .await;
+    assert!(
+        noticed,
+        "the token was still answered long after Redis died"
+    );
 }
 
 /// Waits (up to `timeout`) until gRPC health reports `status` for `service`.

@@ -261,7 +261,7 @@ async fn revoke_all_and_list_survive_a_corrupt_index_or_record() {
     let mut client = patd.client().await;
     let account = random_name("acct-");
     let (first, first_id) = issue(&mut client, &account, 600).await;
-    let (second, _) = issue(&mut client, &account, 600).await;
+    let (second, second_id) = issue(&mut client, &account, 600).await;
     let tag = &first_id[..3];
     let index = format!("{}:{{{tag}}}:a:{account}", patd.key_prefix);
     let mut conn = redis.conn();
@@ -291,5 +291,22 @@ async fn revoke_all_and_list_survive_a_corrupt_index_or_record() {
     assert_eq!(all.revoked, 2);
     assert!(!is_active(&mut client, &first).await);
     assert!(!is_active(&mut client, &second).await);
-    assert_eq!(redis.dbsize(), 0);
+    // Only the account's audit trail and the two tokens' tombstones (`:x:`,
+    // with their index `:h:`) are left.
+    assert_eq!(redis.live_keys(&patd.key_prefix), Vec::<String>::new());
+    let mut left: Vec<String> = redis
+        .dump(&patd.key_prefix)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    left.sort();
+    let p = &patd.key_prefix;
+    let mut expected = vec![
+        format!("{p}:{{{tag}}}:e:{account}"),
+        format!("{p}:{{{tag}}}:h:{account}"),
+        format!("{p}:{{{tag}}}:x:{first_id}"),
+        format!("{p}:{{{tag}}}:x:{second_id}"),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
 }

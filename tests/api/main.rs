@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounting;
+mod audit;
 mod bad_input;
+mod cache;
 mod clock;
 mod configuration;
 mod dead_keys;
@@ -22,6 +24,7 @@ mod properties;
 mod redis_failure;
 mod redis_faults;
 mod redis_tls;
+mod rotation;
 mod secrets;
 mod security;
 mod tampered;

@@ -673,8 +673,9 @@ async fn metrics_count_a_known_workload_exactly() {
             r#"patd_introspections_total{door="grpc",outcome="malformed"}"#,
             1.0,
         ),
+        // Its tombstone says why.
         (
-            r#"patd_introspections_total{door="grpc",outcome="unknown"}"#,
+            r#"patd_introspections_total{door="grpc",outcome="revoked"}"#,
             1.0,
         ),
         (

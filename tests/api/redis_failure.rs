@@ -6,8 +6,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::health_becomes;
 use crate::helpers::{Patd, RedisServer, eventually, is_active, issue, issue_request, random_name};
+use crate::helpers::{health_becomes, kill_redis_until_unavailable};
 
 #[tokio::test]
 async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
@@ -19,7 +19,7 @@ async fn redis_down_fails_closed_and_recovery_needs_no_restart() {
     let (token, _) = issue(&mut client, &account, 600).await;
     assert!(is_active(&mut client, &token).await);
 
-    redis.kill();
+    kill_redis_until_unavailable(&mut redis, &client, &token).await;
     let introspect = client
         .introspect(&token)
         .await

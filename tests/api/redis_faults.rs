@@ -149,6 +149,28 @@ async fn an_issue_that_timed_out_is_undone_once_redis_answers_again() {
     );
     let listed = client.list("acct-undo").await.expect("list").tokens;
     assert_eq!(listed.len(), 1);
+    // The audit trail tells the same story: the token issued last, and
+    // before it either nothing (the stopped Issue never ran) or its Issue
+    // and the undo's Revoke, under the one request id of the failed call.
+    let trail = client
+        .audit_events("acct-undo", 0, "")
+        .await
+        .expect("audit")
+        .events;
+    assert_eq!(trail[0].action, "Issue");
+    assert_eq!(trail[0].token_ids, [listed[0].token_id.clone()]);
+    match &trail[1..] {
+        [] => {}
+        [undo, issued] => {
+            assert_eq!(
+                (undo.action.as_str(), issued.action.as_str()),
+                ("Revoke", "Issue")
+            );
+            assert_eq!(undo.token_ids, issued.token_ids);
+            assert_eq!(undo.request_id, issued.request_id);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
 }
 
 /// The Redis ACL README documents for patd's user (the line starting
@@ -167,6 +189,7 @@ fn acl_for(prefix: &str, password: &str, without: &str) -> Vec<String> {
         .map(|r| match r {
             ">PASSWORD" => format!(">{password}"),
             "~patd:*" => format!("~{prefix}:*"),
+            "&patd:*" => format!("&{prefix}:*"),
             other => other.to_owned(),
         })
         .collect();
@@ -221,17 +244,56 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
     );
     assert_eq!(client.list("acct-acl").await.expect("list").tokens.len(), 1);
     client.revoke("acct-acl", &token_id).await.expect("revoke");
-    client
+    // The revoked token's tombstone says why.
+    let revoked = client.introspect(&issued.token).await.expect("introspect");
+    assert_eq!(revoked.reason, patd::pb::InactiveReason::Revoked as i32);
+    let second = client
         .issue(issue_request("acct-acl", 600))
         .await
         .expect("issue");
+    let rotated = client
+        .rotate(patd::pb::RotateRequest {
+            account_id: "acct-acl".to_owned(),
+            token_id: second.info.expect("info").token_id,
+            grace: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("rotate");
+    client
+        .revoke_token(&rotated.token, "acl test")
+        .await
+        .expect("revoke token");
+    let listed = client.list_all("acct-acl").await.expect("list all").tokens;
+    assert_eq!(listed.len(), 3, "{listed:?}");
     assert_eq!(
         client
             .revoke_all("acct-acl")
             .await
             .expect("revoke all")
             .revoked,
-        1
+        1,
+        "the rotated token, in its grace window"
+    );
+    let trail = client
+        .audit_events("acct-acl", 0, "")
+        .await
+        .expect("audit trail")
+        .events;
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "RevokeAll",
+            "RevokeToken",
+            "Rotate",
+            "Issue",
+            "Revoke",
+            "Issue"
+        ]
     );
 
     // The same user without EVALSHA: not ready, and the log says why.
@@ -436,4 +498,64 @@ async fn corrupt_entries_next_to_a_token_never_block_its_revocation() {
         .query(&mut conn)
         .expect("EXISTS");
     assert_eq!(left, 0, "the corrupt index is gone");
+}
+
+/// A Rotate whose answer was lost (Redis held its write past
+/// PATD_REDIS_TIMEOUT) is undone like an Issue: if its script ran after
+/// all, the successor nobody saw is revoked and the trail shows the Rotate
+/// followed by the undo's Revoke of the successor, both under the failed
+/// call's request id; if it never ran, the trail shows nothing and the old
+/// token can be rotated again. Either way the old token stays active.
+#[tokio::test]
+async fn a_rotate_that_timed_out_is_undone_and_the_trail_says_so() {
+    let redis = RedisServer::start();
+    let patd = Patd::redis(&redis).await;
+    let mut client = patd.client().await;
+    let account = crate::helpers::random_name("acct-");
+    let (old_value, old) = crate::helpers::issue(&mut client, &account, 3600).await;
+    let rotation = patd::pb::RotateRequest {
+        account_id: account.clone(),
+        token_id: old.clone(),
+        grace: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    // Writes wait, reads go on: Rotate's lookup answers, its script waits.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2500)
+        .arg("WRITE")
+        .query(&mut redis.conn())
+        .expect("CLIENT PAUSE WRITE");
+    let lost = client.rotate(rotation.clone()).await;
+    assert_eq!(lost.expect_err("timed out").code(), Code::Unavailable);
+    let undone = eventually(Duration::from_secs(20), || async {
+        patd.logs().contains("undid a failed Rotate")
+    })
+    .await;
+    assert!(undone, "logs:\n{}", patd.logs());
+    let landed = patd.logs().contains("landed=true");
+    let trail = client
+        .audit_events(&account, 0, "")
+        .await
+        .expect("audit")
+        .events;
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    if landed {
+        assert_eq!(actions, ["Revoke", "Rotate", "Issue"]);
+        let new = trail[1].token_ids[1].clone();
+        assert_eq!(trail[1].token_ids, [old.clone(), new.clone()]);
+        assert_eq!(trail[0].token_ids, [new]);
+        assert_eq!(trail[0].request_id, trail[1].request_id);
+        assert!(patd.logs().contains("audit action=\"Rotate\""));
+    } else {
+        assert_eq!(actions, ["Issue"], "no event for a Rotate that never ran");
+        client
+            .rotate(rotation)
+            .await
+            .expect("the old token was never rotated");
+    }
+    assert!(crate::helpers::is_active(&mut client, &old_value).await);
 }

@@ -66,8 +66,11 @@ async fn no_token_value_reaches_the_logs_or_redis() {
 
 /// The audit: with caller keys and digest keys configured, drive every RPC
 /// and endpoint, including refusals, errors and overload, then look for any
-/// token, caller key or key material in the log, in every error message and
-/// in Redis.
+/// token, caller key or key material in the log, in every error message,
+/// in the audit trail and in Redis. A token's digest stays in one place
+/// only: its tombstone's `digest` field (what lets Introspect say why a
+/// presented value is inactive), never in a record left over, an index or
+/// the audit stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_of_any_kind_leaks_anywhere() {
     use base64::Engine as _;
@@ -99,6 +102,18 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             .await
             .unwrap();
         tokens.push((issued.token, issued.info.unwrap().token_id));
+    }
+    // The digests at rest, read while the records exist: after RevokeAll
+    // none may be left anywhere.
+    let mut digests = Vec::new();
+    for (_, id) in &tokens {
+        let digest: String = redis::cmd("HGET")
+            .arg(format!("{}:{{{}}}:t:{id}", patd.key_prefix, &id[..3]))
+            .arg("digest")
+            .query(&mut redis.conn())
+            .unwrap();
+        assert_eq!(digest.len(), 64);
+        digests.push(digest);
     }
     for (token, _) in &tokens {
         let seen = as_gateway.introspect(token).await.unwrap();
@@ -136,10 +151,41 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     messages.push(bad.message().to_owned());
     as_console.list(&account).await.unwrap();
     as_console.revoke(&account, &tokens[0].1).await.unwrap();
+    // Rotate one token (it stays in its grace window), then revoke its
+    // successor by value with a reason that quotes the value.
+    let rotated = as_console
+        .rotate(patd::pb::RotateRequest {
+            account_id: account.clone(),
+            token_id: tokens[2].1.clone(),
+            grace: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let successor = (rotated.token, rotated.info.unwrap().token_id);
+    let digest: String = redis::cmd("HGET")
+        .arg(format!(
+            "{}:{{{}}}:t:{}",
+            patd.key_prefix,
+            &successor.1[..3],
+            successor.1
+        ))
+        .arg("digest")
+        .query(&mut redis.conn())
+        .unwrap();
+    digests.push(digest);
+    as_console
+        .revoke_token(&successor.0, &format!("pasted in a chat: {}", successor.0))
+        .await
+        .unwrap();
+    tokens.push(successor);
     // Overload: more concurrent calls than the limit of 2, with Redis stalled.
     redis.pause(800);
     let mut burst = Vec::new();
-    for (token, _) in tokens.iter().cycle().take(12) {
+    for (token, _) in tokens[..3].iter().cycle().take(12) {
         let mut c = as_gateway.clone();
         let t = token.clone();
         burst.push(tokio::spawn(async move { c.introspect(&t).await }));
@@ -152,6 +198,28 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     tokio::time::sleep(std::time::Duration::from_millis(900)).await;
     let kept = tokens[1].0.clone();
     as_console.revoke_all(&account).await.unwrap();
+    // The audit trail: as returned, in Redis (the dump below holds the
+    // stream), and its `audit` log lines.
+    let trail = as_console.audit_events(&account, 0, "").await.unwrap();
+    let actions: Vec<&str> = trail.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "RevokeAll",
+            "RevokeToken",
+            "Rotate",
+            "Revoke",
+            "Issue",
+            "Issue",
+            "Issue"
+        ]
+    );
+    let trail = format!("{trail:?}");
+    let audited = eventually(Duration::from_secs(5), || async {
+        patd.logs().matches("audit action=").count() >= 7
+    })
+    .await;
+    assert!(audited, "audit lines are logged");
 
     // Every span and metric point of the run reaches the receiver (the
     // last RevokeAll's span and a metrics push after it).
@@ -172,7 +240,29 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     }
 
     let logs = patd.logs();
-    let dump = format!("{:?}", redis.dump(&patd.key_prefix));
+    // Redis, with each tombstone's `digest` field set aside: each token's
+    // digest must be there and nowhere else.
+    let mut kept_digests = Vec::new();
+    let mut entries = redis.dump(&patd.key_prefix);
+    for (key, values) in &mut entries {
+        if key.contains("}:x:") {
+            let at = values
+                .chunks(2)
+                .position(|pair| pair[0] == "digest")
+                .expect("a tombstone keeps the digest");
+            kept_digests.push(values.remove(at * 2 + 1));
+            values.remove(at * 2);
+        }
+    }
+    kept_digests.sort();
+    let mut expected_digests = digests.clone();
+    expected_digests.sort();
+    assert_eq!(kept_digests, expected_digests, "one tombstone per token");
+    let dump = format!("{entries:?}");
+    assert!(
+        dump.contains("}:e:") && dump.contains("RevokeToken"),
+        "the dump holds the audit stream: {dump}"
+    );
     let errors = messages.join("\n");
     assert!(logs.contains("caller refused"), "refusals are logged");
     let mut secrets: Vec<(&str, String)> = vec![
@@ -181,6 +271,9 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
         ("digest key", hash_key.clone()),
         ("kept token", kept),
     ];
+    for digest in &digests {
+        secrets.push(("token digest", digest.clone()));
+    }
     for (token, _) in &tokens {
         secrets.push(("token", token.clone()));
         secrets.push(("token secret", token[20..52].to_owned()));
@@ -192,6 +285,7 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             ("error messages", &errors),
             ("span attributes and OTLP metric labels", &telemetry),
             ("/metrics", &scraped),
+            ("audit events", &trail),
         ] {
             assert!(!text.contains(secret.as_str()), "{what} found in {place}");
         }

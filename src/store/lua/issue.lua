@@ -5,22 +5,30 @@
 --
 -- KEYS[1]  the account's index (sorted set of token ids, scored by expiry)
 -- KEYS[2]  the new token's hash
+-- KEYS[3]  the account's tombstone index (sorted set of token ids, scored
+--          by when each tombstone goes)
+-- KEYS[4]  the new token's tombstone hash
 -- ARGV[1]  token id                ARGV[2]  account id
 -- ARGV[3]  digest (hex)            ARGV[4]  note
 -- ARGV[5]  scopes, space-separated ARGV[6]  digest key id ('' = plain SHA-256)
 -- ARGV[7]  'ttl' or 'at'           ARGV[8]  ttl in ms, or expiry in Unix ms
 -- ARGV[9]  longest lifetime, ms    ARGV[10] limit of live tokens
--- ARGV[11..] the key ids whose records can verify ('' = plain SHA-256)
+-- ARGV[11] how long a tombstone outlives its token's end, ms
+-- ARGV[12..] the key ids whose records can verify ('' = plain SHA-256)
+-- then the audit fragment's key and arguments (audit.lua)
 -- Returns  {outcome, now, expiry}, times in Unix ms on Redis's clock;
 --          outcome 1 issued, 0 limit reached, -1 token id already taken,
 --          -2 expiry not in the future, -3 expiry beyond the longest lifetime
---          (the same rule as domain::Expiry::resolve)
+--          (the same rule as domain::Expiry::resolve); an Issue event is
+--          appended only when issued
 --
--- A live token has not expired and its record's key id is among ARGV[11..]:
+-- A live token has not expired and its record's key id is among ARGV[12..]:
 -- a token whose key was removed can never verify, so it holds no slot. Its
 -- record stays until it expires or is revoked (the key may come back). To
 -- read those key ids the script opens the index's members' hashes; their
 -- names share KEYS[2]'s hash tag, so they are in the declared keys' slot.
+-- A rotated token (its `rotated` field set) is in its grace window at most:
+-- it holds no slot either.
 --
 -- Declared a writer without allow-oom: over maxmemory Redis refuses the
 -- whole script up front (OOM) rather than after its first write.
@@ -44,7 +52,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= limit then
   -- At most ZCARD are live: count the ones that are.
   local live_keys = {}
-  for i = 11, #ARGV do
+  for i = 12, #ARGV do
     live_keys[ARGV[i]] = true
   end
   local stem = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[1])
@@ -55,9 +63,9 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
   local held = 0
   for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if string.sub(id, 1, 3) == tag then
-      local record = redis.call('HMGET', stem .. id, 'expires', 'kid')
+      local record = redis.call('HMGET', stem .. id, 'expires', 'kid', 'rotated')
       if record[1] and tonumber(record[1]) and tonumber(record[1]) > now
-          and live_keys[record[2] or ''] then
+          and live_keys[record[2] or ''] and not record[3] then
         held = held + 1
         if held >= limit then
           return {0, now, 0}
@@ -82,4 +90,15 @@ redis.call('ZADD', KEYS[1], expires_ms, ARGV[1])
 -- The index lives as long as its longest-lived token.
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], last[2])
+-- The tombstone: from now on, and for ARGV[11] ms after the token's end.
+local gone = string.format('%.0f', expires + tonumber(ARGV[11]))
+redis.call('HSET', KEYS[4],
+  'account', ARGV[2], 'digest', ARGV[3], 'kid', ARGV[6],
+  'created', created_ms, 'expires', expires_ms)
+redis.call('PEXPIREAT', KEYS[4], gone)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[3], gone, ARGV[1])
+local kept = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[3], kept[2])
+audit('Issue', {ARGV[1]})
 return {1, now, expires}
