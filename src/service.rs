@@ -756,6 +756,8 @@ impl<S: Store> Tokens<S> {
         if let Ok(rotated) = &result {
             let ids = [old.clone(), rotated.info.token_id.clone()];
             crate::audit::log_event(AuditAction::Rotate, &account, &ids, &actor);
+            // The successor is a new token; the old one ends with its grace.
+            metrics::token_issued();
         }
         log.account(Some(&account))
             .token_id(Some(&old))
@@ -885,6 +887,7 @@ impl<S: Store> Tokens<S> {
             Ok((account, id)) => {
                 let ids = std::slice::from_ref(id);
                 crate::audit::log_event(AuditAction::RevokeToken, account, ids, &actor);
+                metrics::tokens_revoked("revoke_token", 1);
                 (Some(account), Some(id))
             }
             Err(_) => (None, None),

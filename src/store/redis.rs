@@ -663,6 +663,8 @@ impl Store for RedisStore {
             return self.read_found(token_id).await;
         };
         if let Some((token, now)) = cache.get(token_id) {
+            // No round trip: the store span says so.
+            tracing::Span::current().record("patd.cache_hit", true);
             return Ok(Found {
                 token: Some(token),
                 tombstone: None,

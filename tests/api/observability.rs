@@ -383,6 +383,9 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
     let lookups = children(&spans, forward);
     assert_eq!(lookups.len(), 1, "{lookups:#?}");
     assert_store_span(lookups[0], "lookup");
+    // The Introspect before it put the record in the introspection cache.
+    assert_eq!(attr(lookups[0], "patd.cache_hit").as_deref(), Some("true"));
+    assert_eq!(attr(calls[0], "patd.cache_hit"), None, "the first lookup");
 
     // ext_authz: the user's request's trace, from inside the CheckRequest.
     let check = named(&spans, "envoy.service.auth.v3.Authorization/Check")[0];
@@ -419,8 +422,10 @@ async fn spans_join_the_callers_trace_and_show_each_store_call() {
     assert!(pushed, "metrics missing: {:?}", collector.metric_names());
 
     // A store outage: the failed lookup is counted and its span says so.
+    // (A token never checked before: the introspection cache cannot know it.)
+    let (cold, _) = issue(&mut client, &account, 600).await;
     redis.kill();
-    let status = client.introspect(&token).await.unwrap_err();
+    let status = client.introspect(&cold).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     let text = scrape(&patd).await;
     assert_eq!(
