@@ -20,11 +20,15 @@
 //! | `patd.tokens.revoked` | `patd_tokens_revoked_total` | `how` |
 //! | `patd.shed` | `patd_shed_total` | `listener` |
 //! | `patd.caller_refusals` | `patd_caller_refusals_total` | `reason` |
+//! | `patd.cache.hits` | `patd_cache_hits_total` | |
+//! | `patd.cache.misses` | `patd_cache_misses_total` | |
+//! | `patd.cache.invalidations` | `patd_cache_invalidations_total` | |
+//! | `patd.cache.bypass` (gauge) | `patd_cache_bypass` | |
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use opentelemetry::{KeyValue, Value};
 
 /// The instrumentation scope every instrument belongs to.
@@ -76,6 +80,10 @@ struct Instruments {
     tokens_revoked: Counter<u64>,
     shed: Counter<u64>,
     caller_refusals: Counter<u64>,
+    cache_hits: Counter<u64>,
+    cache_misses: Counter<u64>,
+    cache_invalidations: Counter<u64>,
+    cache_bypass: Gauge<u64>,
 }
 
 impl Instruments {
@@ -110,6 +118,24 @@ impl Instruments {
                 "patd.caller_refusals",
                 "Requests refused by caller authentication",
             ),
+            cache_hits: counter(
+                "patd.cache.hits",
+                "Token lookups answered by the introspection cache",
+            ),
+            cache_misses: counter(
+                "patd.cache.misses",
+                "Token lookups the introspection cache sent to Redis (not held, or bypassed)",
+            ),
+            cache_invalidations: counter(
+                "patd.cache.invalidations",
+                "Token ids dropped from the introspection cache by a revocation or rotation",
+            ),
+            cache_bypass: meter
+                .u64_gauge("patd.cache.bypass")
+                .with_description(
+                    "1 while the introspection cache is bypassed (its invalidation channel is not proven), else 0",
+                )
+                .build(),
         }
     }
 }
@@ -185,6 +211,29 @@ pub fn caller_refusal(reason: &'static str) {
     get()
         .caller_refusals
         .add(1, &[KeyValue::new("reason", reason)]);
+}
+
+/// A token lookup answered by the introspection cache (`true`) or sent to
+/// Redis while the cache is on (`false`).
+pub fn cache_lookup(hit: bool) {
+    let instruments = get();
+    if hit {
+        instruments.cache_hits.add(1, &[]);
+    } else {
+        instruments.cache_misses.add(1, &[]);
+    }
+}
+
+/// `n` token ids dropped from the introspection cache.
+pub fn cache_invalidations(n: u64) {
+    if n > 0 {
+        get().cache_invalidations.add(n, &[]);
+    }
+}
+
+/// Whether the introspection cache is bypassed now.
+pub fn cache_bypass(bypassed: bool) {
+    get().cache_bypass.record(u64::from(bypassed), &[]);
 }
 
 static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();

@@ -384,7 +384,6 @@ impl<S: Store> Tokens<S> {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Ok(landed) => {
-                        metrics::tokens_revoked("undo", u64::from(landed));
                         if landed {
                             // The Issue did land (its event is in the trail
                             // though its RPC failed): both get their line.
@@ -410,6 +409,7 @@ impl<S: Store> Tokens<S> {
                             }
                             crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
                         }
+                        metrics::tokens_revoked("undo", u64::from(landed));
                         tracing::info!(
                             account_id = account.as_str(),
                             token_id = token_id.as_str(),
@@ -585,9 +585,9 @@ impl<S: Store> Tokens<S> {
                 .await
             {
                 Ok(true) => {
+                    metrics::tokens_revoked("revoke", 1);
                     let ids = [token_id.clone()];
                     crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
-                    metrics::tokens_revoked("revoke", 1);
                     Ok(())
                 }
                 Ok(false) => Err(ServiceError::NotFound),
@@ -754,10 +754,11 @@ impl<S: Store> Tokens<S> {
         let (account, old) = (cmd.account.clone(), cmd.token_id.clone());
         let result = self.rotate_inner(cmd, &actor).await;
         if let Ok(rotated) = &result {
+            // A successor is issued; the old token ends with its window.
+            metrics::token_issued();
+            metrics::tokens_revoked("rotate", 1);
             let ids = [old.clone(), rotated.info.token_id.clone()];
             crate::audit::log_event(AuditAction::Rotate, &account, &ids, &actor);
-            // The successor is a new token; the old one ends with its grace.
-            metrics::token_issued();
         }
         log.account(Some(&account))
             .token_id(Some(&old))
@@ -885,9 +886,9 @@ impl<S: Store> Tokens<S> {
         let result = self.revoke_token_inner(presented, &actor).await;
         let (account, token_id) = match &result {
             Ok((account, id)) => {
+                metrics::tokens_revoked("revoke_token", 1);
                 let ids = std::slice::from_ref(id);
                 crate::audit::log_event(AuditAction::RevokeToken, account, ids, &actor);
-                metrics::tokens_revoked("revoke_token", 1);
                 (Some(account), Some(id))
             }
             Err(_) => (None, None),
@@ -962,8 +963,8 @@ fn error_label(e: &ServiceError) -> &'static str {
 /// warning carrying its cause chain, which stays in the log. A management
 /// call gets a fresh request id here, which its line and its audit events
 /// carry. Token checks (Introspect, Check, ForwardAuth) log at DEBUG,
-/// counted by metrics instead; the same outcome, token id and account id
-/// go on the request's server span (`patd.outcome`, `patd.token_id`,
+/// counted by metrics instead; the same outcome, token id and account id go
+/// on the request's server span (`patd.outcome`, `patd.token_id`,
 /// `patd.account_id`).
 struct RpcLog<'a> {
     rpc: &'static str,

@@ -136,10 +136,11 @@ impl Verdict {
 
     /// The `outcome` label of `patd_introspections_total` for a token
     /// check answered with this verdict: `active`, the inactive reason
-    /// (`malformed`, `unknown`, `expired`, `revoked`, `rotated`),
-    /// `insufficient_scope`, `unavailable`, or `missing` (no credential at
-    /// a gateway door). `None` for answers that checked no token (a
-    /// refused caller, a misconfigured route, shed, deadline, a panic).
+    /// (`malformed`, `unknown`, `expired`, `revoked`, `rotated`: the
+    /// `InactiveReason` a tombstone proves), `insufficient_scope`,
+    /// `unavailable`, or `missing` (no credential at a gateway door).
+    /// `None` for answers that checked no token (a refused caller, a
+    /// misconfigured route, shed, deadline, a panic).
     pub fn introspection_outcome(&self) -> Option<&'static str> {
         match self {
             Verdict::Allow(_) => Some(OUTCOME_ACTIVE),

@@ -30,6 +30,7 @@ use redis::Client;
 
 use super::StoredToken;
 use crate::domain::{TokenId, UnixMillis};
+use crate::metrics;
 
 /// How often the subscription is proven alive by a `PING`.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
@@ -87,6 +88,7 @@ pub struct Cache {
 impl Cache {
     /// An empty cache, bypassed until the channel proves itself.
     pub fn new(settings: CacheSettings) -> Self {
+        metrics::cache_bypass(true);
         Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(settings.max_entries)
@@ -171,9 +173,12 @@ impl Cache {
     /// through this instance).
     pub fn invalidate<'a>(&self, token_ids: impl IntoIterator<Item = &'a str>) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut n = 0;
         for id in token_ids {
             self.entries.invalidate(id);
+            n += 1;
         }
+        metrics::cache_invalidations(n);
     }
 
     /// Forgets everything.
@@ -185,6 +190,7 @@ impl Cache {
     /// The channel is gone: stop answering and forget everything.
     fn down(&self) {
         self.usable_until.store(0, Ordering::SeqCst);
+        metrics::cache_bypass(true);
         self.flush();
     }
 
@@ -194,6 +200,7 @@ impl Cache {
             .since_epoch(sent)
             .saturating_add(u64::try_from(FRESH_FOR.as_millis()).unwrap_or(u64::MAX));
         self.usable_until.fetch_max(until, Ordering::SeqCst);
+        metrics::cache_bypass(false);
     }
 
     /// Records held now (moka counts lazily; for tests and logs).

@@ -31,6 +31,7 @@ use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
+use crate::metrics;
 use crate::token::{LiveKeys, TokenDigest};
 
 /// Hash fields read back for a token, in this order.
@@ -662,7 +663,9 @@ impl Store for RedisStore {
         let Some(cache) = &self.cache else {
             return self.read_found(token_id).await;
         };
-        if let Some((token, now)) = cache.get(token_id) {
+        let cached = cache.get(token_id);
+        metrics::cache_lookup(cached.is_some());
+        if let Some((token, now)) = cached {
             // No round trip: the store span says so.
             tracing::Span::current().record("patd.cache_hit", true);
             return Ok(Found {

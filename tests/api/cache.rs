@@ -312,3 +312,46 @@ async fn a_rotated_token_cached_elsewhere_ends_with_its_grace_window() {
     let answer = on_b.introspect(&token).await.expect("introspect");
     assert_eq!(answer.reason(), patd::pb::InactiveReason::Rotated);
 }
+
+#[tokio::test]
+async fn the_cache_counts_hits_misses_invalidations_and_bypass() {
+    use crate::observability::{counter, scrape};
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, &[]).await;
+    channel_up(&b).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let (token, token_id) = issue(&mut on_a, "acct-metrics", 600).await;
+    // Proven fresh: the first PING is answered within moments.
+    let fresh = eventually(Duration::from_secs(5), || async {
+        counter(&scrape(&b).await, "patd_cache_bypass") == 0.0
+    })
+    .await;
+    assert!(fresh, "{}", scrape(&b).await);
+    let before = scrape(&b).await;
+    // One miss fills the cache, five hits follow.
+    for _ in 0..6 {
+        assert!(is_active(&mut on_b, &token).await);
+    }
+    let after = scrape(&b).await;
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(delta("patd_cache_misses_total"), 1.0, "{after}");
+    assert_eq!(delta("patd_cache_hits_total"), 5.0, "{after}");
+    on_a.revoke("acct-metrics", &token_id)
+        .await
+        .expect("revoke");
+    let invalidated = eventually(Duration::from_secs(3), || async {
+        counter(&scrape(&b).await, "patd_cache_invalidations_total")
+            > counter(&after, "patd_cache_invalidations_total")
+    })
+    .await;
+    assert!(invalidated, "{}", scrape(&b).await);
+    // A stopped Redis: the cache is bypassed, and the gauge says so.
+    redis.signal("STOP");
+    let bypassed = eventually(Duration::from_secs(5), || async {
+        counter(&scrape(&b).await, "patd_cache_bypass") == 1.0
+    })
+    .await;
+    redis.signal("CONT");
+    assert!(bypassed, "{}", scrape(&b).await);
+}

@@ -283,9 +283,9 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             ("logs", &logs),
             ("redis", &dump),
             ("error messages", &errors),
+            ("audit events", &trail),
             ("span attributes and OTLP metric labels", &telemetry),
             ("/metrics", &scraped),
-            ("audit events", &trail),
         ] {
             assert!(!text.contains(secret.as_str()), "{what} found in {place}");
         }
