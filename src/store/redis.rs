@@ -693,6 +693,8 @@ impl Store for RedisStore {
         let cached = cache.get(token_id);
         metrics::cache_lookup(cached.is_some());
         if let Some((token, now)) = cached {
+            // No round trip: the store span says so.
+            tracing::Span::current().record("patd.cache_hit", true);
             return Ok(Found {
                 token: Some(token),
                 tombstone: None,
