@@ -38,7 +38,13 @@
 # patd sets TCP_NODELAY on accepted sockets, and so does the baseline by
 # default (BENCH_BASELINE_NODELAY=0 turns it off there), so both stacks match.
 #
-# Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3),
+# BENCH_STORE=cluster adds a target, patd on a local Redis Cluster of 3
+# primaries (no replicas, no persistence, like the standalone Redis),
+# `cluster`; the summary then gives each scenario's ratio to
+# `redis-nocache` (one Redis, no introspection cache, which is off on a
+# Cluster), and the cpu column sums the three nodes.
+#
+# Environment: BENCH_STORE (redis; or cluster), BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3),
 # BENCH_CONNECTIONS (8), BENCH_IN_FLIGHT (32), BENCH_BASELINE_NODELAY (1),
 # BENCH_PATD_LOG (RUST_LOG for patd; default `info`, patd's own default:
 # one log line per management RPC, token checks counted by metrics, as in
@@ -57,6 +63,13 @@ ROUNDS="${BENCH_ROUNDS:-3}"
 CONNS="${BENCH_CONNECTIONS:-8}"
 INFLIGHT="${BENCH_IN_FLIGHT:-32}"
 PATD_LOG="${BENCH_PATD_LOG:-info}"
+STORE="${BENCH_STORE:-redis}"
+TARGETS=(baseline baseline-redis memory redis redis-nocache)
+case "$STORE" in
+  redis) ;;
+  cluster) TARGETS+=(cluster) ;;
+  *) echo "bench.sh: BENCH_STORE must be redis or cluster" >&2; exit 2 ;;
+esac
 BASELINE_FLAGS=()
 if [ "${BENCH_BASELINE_NODELAY:-1}" = 1 ]; then BASELINE_FLAGS+=(--tcp-nodelay); fi
 
@@ -76,8 +89,9 @@ RESULTS="$WORK/results"
 mkdir -p "$RESULTS"
 REDIS_PID=""
 SERVER_PID=""
+CLUSTER_PIDS=()
 cleanup() {
-  for pid in "$SERVER_PID" "$REDIS_PID"; do
+  for pid in "$SERVER_PID" "$REDIS_PID" ${CLUSTER_PIDS[@]+"${CLUSTER_PIDS[@]}"}; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -145,6 +159,34 @@ done
   exit 2
 }
 
+CLUSTER_URL=""
+if [ "$STORE" = cluster ]; then
+  nodes=()
+  for i in 1 2 3; do
+    port="$(free_port)"
+    mkdir -p "$WORK/cluster$i"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "$(free_port)" \
+      --dir "$WORK/cluster$i" --logfile "$WORK/cluster$i/redis.log" &
+    CLUSTER_PIDS+=($!)
+    for _ in $(seq 100); do
+      if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then break; fi
+      sleep 0.1
+    done
+    nodes+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$WORK/cluster-create.log" 2>&1 || {
+    echo "bench.sh: redis-cli --cluster create failed" >&2
+    cat "$WORK/cluster-create.log" >&2
+    exit 2
+  }
+  for _ in $(seq 100); do
+    if redis-cli -p "${nodes[0]#*:}" cluster info | grep -q cluster_state:ok; then break; fi
+    sleep 0.1
+  done
+  CLUSTER_URL="redis-cluster://$(IFS=,; echo "${nodes[*]}")"
+fi
+
 GRPC=""
 HTTP=""
 # start_target <target> <round>: sets SERVER_PID, GRPC, HTTP.
@@ -169,6 +211,7 @@ start_target() {
   local store=memory ready="$WORK/ready.$1.$2.json" addrs cache=100000
   if [ "$target" = redis ] || [ "$target" = redis-nocache ]; then store="$REDIS_URL"; fi
   if [ "$target" = redis-nocache ]; then cache=0; fi
+  if [ "$target" = cluster ]; then store="$CLUSTER_URL"; fi
   # patd writes its bound addresses to the ready file, as JSON, once both
   # listeners are up.
   PATD_GRPC_ADDR=127.0.0.1:0 PATD_HTTP_ADDR=127.0.0.1:0 PATD_STORE="$store" \
@@ -191,9 +234,18 @@ stop_target() {
   SERVER_PID=""
 }
 
-# CPU seconds (user + system) a process has used so far.
+# CPU seconds (user + system) processes have used so far, summed.
 cpu_seconds() {
-  awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f\n", ($14 + $15) / hz}' "/proc/$1/stat"
+  local pid total=0
+  for pid in "$@"; do
+    total="$(awk -v hz="$(getconf CLK_TCK)" -v t="$total" '{printf "%.3f\n", t + ($14 + $15) / hz}' "/proc/$pid/stat")"
+  done
+  echo "$total"
+}
+
+# The Redis processes behind a target.
+store_pids() {
+  if [ "$1" = cluster ]; then echo "${CLUSTER_PIDS[*]}"; else echo "$REDIS_PID"; fi
 }
 
 FAILED=0
@@ -206,11 +258,13 @@ bench() {
   if [ "${target#baseline}" != "$target" ]; then extra+=(--expect-baseline); fi
   local server0 redis0
   server0="$(cpu_seconds "$SERVER_PID")"
-  redis0="$(cpu_seconds "$REDIS_PID")"
+  # shellcheck disable=SC2046
+  redis0="$(cpu_seconds $(store_pids "$target"))"
   if "$BIN/patd-bench" run "$@" --grpc-addr "$GRPC" ${HTTP:+--http-addr "$HTTP"} \
     --duration "$DURATION" --warmup "$WARMUP" --seed "$round" --label "$target" \
     ${extra[@]+"${extra[@]}"} --json >"$out" 2>"$log"; then
-    echo "$(cpu_seconds "$SERVER_PID") $server0 $(cpu_seconds "$REDIS_PID") $redis0" \
+    # shellcheck disable=SC2046
+    echo "$(cpu_seconds "$SERVER_PID") $server0 $(cpu_seconds $(store_pids "$target")) $redis0" \
       >"$RESULTS/$name.$target.$round.cpu"
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("    %-13s %10.0f rps  p50 %6d us  p99 %6d us" % (sys.argv[2], r["rps"], r["latency_us"]["p50"], r["latency_us"]["p99"]))' "$out" "$name" >&2
   else
@@ -248,7 +302,6 @@ if m:
 PY
 }
 
-TARGETS=(baseline baseline-redis memory redis redis-nocache)
 for round in $(seq "$ROUNDS"); do
   for target in "${TARGETS[@]}"; do
     if [ "$target" = redis ]; then
@@ -344,7 +397,7 @@ print()
 print("%-22s %-9s %6s %11s %8s %8s %7s %12s  %s" % (
     "scenario", "target", "rounds", "rps (med)", "p50 us", "p99 us", "x base", "cpu us/op", "goal"))
 for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
-    for target in ["baseline", "baseline-redis", "memory", "redis", "redis-nocache"]:
+    for target in ["baseline", "baseline-redis", "memory", "redis", "redis-nocache", "cluster"]:
         rs = rounds(name, target)
         if not rs:
             continue
@@ -358,7 +411,7 @@ for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
         cpu = med([runs[(name, target, r)]["cpu_us"] for r in rs if "cpu_us" in runs[(name, target, r)]])
         redis_cpu = med([runs[(name, target, r)]["redis_cpu_us"] for r in rs if "redis_cpu_us" in runs[(name, target, r)]])
         cpu_text = "" if cpu is None else "%.1f" % cpu
-        if target == "redis" and redis_cpu is not None:
+        if target in ("redis", "cluster") and redis_cpu is not None:
             cpu_text += "+%.1f" % redis_cpu
         goal = ""
         if (name, target) in goals and ratio is not None:
@@ -371,7 +424,20 @@ for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
         print("%-22s %-9s %6d %11.0f %8.0f %8.0f %7s %12s  %s" % (
             labels[name], target, len(rs), rps, p50, p99,
             "" if ratio is None or target == "baseline" else "%.2f" % ratio, cpu_text, goal))
-print("(cpu us/op: the server's CPU time per operation, median over rounds; redis: patd+redis-server)")
+print("(cpu us/op: the server's CPU time per operation, median over rounds; redis: patd+redis-server;")
+print(" cluster: patd+the 3 primaries)")
+cluster_lines = []
+for name in ["introspect", "serial", "issue", "mixed", "forward-auth"]:
+    # Against one Redis without the introspection cache, which is off on a
+    # Cluster.
+    ratios = [runs[(name, "cluster", r)]["rps"] / runs[(name, "redis-nocache", r)]["rps"]
+              for r in rounds(name, "cluster")
+              if (name, "redis-nocache", r) in runs and runs[(name, "redis-nocache", r)]["rps"] > 0]
+    if ratios:
+        cluster_lines.append("  %-22s %.2f" % (labels[name], med(ratios)))
+if cluster_lines:
+    print("\ncluster / redis-nocache rps (median of per-round ratios):")
+    print("\n".join(cluster_lines))
 h2 = {}
 for path in glob.glob(os.path.join(results, "h2load.*.rps")):
     _, target, rnd, _ = os.path.basename(path).split(".")
@@ -396,7 +462,7 @@ for name, label in [("propagation.json", "revocation on A -> inactive on B"),
             p["over_100ms"], p["over_1s"], "PASS" if p["p99_us"] <= 100000 and p["over_1s"] == 0 else "MISS"))
 if rtt is not None:
     print("\nredis round trip (PING p50, median over rounds): %g us" % rtt)
-for target in ["memory", "redis", "redis-nocache"]:
+for target in ["memory", "redis", "redis-nocache", "cluster"]:
     kb = []
     for path in glob.glob(os.path.join(results, "rss.%s.*" % target)):
         with open(path) as f:

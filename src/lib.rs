@@ -54,9 +54,10 @@
 //!   state and why it is inactive, the gateway
 //!   decision), with one error enum, and the one log line per request.
 //! - [`store`] (uses `audit`, `domain`, `metrics`, `token`): the `Store`
-//!   trait, memory and Redis implementations, the introspection cache, key
-//!   names and the Lua scripts (each change appends its audit event in the
-//!   same atomic step).
+//!   trait, memory and Redis implementations (one Redis, a Cluster or a
+//!   Sentinel primary, reached through `store::connection`), the
+//!   introspection cache, key names and the Lua scripts (each change
+//!   appends its audit event in the same atomic step).
 //! - [`audit`] (uses `domain`): the audit trail's types (actor, request
 //!   id, event, paging, the count and age caps) and its `audit` log line.
 //! - [`token`] (uses `domain`): the token format, the digests at rest and

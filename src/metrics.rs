@@ -16,7 +16,7 @@
 //! | `patd.request.duration` (s) | `patd_request_duration_seconds` | `rpc` |
 //! | `patd.store.duration` (s) | `patd_store_duration_seconds` | `op` |
 //! | `patd.store.errors` | `patd_store_errors_total` | `op` |
-//! | `patd.tokens.issued` | `patd_tokens_issued_total` | |
+//! | `patd.tokens.issued` | `patd_tokens_issued_total` (Issue, Rotate's successor) | |
 //! | `patd.tokens.revoked` | `patd_tokens_revoked_total` | `how` |
 //! | `patd.shed` | `patd_shed_total` | `listener` |
 //! | `patd.caller_refusals` | `patd_caller_refusals_total` | `reason` |
@@ -196,8 +196,9 @@ pub fn token_issued() {
     get().tokens_issued.add(1, &[]);
 }
 
-/// `n` live tokens were revoked; `how`: `revoke`, `revoke_all`, or `undo`
-/// (a failed Issue's token removed).
+/// `n` live tokens were revoked; `how`: `revoke`, `revoke_all`,
+/// `revoke_token` (by value), or `undo` (a failed Issue's or Rotate's new
+/// token removed).
 pub fn tokens_revoked(how: &'static str, n: u64) {
     if n > 0 {
         get().tokens_revoked.add(n, &[KeyValue::new("how", how)]);

@@ -16,7 +16,6 @@ use tonic::transport::Server;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use arc_swap::ArcSwap;
-use secrecy::ExposeSecret as _;
 
 use crate::auth::LiveCallers;
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
@@ -85,13 +84,19 @@ impl Application {
                 url,
                 key_prefix,
                 timeout,
+                min_replicas_ack,
                 tls,
                 cache,
             } => {
-                let store =
-                    RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
-                        .with_audit(settings.audit)
-                        .with_tombstone_ttl(settings.tombstone_ttl);
+                let store = RedisStore::connect(
+                    url,
+                    key_prefix.as_str(),
+                    *timeout,
+                    *min_replicas_ack,
+                    tls,
+                )?
+                .with_audit(settings.audit)
+                .with_tombstone_ttl(settings.tombstone_ttl);
                 AnyStore::Redis(match cache {
                     Some(cache) => store.with_cache(*cache),
                     None => store,

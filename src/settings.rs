@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 use thiserror::Error;
 
 use crate::audit::AuditPolicy;
@@ -21,6 +21,7 @@ use crate::listener::Limits;
 use crate::service::Rules;
 use crate::store::RedisTls;
 use crate::store::cache::CacheSettings;
+use crate::store::connection::{RedisUrl, UrlError};
 use crate::telemetry::LogFormat;
 use crate::tls::{TlsConfig, TlsError, TlsFiles};
 use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
@@ -29,11 +30,8 @@ use crate::token::{HashKeyError, PrefixError, TokenFormat, TokenHasher};
 /// shows a secret.
 #[derive(Debug, Error)]
 pub enum SettingsError {
-    #[error(
-        "PATD_STORE: expected `memory` or a redis:// or rediss:// URL (the value is not \
-         shown: it may hold a password)"
-    )]
-    Store,
+    #[error("{0}")]
+    Store(#[from] UrlError),
     #[error(
         "refusing to serve {0} on the embedded memory store, whose tokens vanish on restart \
          and are not shared between instances: set PATD_STORE to a redis:// URL, or \
@@ -41,15 +39,10 @@ pub enum SettingsError {
     )]
     MemoryExposed(SocketAddr),
     #[error(
-        "PATD_REDIS_CA and PATD_REDIS_CLIENT_CERT need a rediss:// PATD_STORE (TLS); \
-         with redis:// they would never be used"
+        "PATD_REDIS_CA and PATD_REDIS_CLIENT_CERT need a TLS PATD_STORE (rediss://, \
+         rediss-cluster:// or rediss-sentinel://); without TLS they would never be used"
     )]
     RedisTlsWithoutTls,
-    #[error(
-        "PATD_STORE: `#insecure` (no check of Redis's certificate) is refused; set \
-         PATD_REDIS_CA to the CA that signed it"
-    )]
-    RedisInsecure,
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -111,16 +104,21 @@ impl KeyPrefix {
 
 /// The store to open.
 #[derive(Debug, Clone)]
+// Made once at start and never moved around: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreSettings {
     /// The embedded memory store.
     Memory,
-    /// Redis at `url` (secret: it may carry a password), every key under
-    /// `key_prefix`, every call bounded by `timeout`, with `tls` beyond
-    /// what the URL says, and Introspect's `cache` (`None`: off).
+    /// Redis at `url` (one Redis, a Cluster or a Sentinel primary; its
+    /// `Debug` shows only which), every key under `key_prefix`, every call
+    /// bounded by `timeout`, every write acknowledged by
+    /// `min_replicas_ack` replicas, with `tls` beyond what the URL says,
+    /// and Introspect's `cache` (`None`: off).
     Redis {
-        url: SecretString,
+        url: RedisUrl,
         key_prefix: KeyPrefix,
         timeout: Duration,
+        min_replicas_ack: u32,
         tls: RedisTls,
         cache: Option<CacheSettings>,
     },
@@ -131,7 +129,7 @@ impl StoreSettings {
     pub fn name(&self) -> &'static str {
         match self {
             StoreSettings::Memory => "memory",
-            StoreSettings::Redis { .. } => "redis",
+            StoreSettings::Redis { url, .. } => url.kind(),
         }
     }
 }
@@ -168,17 +166,13 @@ pub struct Settings {
 }
 
 /// The Redis TLS files, read and checked against the URL.
-fn redis_tls(config: &Config, url: &str) -> Result<RedisTls, SettingsError> {
+fn redis_tls(config: &Config, url: &RedisUrl) -> Result<RedisTls, SettingsError> {
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|source| SettingsError::Read {
             path: path.display().to_string(),
             source,
         })
     };
-    // A URL fragment is where redis-rs reads `#insecure`.
-    if url.contains('#') {
-        return Err(SettingsError::RedisInsecure);
-    }
     let tls = RedisTls {
         ca_pem: config.redis_ca.as_ref().map(read).transpose()?,
         client: match (&config.redis_client_cert, &config.redis_client_key) {
@@ -186,7 +180,7 @@ fn redis_tls(config: &Config, url: &str) -> Result<RedisTls, SettingsError> {
             _ => None,
         },
     };
-    if (tls.ca_pem.is_some() || tls.client.is_some()) && !url.starts_with("rediss://") {
+    if (tls.ca_pem.is_some() || tls.client.is_some()) && !url.tls() {
         return Err(SettingsError::RedisTlsWithoutTls);
     }
     Ok(tls)
@@ -237,16 +231,16 @@ impl TryFrom<Config> for Settings {
         let url = config.store.expose_secret();
         let store = if url == "memory" {
             StoreSettings::Memory
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        } else {
+            let url = RedisUrl::parse(url)?;
             StoreSettings::Redis {
-                url: config.store.clone(),
+                tls: redis_tls(&config, &url)?,
+                url,
                 key_prefix,
                 timeout: *config.redis_timeout,
-                tls: redis_tls(&config, url)?,
+                min_replicas_ack: config.redis_min_replicas_ack,
                 cache: cache_settings(&config)?,
             }
-        } else {
-            return Err(SettingsError::Store);
         };
         // Secure by default, like Redis's protected mode: open to anyone
         // only where only this machine can reach it.
@@ -399,7 +393,7 @@ mod tests {
         assert_eq!(s.store.name(), "redis");
         assert!(settings(&["--store", "rediss://h:6380"]).is_ok());
         let refused = settings(&["--store", "postgres://u:hunter2@db"]).unwrap_err();
-        assert!(matches!(refused, SettingsError::Store));
+        assert!(matches!(refused, SettingsError::Store(_)));
         assert!(!refused.to_string().contains("hunter2"));
     }
 
@@ -411,7 +405,7 @@ mod tests {
         let plain = settings(&["--store", "redis://h:6379", "--redis-ca", &ca]).unwrap_err();
         assert!(matches!(plain, SettingsError::RedisTlsWithoutTls));
         let insecure = settings(&["--store", "rediss://h:6380/#insecure"]).unwrap_err();
-        assert!(matches!(insecure, SettingsError::RedisInsecure));
+        assert!(insecure.to_string().contains("#insecure"), "{insecure}");
         assert!(settings(&["--store", "rediss://h:6380", "--redis-ca", &ca]).is_ok());
         let missing = settings(&["--store", "rediss://h:6380", "--redis-ca", "/no/such.pem"]);
         assert!(matches!(missing, Err(SettingsError::Read { .. })));
@@ -522,6 +516,9 @@ mod tests {
         let StoreSettings::Redis { url: kept, .. } = &settings.store else {
             panic!("not redis");
         };
-        assert!(kept.expose_secret().contains(password));
+        let RedisUrl::Standalone(kept) = kept else {
+            panic!("not one Redis");
+        };
+        assert!(kept.contains(password));
     }
 }

@@ -402,6 +402,8 @@ macro_rules! dispatch {
             otel.kind = "client",
             db.system = $self.db_system(),
             db.operation.name = $op,
+            // Set by the Redis store when its introspection cache answered.
+            patd.cache_hit = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
         let result = tracing::Instrument::instrument(

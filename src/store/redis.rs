@@ -14,14 +14,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{TcpSettings, socket2};
-use redis::{
-    Client, ClientTlsConfig, IntoConnectionInfo as _, Script, ScriptInvocation, TlsCertificates,
-};
+use redis::{Client, ClientTlsConfig, FromRedisValue, Script, ScriptInvocation, TlsCertificates};
 
 use super::cache::{self, Cache, CacheSettings};
-use super::connection::HealingConnection;
+use super::connection::{Acked, Link, LinkOptions, RedisUrl};
 use super::keys::Keys;
 use super::{
     DEFAULT_TOMBSTONE_TTL, Ending, Entry, Found, IssueOutcome, IssueTerms, Listing, NewToken,
@@ -106,33 +103,40 @@ impl std::fmt::Debug for RedisTls {
 #[derive(Clone)]
 pub struct RedisStore {
     /// HMGET, ZRANGE, TIME and readiness.
-    reads: HealingConnection,
+    reads: Link,
     /// The scripts.
-    writes: HealingConnection,
+    writes: Link,
     keys: Keys,
     timeout: Duration,
+    /// Replicas that must acknowledge every write (`WAIT`); 0: none asked.
+    min_replicas_ack: u32,
     scripts: Arc<Scripts>,
     audit: AuditPolicy,
     /// How long a tombstone outlives its token's end.
     tombstone_ttl: Duration,
-    /// For the cache's subscription (a connection of its own).
-    client: Arc<Client>,
+    /// For the cache's subscription (a connection of its own); `None` on
+    /// a Cluster or behind Sentinel (see `connection::pubsub_client`).
+    client: Option<Arc<Client>>,
     /// Records for Introspect; `None` when turned off.
     cache: Option<Arc<Cache>>,
 }
 
 impl RedisStore {
-    /// Prepares a store for `url` (`redis://` or `rediss://`, with `tls`
-    /// for a private CA or a client certificate). It connects lazily, so
-    /// patd starts even while Redis is down and serves as soon as it is
-    /// back; a connection that fails is replaced by itself.
+    /// Prepares a store for `url` (one Redis, a Cluster or a Sentinel
+    /// primary; with `tls` for a private CA or a client certificate). It
+    /// connects lazily, so patd starts even while Redis is down and serves
+    /// as soon as it is back; a connection that fails is replaced by
+    /// itself. With `min_replicas_ack` above 0, every write is followed by
+    /// `WAIT` for that many replicas within `timeout`, and fails when
+    /// fewer acknowledge it.
     ///
     /// # Errors
-    /// The URL cannot be parsed, or the TLS material is not usable PEM.
+    /// The URL cannot be used, or the TLS material is not usable PEM.
     pub fn connect(
-        url: &str,
+        url: &RedisUrl,
         key_prefix: &str,
         timeout: Duration,
+        min_replicas_ack: u32,
         tls: &RedisTls,
     ) -> Result<Self, StoreError> {
         // A Redis host that vanishes without closing the connection (a
@@ -148,35 +152,28 @@ impl RedisStore {
                     .with_interval(Duration::from_secs(5)),
             )
             .set_user_timeout(DEAD_PEER_AFTER);
-        let url = url.into_connection_info()?.set_tcp_settings(tcp);
-        let client = if tls.ca_pem.is_none() && tls.client.is_none() {
-            Client::open(url)?
-        } else {
-            Client::build_with_tls(
-                url,
-                TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    root_cert: tls.ca_pem.clone(),
-                },
-            )?
+        let certificates =
+            (tls.ca_pem.is_some() || tls.client.is_some()).then(|| TlsCertificates {
+                client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: tls.ca_pem.clone(),
+            });
+        let options = LinkOptions {
+            tcp,
+            certificates,
+            connect_timeout: timeout,
         };
-        // Responses are bounded by `timed` (one timer per call, covering
-        // reconnects too), so the manager gets no response timeout of its own.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let reads = HealingConnection::new(client.clone(), config.clone())?;
-        let writes = HealingConnection::new(client.clone(), config)?;
+        let reads = super::connection::open(url, &options)?;
+        let writes = super::connection::open(url, &options)?;
+        let client = super::connection::pubsub_client(url, &options)?;
         Ok(Self {
             reads,
             writes,
             keys: Keys::new(key_prefix),
             timeout,
+            min_replicas_ack,
             scripts: Arc::new(Scripts {
                 issue: Script::new(&carrying_audit(include_str!("lua/issue.lua"))),
                 revoke: Script::new(&carrying_audit(include_str!("lua/revoke.lua"))),
@@ -188,7 +185,7 @@ impl RedisStore {
             }),
             audit: AuditPolicy::default(),
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
-            client: Arc::new(client),
+            client: client.map(Arc::new),
             cache: None,
         })
     }
@@ -198,15 +195,48 @@ impl RedisStore {
     /// bypassed until the subscription is up. Needs a Tokio runtime.
     #[must_use]
     pub fn with_cache(mut self, settings: CacheSettings) -> Self {
+        let Some(client) = &self.client else {
+            tracing::warn!(
+                "the introspection cache is off on a Redis Cluster or behind Sentinel: its \
+                 1 s revocation bound needs the scripts to publish on the node it subscribes to"
+            );
+            return self;
+        };
         let cache = Arc::new(Cache::new(settings));
         tokio::spawn(cache::follow(
             Arc::clone(&cache),
-            Client::clone(&self.client),
+            Client::clone(client),
             self.keys.invalidations(),
             self.timeout,
         ));
         self.cache = Some(cache);
         self
+    }
+
+    /// Runs a script on the write connection (on the primary owning its
+    /// keys' slot; redis-rs loads it again after NOSCRIPT and retries
+    /// once), then, when replicas must acknowledge writes, `WAIT`s for
+    /// them on the same connection.
+    async fn write<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut link = self.writes.clone();
+        if self.min_replicas_ack == 0 {
+            return self.timed(call.invoke_async(&mut link)).await;
+        }
+        let mut acked = Acked {
+            link: &mut link,
+            replicas: self.min_replicas_ack,
+            timeout: self.timeout,
+        };
+        // Each WAIT may use the whole timeout, and a script Redis lost
+        // (NOSCRIPT) is sent twice, each time with its WAIT: the call gets
+        // the timeout three times.
+        let bound = self.timeout * 3;
+        match tokio::time::timeout(bound, call.invoke_async(&mut acked)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.code() == Some("OOM") => Err(StoreError::Full),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
     }
 
     /// The record (or, without one, the tombstone) and Redis's now, from
@@ -391,20 +421,20 @@ impl RedisStore {
         );
         let mut reads = self.reads.clone();
         let pattern = self.keys.token_pattern(account);
+        let index = self.keys.account(account);
         let mut cursor: u64 = 0;
         let mut ids = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut reads),
-                )
-                .await?;
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            // In a Cluster, SCAN runs on the node holding the account's slot.
+            let page = self.timed(reads.on_owner_of(&index, &scan)).await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                redis::from_redis_value(page).map_err(redis::RedisError::from)?;
             for key in keys {
                 let id = std::str::from_utf8(&key)
                     .ok()
@@ -430,14 +460,13 @@ impl RedisStore {
                 revoked.push(id);
             }
         }
-        let mut writes = self.writes.clone();
         let mut call = self.scripts.revoke_all.prepare_invoke();
-        call.key(self.keys.account(account))
+        call.key(&index)
             .key(self.keys.history(account))
             .arg(self.tombstone_ttl_ms())
             .arg(0);
         self.audited(&mut call, account, actor);
-        let _: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
+        let _: redis::Value = self.write(&call).await?;
         Ok(revoked)
     }
 
@@ -619,7 +648,6 @@ impl Store for RedisStore {
         terms: &IssueTerms<'_>,
         actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
         let (kind, value) = match expiry {
             Expiry::AfterMillis(ms) => ("ttl", ms),
@@ -642,8 +670,7 @@ impl Store for RedisStore {
             .arg(self.tombstone_ttl_ms())
             .arg(terms.live_keys.as_args());
         self.audited(&mut call, &token.account_id, actor);
-        let (outcome, now, expires): (i64, u64, u64) =
-            self.timed(call.invoke_async(&mut conn)).await?;
+        let (outcome, now, expires): (i64, u64, u64) = self.write(&call).await?;
         Ok(match outcome {
             1 => IssueOutcome::Issued {
                 created_at: UnixMillis(now),
@@ -670,6 +697,8 @@ impl Store for RedisStore {
         let cached = cache.get(token_id);
         metrics::cache_lookup(cached.is_some());
         if let Some((token, now)) = cached {
+            // No round trip: the store span says so.
+            tracing::Span::current().record("patd.cache_hit", true);
             return Ok(Found {
                 token: Some(token),
                 tombstone: None,
@@ -690,7 +719,6 @@ impl Store for RedisStore {
         terms: &IssueTerms<'_>,
         actor: &Actor,
     ) -> Result<RotateOutcome, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.rotate.prepare_invoke();
         let new = rotation.new;
         let account = &new.account_id;
@@ -718,7 +746,7 @@ impl Store for RedisStore {
             .arg(self.tombstone_ttl_ms())
             .arg(terms.live_keys.as_args());
         self.audited(&mut call, account, actor);
-        let rotated = self.timed(call.invoke_async(&mut conn)).await;
+        let rotated = self.write(&call).await;
         self.forget([rotation.old.as_str()]);
         let (outcome, now, expires, ends): (i64, u64, u64, u64) = rotated?;
         Ok(match outcome {
@@ -736,7 +764,9 @@ impl Store for RedisStore {
     }
 
     /// One script on the write connection (`lua/seal.lua`), which also
-    /// publishes the id so no instance's cache keeps the unsealed copy.
+    /// publishes the id so no instance's cache keeps the unsealed copy;
+    /// like every change it waits for `PATD_REDIS_MIN_REPLICAS_ACK`
+    /// replicas (a seal lost in a failover would leave the token refused).
     async fn seal(
         &self,
         token_id: &TokenId,
@@ -744,14 +774,13 @@ impl Store for RedisStore {
         expires_at: UnixMillis,
         mac: &RecordMac,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.seal.prepare_invoke();
         call.key(self.keys.token(token_id))
             .arg(token_id.as_str())
             .arg(created_at.0)
             .arg(expires_at.0)
             .arg(mac.to_hex());
-        let sealed = self.timed(call.invoke_async(&mut conn)).await;
+        let sealed = self.write(&call).await;
         self.forget([token_id.as_str()]);
         let sealed: i64 = sealed?;
         Ok(sealed == 1)
@@ -777,7 +806,6 @@ impl Store for RedisStore {
         actor: &Actor,
         action: AuditAction,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
         call.key(self.keys.account(account))
             .key(self.keys.token(token_id))
@@ -789,7 +817,7 @@ impl Store for RedisStore {
             .arg(action.as_str())
             .arg(live_keys.as_args());
         self.audited(&mut call, account, actor);
-        let revoked = self.timed(call.invoke_async(&mut conn)).await;
+        let revoked = self.write(&call).await;
         // Whatever the answer: this instance stops trusting its copy.
         self.forget([token_id.as_str()]);
         let revoked: i64 = revoked?;
@@ -804,7 +832,6 @@ impl Store for RedisStore {
     ) -> Result<Vec<TokenId>, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
-        let mut writes = self.writes.clone();
         for _ in 0..REVOKE_ALL_ATTEMPTS {
             // Members as bytes: a member that is not UTF-8 (or no token
             // id) must not block the emergency button.
@@ -853,7 +880,7 @@ impl Store for RedisStore {
             }
             self.audited(&mut call, account, actor);
             // -1 when the index changed in between; else the ids revoked.
-            let revoked = self.timed(call.invoke_async(&mut writes)).await;
+            let revoked = self.write(&call).await;
             self.forget(members.iter().filter_map(|m| std::str::from_utf8(m).ok()));
             let revoked: redis::Value = revoked?;
             if let redis::Value::Array(ids) = revoked {
@@ -947,8 +974,10 @@ impl Store for RedisStore {
     /// (`ROLE`: a replica refuses every write with READONLY), lets this
     /// user read patd's keys (`HMGET`) and Redis's clock (`TIME`, which
     /// decides expiry) and run scripts (`SCRIPT LOAD` and `EVALSHA` of a
-    /// script that writes nothing). A refusal comes back as Redis's own
-    /// words (`NOPERM ... 'evalsha'`), which the readiness log line carries.
+    /// script that writes nothing). In a Cluster, every primary (every
+    /// shard) must answer, say `cluster_state:ok` (every slot served) and
+    /// run the script. A refusal comes back as Redis's own words (`NOPERM
+    /// ... 'evalsha'`), which the readiness log line carries.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reads.clone();
         let mut pipe = redis::pipe();
@@ -974,12 +1003,34 @@ impl Store for RedisStore {
                 if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master")
         );
         if !primary {
+            // Behind Sentinel: a demoted primary; ask where the new one is.
+            conn.reached_a_replica();
             return Err(StoreError::Replica);
         }
-        let ran: i64 = self
-            .timed(redis::cmd("EVALSHA").arg(sha).arg(0).query_async(&mut conn))
-            .await?;
-        if ran == 1 {
+        if conn.is_cluster() {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(PROBE_SCRIPT);
+            self.timed(conn.on_every_primary(&load)).await?;
+            let mut info = redis::cmd("CLUSTER");
+            info.arg("INFO");
+            for answer in self.timed(conn.on_every_primary(&info)).await? {
+                let text: String =
+                    redis::from_redis_value(answer).map_err(redis::RedisError::from)?;
+                if !text.contains("cluster_state:ok") {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                        "CLUSTERDOWN",
+                        "a primary says cluster_state is not ok (some slots are not served)"
+                            .to_owned(),
+                    ))
+                    .into());
+                }
+            }
+        }
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(sha).arg(0);
+        let ran = self.timed(conn.on_every_primary(&evalsha)).await?;
+        if ran.iter().all(|v| matches!(v, redis::Value::Int(1))) {
             Ok(())
         } else {
             Err(StoreError::Corrupt {

@@ -561,6 +561,32 @@ async fn the_standard_variables_configure_export_and_nothing_runs_without_them()
     assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
 }
 
+/// With the introspection cache (the default), a lookup it answers still
+/// gets its store span, marked `patd.cache_hit=true`; one that went to
+/// Redis has no such mark.
+#[tokio::test]
+async fn a_lookup_answered_by_the_cache_says_so_on_its_span() {
+    let collector = Collector::start().await;
+    let redis = RedisServer::start();
+    let patd =
+        Patd::spawn(collector.options(PatdOptions::new(Backend::Redis { url: redis.url() }))).await;
+    let mut client = patd.client().await;
+    let (token, _) = issue(&mut client, &random_name("acct-"), 600).await;
+    for _ in 0..2 {
+        assert!(client.introspect(&token).await.unwrap().active);
+    }
+    let arrived = eventually(Duration::from_secs(10), || async {
+        named(&collector.spans(), "lookup").len() == 2
+    })
+    .await;
+    let spans = collector.spans();
+    assert!(arrived, "{spans:#?}");
+    let mut lookups = named(&spans, "lookup");
+    lookups.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(attr(lookups[0], "patd.cache_hit"), None, "the first read");
+    assert_eq!(attr(lookups[1], "patd.cache_hit").as_deref(), Some("true"));
+}
+
 /// The `/metrics` text.
 pub async fn scrape(patd: &Patd) -> String {
     let reply = get(patd.http_addr, "/metrics", &[]).await;

@@ -18,6 +18,7 @@ use patd::domain::{
 };
 use patd::pb::{InactiveReason, RotateRequest};
 use patd::service::{IssueCommand, RotateCommand, Rules, ServiceError, Tokens};
+use patd::store::connection::RedisUrl;
 use patd::store::{
     Found, IssueOutcome, IssueTerms, Listing, MemoryStore, NewToken, RedisStore, RedisTls,
     RotateOutcome, Rotation, Store, StoreError,
@@ -538,9 +539,10 @@ async fn a_seal_that_cannot_be_written_undoes_the_issue_and_the_rotate() {
     let redis = RedisServer::start();
     let prefix = random_name("t");
     let store = RedisStore::connect(
-        &redis.url(),
+        &RedisUrl::parse(&redis.url()).expect("url"),
         &prefix,
         Duration::from_millis(500),
+        0,
         &RedisTls::default(),
     )
     .expect("store");
@@ -643,9 +645,10 @@ async fn a_seal_that_cannot_be_written_undoes_the_issue_and_the_rotate() {
 async fn both_stores_seal_only_the_record_as_issued() {
     let redis = RedisServer::start();
     let redis_store = RedisStore::connect(
-        &redis.url(),
+        &RedisUrl::parse(&redis.url()).expect("url"),
         &random_name("t"),
         Duration::from_secs(2),
+        0,
         &RedisTls::default(),
     )
     .expect("store");
