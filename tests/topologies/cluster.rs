@@ -62,8 +62,14 @@ async fn race(clients: &[Client], account: &str, count: usize) -> (usize, usize)
 async fn a_cluster_serves_the_lifecycle_the_limit_and_every_shard() {
     let cluster = Cluster::start(3);
     let prefix = random_name("t");
-    let a = on(&cluster, &prefix, &[]).await;
-    let b = on(&cluster, &prefix, &[]).await;
+    // With digest keys, so every Issue is sealed by a second script on
+    // the Cluster (and reloaded after the SCRIPT FLUSH below).
+    let keys = [(
+        "PATD_TOKEN_HASH_KEYS",
+        "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    )];
+    let a = on(&cluster, &prefix, &keys).await;
+    let b = on(&cluster, &prefix, &keys).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
 
     // The lifecycle, each step seen by the other instance.
