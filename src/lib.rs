@@ -26,9 +26,13 @@
 //!   `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
-//! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
-//!   `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
+//! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `json_api`,
+//!   `listener`, `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
+//! - [`json_api`] (uses `auth`, `bearer`, `domain`, `grpc`, `pb`, `service`,
+//!   `store`, `tls`, `verdict`): the JSON management API (proto3 JSON
+//!   mapping of the gRPC messages), RFC 7662 `/oauth2/introspect` and the
+//!   OpenAPI document, on the HTTP listener.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
 //!   of an unknown service, watches ended at shutdown).
 //! - [`listener`] (uses `tls`): limits shared by both listeners (head size
@@ -70,6 +74,7 @@ pub mod domain;
 pub mod forward_auth;
 pub mod grpc;
 pub mod health;
+pub mod json_api;
 pub mod listener;
 pub mod reload;
 pub mod server;
@@ -85,6 +90,7 @@ pub mod verdict;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("patd.v1");
+    include!(concat!(env!("OUT_DIR"), "/patd.v1.serde.rs"));
 
     /// Encoded descriptors of `patd.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("patd_descriptor");

@@ -1,7 +1,7 @@
 //! Protobuf <-> domain conversions for the TokenService messages. Parsing
 //! here is the edge: what leaves this module is validated.
 
-use prost_types::{Duration, Timestamp};
+use pbjson_types::{Duration, Timestamp};
 
 use crate::domain::{AccountId, ExpiryRequest, FieldError, Note, Scopes, TokenInfo, UnixMillis};
 use crate::pb;

@@ -2,7 +2,7 @@
 //! Each handler destructures, parses into domain types, calls the service
 //! and maps the result; `status.rs` owns the error mapping.
 
-mod convert;
+pub(crate) mod convert;
 pub mod ext_authz;
 pub mod guard;
 mod status;

@@ -1,0 +1,478 @@
+//! The JSON doors on the HTTP listener, for console backends and for
+//! gateways' OAuth 2.0 introspection plugins:
+//!
+//! - the management API (`/v1/accounts/{account_id}/tokens…`,
+//!   `/v1/tokens:introspect`): the same messages as gRPC in their proto3
+//!   JSON mapping (pbjson: lowerCamelCase out, snake_case accepted in,
+//!   durations `"3600s"`, timestamps RFC 3339), the same use cases, the
+//!   same roles;
+//! - `POST /oauth2/introspect`: RFC 7662 token introspection
+//!   ([`introspection`]);
+//! - `GET /v1/openapi.json`: the OpenAPI 3.1 document of all of it, kept
+//!   beside this file (`openapi.json`) and tested against [`ROUTES`] and the
+//!   pbjson shapes.
+//!
+//! Handlers are thin adapters, as in `grpc`: parse (through the same
+//! `grpc::convert` and domain parsers), call `service`, render. Every
+//! refusal is a [`Verdict`] rendered as RFC 9457 problem details.
+//!
+//! Adding a route: a variant of [`Operation`], its line in [`ROUTES`], its
+//! arm in `Operation::handler`, the handler, and its entry in
+//! `openapi.json` (a unit test fails until the last two agree).
+
+// A refusal travels as the `Response` (or `Verdict`) it renders to, as
+// axum handlers return it; refusals are the cold path.
+#![allow(clippy::result_large_err)]
+
+mod introspection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Extension, RawPathParams, RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use percent_encoding::percent_decode_str;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::auth::{ANONYMOUS, LiveCallers, Refusal, Role};
+use crate::bearer;
+use crate::domain::{AccountId, FieldError, PageRequest, TokenId};
+use crate::grpc::convert;
+use crate::pb;
+use crate::service::{Introspection, Tokens};
+use crate::store::Store;
+use crate::tls::PeerSans;
+use crate::verdict::Verdict;
+
+/// The OpenAPI 3.1 document served at `GET /v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+const JSON: &str = "application/json";
+const NO_STORE: &str = "no-store";
+
+/// Every operation of the JSON doors; the OpenAPI `operationId` is the
+/// variant's name (the RPC's name where there is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Issue,
+    List,
+    Revoke,
+    RevokeAll,
+    Introspect,
+    /// RFC 7662 introspection.
+    OAuthIntrospect,
+    OpenApi,
+}
+
+/// One route: its method, its path as OpenAPI writes it (axum's syntax
+/// too) and its operation.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub operation: Operation,
+}
+
+const fn route(method: Method, path: &'static str, operation: Operation) -> Route {
+    Route {
+        method,
+        path,
+        operation,
+    }
+}
+
+const TOKENS: &str = "/v1/accounts/{account_id}/tokens";
+const TOKEN: &str = "/v1/accounts/{account_id}/tokens/{token_id}";
+
+/// The routes the router serves; `openapi.json` documents exactly these.
+pub const ROUTES: &[Route] = &[
+    route(Method::POST, TOKENS, Operation::Issue),
+    route(Method::GET, TOKENS, Operation::List),
+    route(Method::DELETE, TOKENS, Operation::RevokeAll),
+    route(Method::DELETE, TOKEN, Operation::Revoke),
+    route(Method::POST, "/v1/tokens:introspect", Operation::Introspect),
+    route(
+        Method::POST,
+        "/oauth2/introspect",
+        Operation::OAuthIntrospect,
+    ),
+    route(Method::GET, "/v1/openapi.json", Operation::OpenApi),
+];
+
+impl Operation {
+    fn handler<S: Store>(self) -> MethodRouter<Api<S>> {
+        match self {
+            Operation::Issue => post(issue::<S>),
+            Operation::List => get(list::<S>),
+            Operation::Revoke => delete(revoke::<S>),
+            Operation::RevokeAll => delete(revoke_all::<S>),
+            Operation::Introspect => post(introspect::<S>),
+            Operation::OAuthIntrospect => post(introspection::introspect::<S>),
+            Operation::OpenApi => get(openapi),
+        }
+    }
+}
+
+/// What the JSON handlers share.
+pub struct Api<S> {
+    tokens: Tokens<S>,
+    callers: LiveCallers,
+    /// `PATD_MAX_REQUEST_BYTES`, as for a gRPC message.
+    max_body: usize,
+}
+
+impl<S> Clone for Api<S>
+where
+    Tokens<S>: Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            tokens: self.tokens.clone(),
+            callers: self.callers.clone(),
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// The JSON routes, each counted against the listener's concurrency limit
+/// (`admission`, shared with forward-auth) and bounded by
+/// `request_timeout`; overload and timeouts answer problem details.
+pub fn router<S: Store>(
+    tokens: Tokens<S>,
+    callers: LiveCallers,
+    max_body: usize,
+    request_timeout: Duration,
+    admission: GlobalConcurrencyLimitLayer,
+) -> Router {
+    let guards = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded_or_late))
+        .layer(TimeoutLayer::new(request_timeout))
+        .layer(LoadShedLayer::new())
+        .layer(admission);
+    let mut router = Router::new();
+    for r in ROUTES {
+        router = router.route(r.path, r.operation.handler::<S>());
+    }
+    router.route_layer(guards).with_state(Api {
+        tokens,
+        callers,
+        max_body,
+    })
+}
+
+async fn overloaded_or_late(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        Verdict::Deadline.to_problem()
+    } else {
+        Verdict::Overloaded.to_problem()
+    }
+}
+
+/// A JSON answer, never cached (an Issue's answer holds the token value).
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            let h = response.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a JSON answer");
+            Verdict::Internal.to_problem()
+        }
+    }
+}
+
+/// The credential a caller presented to a JSON door.
+enum CallerCredential<'a> {
+    None,
+    /// `Authorization: Bearer <caller key>`.
+    Key(&'a str),
+    /// HTTP Basic or form `client_id`/`client_secret` (RFC 6749 §2.3.1):
+    /// the caller's name and key.
+    NameAndKey(String, String),
+}
+
+impl<S: Store> Api<S> {
+    /// The caller's name if it may act in `role` (`anonymous` without
+    /// caller authentication, as for gRPC); else the refusal to send.
+    fn admit(
+        &self,
+        credential: CallerCredential<'_>,
+        peer: Option<Extension<PeerSans>>,
+        role: Role,
+    ) -> Result<Arc<str>, Verdict> {
+        let callers = self.callers.load();
+        if !callers.is_enabled() {
+            return Ok(Arc::from(ANONYMOUS));
+        }
+        let sans = peer.map(|p| p.0.0).unwrap_or_default();
+        let (key, name) = match &credential {
+            CallerCredential::None => (None, None),
+            CallerCredential::Key(key) => (Some(*key), None),
+            CallerCredential::NameAndKey(name, key) => (Some(key.as_str()), Some(name.as_str())),
+        };
+        let admitted = callers.authorize(key, &sans, role).and_then(|caller| {
+            // A key presented with a name must be that caller's key.
+            match name {
+                Some(name) if name != &*caller.name => Err(Refusal::Unauthenticated),
+                _ => Ok(caller.name.clone()),
+            }
+        });
+        admitted.map_err(|refusal| {
+            tracing::info!(refusal = %refusal, role = role.as_str(), "caller refused");
+            Verdict::from(refusal)
+        })
+    }
+
+    /// As [`Api::admit`] with the bearer caller key of the JSON API.
+    fn admit_bearer(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<Extension<PeerSans>>,
+        role: Role,
+    ) -> Result<Arc<str>, Response> {
+        let key = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer::from_authorization);
+        let credential = key.map_or(CallerCredential::None, CallerCredential::Key);
+        self.admit(credential, peer, role)
+            .map_err(|v| v.to_problem())
+    }
+
+    /// Logs a field that failed validation and renders its refusal.
+    fn refuse(&self, rpc: &'static str, caller: &str, field: FieldError) -> Response {
+        Verdict::from(self.tokens.refuse(rpc, caller, field)).to_problem()
+    }
+
+    /// The request body, at most `max_body` bytes, in `expected` media type.
+    async fn body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        expected: &'static str,
+    ) -> Result<Bytes, Verdict> {
+        let media_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim);
+        if !media_type.is_some_and(|m| m.eq_ignore_ascii_case(expected)) {
+            return Err(Verdict::UnsupportedMediaType { expected });
+        }
+        axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|_| Verdict::TooLarge {
+                limit: self.max_body,
+            })
+    }
+
+    /// A JSON request message, as pbjson reads it (either spelling of a
+    /// field name; unknown fields refused).
+    async fn message<T: serde::de::DeserializeOwned>(
+        &self,
+        rpc: &'static str,
+        caller: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<T, Response> {
+        let bytes = self
+            .body(headers, body, JSON)
+            .await
+            .map_err(|v| v.to_problem())?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| {
+                // serde's message names the field or the position; it can quote
+                // what was sent, so it goes back to the sender only.
+                let reason = format!("not a valid {rpc} request: {e}");
+                Verdict::InvalidArgument(FieldError::new("body", reason)).to_problem()
+            })
+            .inspect_err(|_| {
+                self.tokens
+                    .refuse(rpc, caller, FieldError::new("body", "not valid JSON"));
+            })
+    }
+}
+
+/// The path's parameters, percent-decoded (RFC 3986 §2.1) into UTF-8; the
+/// domain parsers then judge them as they judge gRPC fields.
+fn path_params<const N: usize>(
+    params: &RawPathParams,
+    names: [&'static str; N],
+) -> Result<[String; N], FieldError> {
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, name) in out.iter_mut().zip(names) {
+        let raw = params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        *slot = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| FieldError::new(name, "not UTF-8 once percent-decoded"))?
+            .into_owned();
+    }
+    Ok(out)
+}
+
+async fn issue<S: Store>(
+    State(api): State<Api<S>>,
+    peer: Option<Extension<PeerSans>>,
+    params: RawPathParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
+    let [account_id] =
+        path_params(&params, ["account_id"]).map_err(|e| api.refuse("Issue", &caller, e))?;
+    let mut request: pb::IssueRequest = api.message("Issue", &caller, &headers, body).await?;
+    // The path names the account; a body naming another is a mistake.
+    if !request.account_id.is_empty() && request.account_id != account_id {
+        let e = FieldError::new("account_id", "differs from the account in the path");
+        return Err(api.refuse("Issue", &caller, e));
+    }
+    request.account_id = account_id;
+    let cmd = convert::issue_command(request).map_err(|e| api.refuse("Issue", &caller, e))?;
+    let issued = api
+        .tokens
+        .issue(&caller, cmd)
+        .await
+        .map_err(|e| Verdict::from(e).to_problem())?;
+    let answer = pb::IssueResponse {
+        token: issued.token.into_exposed(),
+        info: Some(convert::token_info(issued.info)),
+    };
+    Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// `?page_size=&page_token=` (either spelling); anything else is refused.
+fn list_query(query: Option<&str>) -> Result<(i32, String), FieldError> {
+    let (mut size, mut token) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*name {
+            "page_size" | "pageSize" if size.is_none() => {
+                let parsed = value
+                    .parse::<i32>()
+                    .map_err(|_| FieldError::new("page_size", "not an integer"))?;
+                size = Some(parsed);
+            }
+            "page_token" | "pageToken" if token.is_none() => token = Some(value.into_owned()),
+            "page_size" | "pageSize" => return Err(FieldError::new("page_size", "given twice")),
+            "page_token" | "pageToken" => {
+                return Err(FieldError::new("page_token", "given twice"));
+            }
+            _ => return Err(FieldError::new("query", "unknown parameter")),
+        }
+    }
+    Ok((size.unwrap_or_default(), token.unwrap_or_default()))
+}
+
+async fn list<S: Store>(
+    State(api): State<Api<S>>,
+    peer: Option<Extension<PeerSans>>,
+    params: RawPathParams,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Response> {
+    let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
+    let parsed = path_params(&params, ["account_id"]).and_then(|[account_id]| {
+        let account = AccountId::parse(account_id)?;
+        let (size, token) = list_query(query.as_deref())?;
+        Ok((account, PageRequest::parse(size, &token)?))
+    });
+    let (account, page) = parsed.map_err(|e| api.refuse("List", &caller, e))?;
+    let page = api
+        .tokens
+        .list(&caller, account, page)
+        .await
+        .map_err(|e| Verdict::from(e).to_problem())?;
+    let answer = pb::ListResponse {
+        tokens: page.tokens.into_iter().map(convert::token_info).collect(),
+        next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+    };
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+async fn revoke<S: Store>(
+    State(api): State<Api<S>>,
+    peer: Option<Extension<PeerSans>>,
+    params: RawPathParams,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
+    let parsed = path_params(&params, ["account_id", "token_id"])
+        .and_then(|[a, t]| Ok((AccountId::parse(a)?, TokenId::parse(t)?)));
+    let (account, token_id) = parsed.map_err(|e| api.refuse("Revoke", &caller, e))?;
+    api.tokens
+        .revoke(&caller, account, token_id)
+        .await
+        .map_err(|e| Verdict::from(e).to_problem())?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    Ok(response)
+}
+
+async fn revoke_all<S: Store>(
+    State(api): State<Api<S>>,
+    peer: Option<Extension<PeerSans>>,
+    params: RawPathParams,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
+    let parsed = path_params(&params, ["account_id"]).and_then(|[a]| AccountId::parse(a));
+    let account = parsed.map_err(|e| api.refuse("RevokeAll", &caller, e))?;
+    let revoked = api
+        .tokens
+        .revoke_all(&caller, account)
+        .await
+        .map_err(|e| Verdict::from(e).to_problem())?;
+    Ok(json_response(
+        StatusCode::OK,
+        &pb::RevokeAllResponse { revoked },
+    ))
+}
+
+async fn introspect<S: Store>(
+    State(api): State<Api<S>>,
+    peer: Option<Extension<PeerSans>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let caller = api.admit_bearer(&headers, peer, Role::Introspect)?;
+    let pb::IntrospectRequest { token } =
+        api.message("Introspect", &caller, &headers, body).await?;
+    let answer = match api.tokens.introspect(&token).await {
+        Ok(Introspection::Active(live)) => pb::IntrospectResponse {
+            active: true,
+            info: Some(convert::token_info(live.info)),
+        },
+        Ok(Introspection::Inactive(_)) => pb::IntrospectResponse::default(),
+        Err(e) => return Err(Verdict::from(e).to_problem()),
+    };
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+async fn openapi() -> Response {
+    let mut response = OPENAPI.into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! The OpenAPI document against the code: the same routes, and every
+//! schema the same shape as pbjson's JSON of the message.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn document() -> Value {
+    serde_json::from_str(OPENAPI).unwrap()
+}
+
+fn schema(name: &str) -> Value {
+    document()["components"]["schemas"][name].clone()
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+fn info() -> pb::TokenInfo {
+    let at = pbjson_types::Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+    pb::TokenInfo {
+        token_id: "t".into(),
+        account_id: "a".into(),
+        note: "n".into(),
+        scopes: vec!["read".into()],
+        created_at: Some(at),
+        expires_at: Some(at),
+        last_used_at: Some(at),
+    }
+}
+
+/// A schema's property names are exactly the keys pbjson writes for a
+/// fully populated message, and its required ones always appear.
+fn same_shape(name: &str, message: &impl serde::Serialize) {
+    let written = serde_json::to_value(message).unwrap();
+    let schema = schema(name);
+    assert_eq!(keys(&written), keys(&schema["properties"]), "{name}");
+    for required in schema["required"].as_array().unwrap() {
+        assert!(written.get(required.as_str().unwrap()).is_some(), "{name}");
+    }
+}
+
+#[test]
+fn the_document_lists_exactly_the_routes_served() {
+    let doc = document();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            documented.insert((method.to_uppercase(), path.clone(), id));
+        }
+    }
+    let served: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|r| {
+            let id = format!("{:?}", r.operation);
+            (r.method.as_str().to_owned(), r.path.to_owned(), id)
+        })
+        .collect();
+    assert_eq!(documented, served);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn response_schemas_have_the_shapes_pbjson_writes() {
+    same_shape("TokenInfo", &info());
+    same_shape(
+        "IssueResponse",
+        &pb::IssueResponse {
+            token: "pat_x".into(),
+            info: Some(info()),
+        },
+    );
+    same_shape(
+        "ListResponse",
+        &pb::ListResponse {
+            tokens: vec![info()],
+            next_page_token: "c".into(),
+        },
+    );
+    same_shape("RevokeAllResponse", &pb::RevokeAllResponse { revoked: 0 });
+    same_shape(
+        "IntrospectResponse",
+        &pb::IntrospectResponse {
+            active: true,
+            info: Some(info()),
+        },
+    );
+    // Defaults are written: `{"active": false}`, `{"revoked": 0}`.
+    let inactive = serde_json::to_value(pb::IntrospectResponse::default()).unwrap();
+    assert_eq!(inactive, json!({"active": false}));
+}
+
+#[test]
+fn request_schemas_name_fields_pbjson_reads_in_both_spellings() {
+    let issue: pb::IssueRequest = serde_json::from_value(json!({
+        "accountId": "a", "note": "n", "ttl": "3600s",
+        "expiresAt": "2030-01-01T00:00:00Z", "scopes": ["read"],
+    }))
+    .unwrap();
+    assert_eq!(issue.ttl.unwrap().seconds, 3600);
+    assert_eq!(issue.expires_at.unwrap().seconds, 1_893_456_000);
+    let issue_keys = keys(&schema("IssueRequest")["properties"]);
+    assert_eq!(
+        issue_keys,
+        ["accountId", "expiresAt", "note", "scopes", "ttl"]
+            .map(String::from)
+            .into()
+    );
+    let snake: pb::IssueRequest =
+        serde_json::from_value(json!({"account_id": "a", "expires_at": "2030-01-01T00:00:00Z"}))
+            .unwrap();
+    assert_eq!(snake.account_id, "a");
+    assert!(serde_json::from_value::<pb::IssueRequest>(json!({"tll": "1s"})).is_err());
+    same_shape(
+        "IntrospectRequest",
+        &pb::IntrospectRequest { token: "x".into() },
+    );
+}
+
+#[test]
+fn list_queries_take_either_spelling_and_refuse_the_rest() {
+    assert_eq!(list_query(None).unwrap(), (0, String::new()));
+    assert_eq!(
+        list_query(Some("pageSize=5&page_token=abc")).unwrap(),
+        (5, "abc".to_owned())
+    );
+    assert_eq!(
+        list_query(Some("page_size=x")).unwrap_err().field,
+        "page_size"
+    );
+    assert_eq!(
+        list_query(Some("page_size=1&pageSize=2"))
+            .unwrap_err()
+            .field,
+        "page_size"
+    );
+    assert_eq!(list_query(Some("limit=1")).unwrap_err().field, "query");
+}
