@@ -32,9 +32,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Extension, RawPathParams, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use percent_encoding::percent_decode_str;
@@ -306,19 +306,19 @@ impl<S: Store> Api<S> {
     }
 }
 
-/// The path's parameters, percent-decoded (RFC 3986 §2.1) into UTF-8; the
-/// domain parsers then judge them as they judge gRPC fields.
+/// The path's parameters at `positions` (segment indexes of the route's
+/// path, from the leading `/`), percent-decoded once (RFC 3986 §2.1) into
+/// UTF-8; the domain parsers then judge them as they judge gRPC fields.
+/// Read from the request's path rather than axum's captures, so bytes that
+/// are not UTF-8 are refused naming the field, as every refusal here is.
 fn path_params<const N: usize>(
-    params: &RawPathParams,
-    names: [&'static str; N],
+    uri: &Uri,
+    positions: [(usize, &'static str); N],
 ) -> Result<[String; N], FieldError> {
+    let segments: Vec<&str> = uri.path().split('/').collect();
     let mut out: [String; N] = std::array::from_fn(|_| String::new());
-    for (slot, name) in out.iter_mut().zip(names) {
-        let raw = params
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-            .unwrap_or_default();
+    for (slot, (index, name)) in out.iter_mut().zip(positions) {
+        let raw = segments.get(index).copied().unwrap_or_default();
         *slot = percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| FieldError::new(name, "not UTF-8 once percent-decoded"))?
@@ -327,16 +327,20 @@ fn path_params<const N: usize>(
     Ok(out)
 }
 
+/// `/v1/accounts/{account_id}/…`: where the account is.
+const ACCOUNT: (usize, &str) = (3, "account_id");
+/// `/v1/accounts/{account_id}/tokens/{token_id}`: where the token id is.
+const TOKEN_ID: (usize, &str) = (5, "token_id");
+
 async fn issue<S: Store>(
     State(api): State<Api<S>>,
     peer: Option<Extension<PeerSans>>,
-    params: RawPathParams,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
     let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
-    let [account_id] =
-        path_params(&params, ["account_id"]).map_err(|e| api.refuse("Issue", &caller, e))?;
+    let [account_id] = path_params(&uri, [ACCOUNT]).map_err(|e| api.refuse("Issue", &caller, e))?;
     let mut request: pb::IssueRequest = api.message("Issue", &caller, &headers, body).await?;
     // The path names the account; a body naming another is a mistake.
     if !request.account_id.is_empty() && request.account_id != account_id {
@@ -382,12 +386,12 @@ fn list_query(query: Option<&str>) -> Result<(i32, String), FieldError> {
 async fn list<S: Store>(
     State(api): State<Api<S>>,
     peer: Option<Extension<PeerSans>>,
-    params: RawPathParams,
+    uri: Uri,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Response> {
     let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
-    let parsed = path_params(&params, ["account_id"]).and_then(|[account_id]| {
+    let parsed = path_params(&uri, [ACCOUNT]).and_then(|[account_id]| {
         let account = AccountId::parse(account_id)?;
         let (size, token) = list_query(query.as_deref())?;
         Ok((account, PageRequest::parse(size, &token)?))
@@ -408,11 +412,11 @@ async fn list<S: Store>(
 async fn revoke<S: Store>(
     State(api): State<Api<S>>,
     peer: Option<Extension<PeerSans>>,
-    params: RawPathParams,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
     let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
-    let parsed = path_params(&params, ["account_id", "token_id"])
+    let parsed = path_params(&uri, [ACCOUNT, TOKEN_ID])
         .and_then(|[a, t]| Ok((AccountId::parse(a)?, TokenId::parse(t)?)));
     let (account, token_id) = parsed.map_err(|e| api.refuse("Revoke", &caller, e))?;
     api.tokens
@@ -429,11 +433,11 @@ async fn revoke<S: Store>(
 async fn revoke_all<S: Store>(
     State(api): State<Api<S>>,
     peer: Option<Extension<PeerSans>>,
-    params: RawPathParams,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
     let caller = api.admit_bearer(&headers, peer, Role::Manage)?;
-    let parsed = path_params(&params, ["account_id"]).and_then(|[a]| AccountId::parse(a));
+    let parsed = path_params(&uri, [ACCOUNT]).and_then(|[a]| AccountId::parse(a));
     let account = parsed.map_err(|e| api.refuse("RevokeAll", &caller, e))?;
     let revoked = api
         .tokens

@@ -147,3 +147,15 @@ fn list_queries_take_either_spelling_and_refuse_the_rest() {
     );
     assert_eq!(list_query(Some("limit=1")).unwrap_err().field, "query");
 }
+
+#[test]
+fn path_segments_are_percent_decoded_exactly_once() {
+    let uri: Uri = "/v1/accounts/a%2525b%20c/tokens/t%2F1".parse().unwrap();
+    let [account, token] = path_params(&uri, [ACCOUNT, TOKEN_ID]).unwrap();
+    assert_eq!((account.as_str(), token.as_str()), ("a%25b c", "t/1"));
+    let uri: Uri = "/v1/accounts/%FF/tokens".parse().unwrap();
+    assert_eq!(
+        path_params(&uri, [ACCOUNT]).unwrap_err().field,
+        "account_id"
+    );
+}

