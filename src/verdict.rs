@@ -64,6 +64,19 @@ pub const TOKEN_SCOPES_HEADER: &str = "x-token-scopes";
 
 const NO_STORE: &str = "no-store";
 
+/// An RFC 9457 problem details object (see [`Verdict::problem`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: Cow<'static, str>,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
 /// RFC 9457's media type.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -252,19 +265,19 @@ impl Verdict {
     /// it all), `title` the status's reason phrase, `status`, `detail` the
     /// public message, plus `code` (the gRPC code's name, as grpcurl shows
     /// it) and, for a bad field, `field` (its proto name, as gRPC names it).
-    pub fn problem(&self) -> serde_json::Value {
+    pub fn problem(&self) -> Problem {
         let status = self.http_status();
-        let mut body = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": self.message(),
-            "code": grpc_code_name(self.grpc_code()),
-        });
-        if let (Verdict::InvalidArgument(e), Some(map)) = (self, body.as_object_mut()) {
-            map.insert("field".into(), e.field.into());
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.message(),
+            code: grpc_code_name(self.grpc_code()),
+            field: match self {
+                Verdict::InvalidArgument(e) => Some(e.field),
+                _ => None,
+            },
         }
-        body
     }
 
     /// As an `application/problem+json` answer (the JSON API and RFC 7662
@@ -479,7 +492,7 @@ mod tests {
             assert_eq!(response.status(), v.http_status(), "{v:?}");
             assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);
             assert_eq!(response.headers()[CACHE_CONTROL], NO_STORE);
-            let body = v.problem();
+            let body = serde_json::to_value(v.problem()).unwrap();
             assert_eq!(body["status"], v.http_status().as_u16(), "{v:?}");
             assert_eq!(
                 body["code"],
@@ -498,8 +511,11 @@ mod tests {
             assert_eq!(challenged, v == Verdict::UnauthenticatedCaller, "{v:?}");
         }
         let bad = Verdict::InvalidArgument(FieldError::new("note", "too long"));
-        assert_eq!(bad.problem()["field"], "note");
-        assert!(Verdict::NotFound.problem().get("field").is_none());
+        let bad = serde_json::to_value(bad.problem()).unwrap();
+        assert_eq!(bad["field"], "note");
+        assert_eq!(bad["type"], "about:blank");
+        let not_found = serde_json::to_value(Verdict::NotFound.problem()).unwrap();
+        assert!(not_found.get("field").is_none());
     }
 
     #[test]
