@@ -93,6 +93,19 @@ const fn route(method: Method, path: &'static str, operation: Operation) -> Rout
 const TOKENS: &str = "/v1/accounts/{account_id}/tokens";
 const TOKEN: &str = "/v1/accounts/{account_id}/tokens/{token_id}";
 
+/// Where axum serves an OpenAPI path. A custom method on a resource
+/// (AIP-136: `/tokens/{token_id}:rotate`) has a dynamic segment with a
+/// static suffix, which axum's router (matchit 0.8) cannot match; it is
+/// served at the bare parameter (`/tokens/{token_id}`), and its handler
+/// takes the segment and requires the `:verb` suffix. A static
+/// `/v1/tokens:introspect` is served as written.
+fn axum_path(path: &str) -> String {
+    match path.rsplit_once("}:") {
+        Some((base, verb)) if !verb.contains('/') => format!("{base}}}"),
+        _ => path.to_owned(),
+    }
+}
+
 /// The routes the router serves; `openapi.json` documents exactly these.
 pub const ROUTES: &[Route] = &[
     route(Method::POST, TOKENS, Operation::Issue),
@@ -160,7 +173,7 @@ pub fn router<S: Store>(
         .layer(admission);
     let mut router = Router::new();
     for r in ROUTES {
-        router = router.route(r.path, r.operation.handler::<S>());
+        router = router.route(&axum_path(r.path), r.operation.handler::<S>());
     }
     router.route_layer(guards).with_state(Api {
         tokens,

@@ -160,3 +160,13 @@ fn path_segments_are_percent_decoded_exactly_once() {
         "account_id"
     );
 }
+
+#[test]
+fn custom_methods_on_a_resource_are_served_at_its_parameter() {
+    assert_eq!(axum_path(TOKEN), TOKEN);
+    assert_eq!(axum_path("/v1/tokens:introspect"), "/v1/tokens:introspect");
+    assert_eq!(
+        axum_path("/v1/accounts/{account_id}/tokens/{token_id}:rotate"),
+        TOKEN
+    );
+}
