@@ -42,7 +42,8 @@
 //!   typed.
 //! - [`verdict`] (uses `auth`, `bearer`, `domain`, `service`): the one table
 //!   of answers a caller can see and its rendering for every door (gRPC
-//!   status, forward-auth response, ext_authz `CheckResponse`).
+//!   status, forward-auth response, ext_authz `CheckResponse`, RFC 9457
+//!   problem details for the JSON doors).
 //! - [`bearer`] (uses `domain`): the credential rule both gateway doors
 //!   share (RFC 6750), challenges, required scopes.
 //! - [`auth`] (uses `token`): callers, their roles and keys.
@@ -60,7 +61,9 @@
 //! # Where cross-cutting behaviour lives
 //!
 //! - Guards (panic, deadline, load shedding, caller authentication):
-//!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
+//!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP (the JSON
+//!   routes add their own deadline and shedding, answered as problem
+//!   details, in `json_api::router`).
 //! - Every status, challenge and body a caller sees: `verdict`.
 //! - The one log line per request: `service` (`log_rpc`).
 //! - Listener limits (head size and time, HTTP/2): `listener`.

@@ -63,13 +63,19 @@ const NO_STORE: &str = "no-store";
 /// variant's name (the RPC's name where there is one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// `Issue`: 201 with the token value.
     Issue,
+    /// `List`: one page of the account's live tokens.
     List,
+    /// `Revoke`: 204.
     Revoke,
+    /// `RevokeAll`: 200 `{"revoked": n}`.
     RevokeAll,
+    /// `Introspect`, in its JSON form.
     Introspect,
-    /// RFC 7662 introspection.
+    /// RFC 7662 introspection ([`introspection`]).
     OAuthIntrospect,
+    /// The OpenAPI document.
     OpenApi,
 }
 
@@ -78,6 +84,7 @@ pub enum Operation {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub method: Method,
+    /// With `{name}` parameters, as OpenAPI and axum both write them.
     pub path: &'static str,
     pub operation: Operation,
 }
@@ -136,7 +143,7 @@ impl Operation {
 }
 
 /// What the JSON handlers share.
-pub struct Api<S> {
+struct Api<S> {
     tokens: Tokens<S>,
     callers: LiveCallers,
     /// `PATD_MAX_REQUEST_BYTES`, as for a gRPC message.
