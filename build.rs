@@ -3,7 +3,12 @@
 //! patd's own, and one for Envoy's ext_authz service, whose Rust types come
 //! from the envoy-types crate (which ships no descriptors).
 
-use std::{env, error::Error, path::PathBuf, process::Command};
+use std::{
+    env,
+    error::Error,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -34,6 +39,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .emit_fields()
         .build(&[".patd.v1"])?;
+    write_timestamp_fields(&descriptors, &out_dir.join("timestamp_fields.rs"))?;
 
     // Descriptors only: no code is generated from the Envoy subset.
     let status = Command::new(&protoc)
@@ -52,5 +58,34 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err(format!("protoc failed on the Envoy ext_authz subset: {status}").into());
     }
     println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
+
+/// The JSON names of every `google.protobuf.Timestamp` field of
+/// `patd.v1`, for the JSON API, which writes them Z-normalized as the
+/// proto3 JSON mapping asks (pbjson-types writes `+00:00`).
+fn write_timestamp_fields(descriptors: &[u8], path: &Path) -> Result<(), Box<dyn Error>> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(descriptors)?;
+    let mut names: Vec<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "patd.v1")
+        .flat_map(|f| &f.message_type)
+        .flat_map(|m| &m.field)
+        .filter(|f| f.type_name() == ".google.protobuf.Timestamp")
+        .map(|f| f.json_name().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "/// JSON names of the Timestamp fields of `patd.v1` (from build.rs).\n\
+             pub const TIMESTAMP_JSON_FIELDS: &[&str] = &[{}];\n",
+            list.join(", ")
+        ),
+    )?;
     Ok(())
 }

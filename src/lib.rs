@@ -94,6 +94,7 @@ pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("patd.v1");
     include!(concat!(env!("OUT_DIR"), "/patd.v1.serde.rs"));
+    include!(concat!(env!("OUT_DIR"), "/timestamp_fields.rs"));
 
     /// Encoded descriptors of `patd.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("patd_descriptor");

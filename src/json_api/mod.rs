@@ -199,7 +199,11 @@ async fn overloaded_or_late(error: BoxError) -> Response {
 
 /// A JSON answer, never cached (an Issue's answer holds the token value).
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    match serde_json::to_vec(body) {
+    let encoded = serde_json::to_value(body).and_then(|mut value| {
+        z_normalize(&mut value);
+        serde_json::to_vec(&value)
+    });
+    match encoded {
         Ok(bytes) => {
             let mut response = (status, bytes).into_response();
             let h = response.headers_mut();
@@ -211,6 +215,31 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
             tracing::error!(error = %e, "could not encode a JSON answer");
             Verdict::Internal.to_problem()
         }
+    }
+}
+
+/// Timestamps as the proto3 JSON mapping writes them, Z-normalized
+/// (`…T22:44:22.851Z`, as grpcurl shows them): pbjson-types writes the
+/// same UTC instant as `+00:00`. Only the values of Timestamp fields
+/// (by their JSON names, from the descriptors) are touched, never a
+/// note's text.
+fn z_normalize(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                let is_timestamp = pb::TIMESTAMP_JSON_FIELDS.contains(&key.as_str());
+                match field {
+                    serde_json::Value::String(text) if is_timestamp => {
+                        if let Some(utc) = text.strip_suffix("+00:00") {
+                            *text = format!("{utc}Z");
+                        }
+                    }
+                    other => z_normalize(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(z_normalize),
+        _ => {}
     }
 }
 

@@ -170,3 +170,24 @@ fn custom_methods_on_a_resource_are_served_at_its_parameter() {
         TOKEN
     );
 }
+
+#[test]
+fn timestamps_are_z_normalized_and_notes_are_left_alone() {
+    for name in ["createdAt", "expiresAt", "lastUsedAt"] {
+        assert!(pb::TIMESTAMP_JSON_FIELDS.contains(&name), "{name}");
+    }
+    assert!(!pb::TIMESTAMP_JSON_FIELDS.contains(&"note"));
+    let mut value = serde_json::to_value(pb::ListResponse {
+        tokens: vec![pb::TokenInfo {
+            note: "2026-01-01T00:00:00+00:00".into(),
+            ..info()
+        }],
+        next_page_token: String::new(),
+    })
+    .unwrap();
+    z_normalize(&mut value);
+    let token = &value["tokens"][0];
+    assert_eq!(token["createdAt"], "2023-11-14T22:13:20Z");
+    assert_eq!(token["lastUsedAt"], "2023-11-14T22:13:20Z");
+    assert_eq!(token["note"], "2026-01-01T00:00:00+00:00");
+}
