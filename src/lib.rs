@@ -30,7 +30,7 @@
 //!   `listener`, `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
 //! - [`json_api`] (uses `auth`, `bearer`, `domain`, `grpc`, `pb`, `service`,
-//!   `store`, `tls`, `verdict`): the JSON management API (proto3 JSON
+//!   `store`, `telemetry`, `tls`, `verdict`): the JSON management API (proto3 JSON
 //!   mapping of the gRPC messages), RFC 7662 `/oauth2/introspect` and the
 //!   OpenAPI document, on the HTTP listener.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch

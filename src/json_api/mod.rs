@@ -50,6 +50,7 @@ use crate::grpc::convert;
 use crate::pb;
 use crate::service::{Introspection, Tokens};
 use crate::store::Store;
+use crate::telemetry::{RpcName, Unfinished};
 use crate::tls::PeerSans;
 use crate::verdict::Verdict;
 
@@ -129,6 +130,18 @@ pub const ROUTES: &[Route] = &[
 ];
 
 impl Operation {
+    /// How log lines name it: the RPC it serves.
+    fn rpc(self) -> &'static str {
+        match self {
+            Operation::Issue => "Issue",
+            Operation::List => "List",
+            Operation::Revoke => "Revoke",
+            Operation::RevokeAll => "RevokeAll",
+            Operation::Introspect | Operation::OAuthIntrospect => "Introspect",
+            Operation::OpenApi => "OpenApi",
+        }
+    }
+
     fn handler<S: Store>(self) -> MethodRouter<Api<S>> {
         match self {
             Operation::Issue => post(issue::<S>),
@@ -173,28 +186,34 @@ pub fn router<S: Store>(
     request_timeout: Duration,
     admission: GlobalConcurrencyLimitLayer,
 ) -> Router {
-    let guards = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(overloaded_or_late))
-        .layer(TimeoutLayer::new(request_timeout))
-        .layer(LoadShedLayer::new())
-        .layer(admission);
     let mut router = Router::new();
     for r in ROUTES {
-        router = router.route(&axum_path(r.path), r.operation.handler::<S>());
+        let rpc = r.operation.rpc();
+        let guards = ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e| overloaded_or_late(e, rpc)))
+            .layer(TimeoutLayer::new(request_timeout))
+            .layer(LoadShedLayer::new())
+            .layer(admission.clone());
+        let handler = r.operation.handler::<S>().layer(guards);
+        router = router.route(&axum_path(r.path), handler);
     }
-    router.route_layer(guards).with_state(Api {
+    router.with_state(Api {
         tokens,
         callers,
         max_body,
     })
 }
 
-async fn overloaded_or_late(error: BoxError) -> Response {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        Verdict::Deadline.to_problem()
+/// A request shed or past its deadline never reached the service, which
+/// writes every other request's line: this is its one line.
+async fn overloaded_or_late(error: BoxError, rpc: &'static str) -> Response {
+    let (verdict, outcome) = if error.is::<tower::timeout::error::Elapsed>() {
+        (Verdict::Deadline, "deadline_exceeded")
     } else {
-        Verdict::Overloaded.to_problem()
-    }
+        (Verdict::Overloaded, "overloaded")
+    };
+    Unfinished::new(RpcName::Fixed(rpc)).finish(outcome);
+    verdict.to_problem()
 }
 
 /// A JSON answer, never cached (an Issue's answer holds the token value).
