@@ -1,7 +1,8 @@
 //! Caller authentication: who may call which RPC. Callers come from a TOML
 //! file holding only SHA-256 digests of their keys (or a client-certificate
 //! SAN); each has roles: `introspect` (Introspect, ext_authz Check, HTTP
-//! forward-auth) and `manage` (Issue, List, Revoke, RevokeAll). Health and
+//! forward-auth) and `manage` (Issue, List, Revoke, RevokeAll,
+//! ListAuditEvents). Health and
 //! reflection stay open (which gRPC method needs which role is decided in
 //! `grpc::guard`). Without a callers file everything is open, which patd
 //! only allows on loopback (see `settings`).
@@ -22,7 +23,7 @@ use thiserror::Error;
 pub enum Role {
     /// Check tokens: Introspect, ext_authz Check, HTTP forward-auth.
     Introspect,
-    /// Manage tokens: Issue, List, Revoke, RevokeAll.
+    /// Manage tokens: Issue, List, Revoke, RevokeAll, ListAuditEvents.
     Manage,
 }
 

@@ -92,6 +92,16 @@ pub struct Config {
     #[arg(long, env = "PATD_MAX_TTL", default_value = "365d")]
     pub max_ttl: humantime::Duration,
 
+    /// Most audit events kept per account (the oldest go first).
+    #[arg(long, env = "PATD_AUDIT_MAX_EVENTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub audit_max_events: u32,
+
+    /// How long audit events are kept (on the store's clock); an account's
+    /// trail vanishes this long after its last event.
+    #[arg(long, env = "PATD_AUDIT_RETENTION", default_value = "90d")]
+    pub audit_retention: humantime::Duration,
+
     /// Bound on every Redis call; past it the call fails as UNAVAILABLE.
     #[arg(long, env = "PATD_REDIS_TIMEOUT", default_value = "1s")]
     pub redis_timeout: humantime::Duration,

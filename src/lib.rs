@@ -9,7 +9,7 @@
 //! Start-up:
 //! - [`config`] (uses `auth`, `telemetry`): the command line, flags with
 //!   `PATD_*` variable fallbacks; unknown `PATD_*` variables are refused.
-//! - [`settings`] (uses `auth`, `config`, `domain`, `forward_auth`,
+//! - [`settings`] (uses `audit`, `auth`, `config`, `domain`, `forward_auth`,
 //!   `listener`, `service`, `store`, `telemetry`, `tls`, `token`): `Settings`, parsed once from
 //!   `Config`; every rule about settings; secrets wrapped.
 //! - [`server`] (uses `auth`, `forward_auth`, `grpc`, `health`, `listener`, `pb`, `service`,
@@ -22,7 +22,7 @@
 //!   text or JSON), error chains and panic messages for the log.
 //!
 //! Transport (the doors):
-//! - [`grpc`] (uses `auth`, `bearer`, `domain`, `pb`, `service`, `store`,
+//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `pb`, `service`, `store`,
 //!   `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
@@ -49,11 +49,15 @@
 //! - [`auth`] (uses `token`): callers, their roles and keys.
 //!
 //! Core:
-//! - [`service`] (uses `domain`, `store`, `telemetry`, `token`): the use
-//!   cases and their rules (limit, lifetime, digest check, the gateway
-//!   decision), with one error enum, and the one log line per request.
-//! - [`store`] (uses `domain`, `token`): the `Store` trait, memory and
-//!   Redis implementations, key names and the Lua scripts.
+//! - [`service`] (uses `audit`, `domain`, `store`, `telemetry`, `token`):
+//!   the use cases and their rules (limit, lifetime, digest check, the
+//!   gateway decision), with one error enum, and the one log line per
+//!   request.
+//! - [`store`] (uses `audit`, `domain`, `token`): the `Store` trait, memory
+//!   and Redis implementations, key names and the Lua scripts (each change
+//!   appends its audit event in the same atomic step).
+//! - [`audit`] (uses `domain`): the audit trail's types (actor, request
+//!   id, event, paging, the count and age caps) and its `audit` log line.
 //! - [`token`] (uses `domain`): the token format and the digests at rest.
 //! - [`domain`] (uses nothing): validated types (`AccountId`, `TokenId`,
 //!   `Note`, `Scopes`, expiry) and the shard tag.
@@ -65,11 +69,17 @@
 //!   routes add their own deadline and shedding, answered as problem
 //!   details, in `json_api::router`).
 //! - Every status, challenge and body a caller sees: `verdict`.
-//! - The one log line per request: `service` (`log_rpc`).
+//! - The one log line per request: `service` (`log_rpc`); a management
+//!   request's id is made there too.
+//! - The audit trail: `audit` (its types and `audit` log line); each
+//!   store appends an event inside the change itself (`store::memory`'s
+//!   `append_event`, the Lua fragment `store/lua/audit.lua` that
+//!   `store::redis` puts into every changing script).
 //! - Listener limits (head size and time, HTTP/2): `listener`.
 //! - The shard tag that keeps an account in one Cluster slot:
 //!   `domain::shard_tag`, used by `token` (ids) and `store::keys` (keys).
 
+pub mod audit;
 pub mod auth;
 pub mod bearer;
 pub mod config;

@@ -78,18 +78,16 @@ impl Application {
     /// An unusable store URL, or an address that cannot be bound.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = match &settings.store {
-            StoreSettings::Memory => AnyStore::Memory(MemoryStore::new()),
+            StoreSettings::Memory => AnyStore::Memory(MemoryStore::with_audit(settings.audit)),
             StoreSettings::Redis {
                 url,
                 key_prefix,
                 timeout,
                 tls,
-            } => AnyStore::Redis(RedisStore::connect(
-                url.expose_secret(),
-                key_prefix.as_str(),
-                *timeout,
-                tls,
-            )?),
+            } => AnyStore::Redis(
+                RedisStore::connect(url.expose_secret(), key_prefix.as_str(), *timeout, tls)?
+                    .with_audit(settings.audit),
+            ),
         };
         warn_about_exposure(&settings);
         let (grpc_listener, grpc_addr) = bind(settings.grpc_addr).await?;

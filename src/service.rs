@@ -1,4 +1,5 @@
-//! The use cases: issue, introspect, revoke, revoke all, list. Transport code
+//! The use cases: issue, introspect, revoke, revoke all, list, and the
+//! audit trail of the changes (list audit events). Transport code
 //! calls these with validated domain types; this layer applies the rules
 //! (limit, lifetime, digest check) and talks to the store. It never sees
 //! protobuf or HTTP.
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, EventId, RequestId};
 use crate::domain::{
     AccountId, ExpiryRequest, FieldError, LifetimePolicy, ListCursor, Note, PageRequest, Scopes,
     TokenId, TokenInfo, UnixMillis,
@@ -96,6 +98,15 @@ pub struct Page {
     pub tokens: Vec<TokenInfo>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<ListCursor>,
+}
+
+/// One page of an account's audit trail.
+#[derive(Debug)]
+pub struct AuditPage {
+    /// Newest first.
+    pub events: Vec<AuditEvent>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<EventId>,
 }
 
 /// A live token as the store saw it.
@@ -183,9 +194,18 @@ impl<S: Store> Tokens<S> {
     /// `Unavailable`.
     pub async fn issue(&self, caller: &str, cmd: IssueCommand) -> Result<Issued, ServiceError> {
         let log = RpcLog::start("Issue", Some(caller));
+        let actor = log.actor();
         let account = cmd.account.clone();
-        let result = self.issue_inner(cmd).await;
+        let result = self.issue_inner(cmd, &actor).await;
         let token_id = result.as_ref().ok().map(|i| &i.info.token_id);
+        if let Some(id) = token_id {
+            crate::audit::log_event(
+                AuditAction::Issue,
+                &account,
+                std::slice::from_ref(id),
+                &actor,
+            );
+        }
         log.account(Some(&account))
             .token_id(token_id)
             .finish(result.as_ref().map(|_| "ok"));
@@ -201,7 +221,7 @@ impl<S: Store> Tokens<S> {
         refused
     }
 
-    async fn issue_inner(&self, cmd: IssueCommand) -> Result<Issued, ServiceError> {
+    async fn issue_inner(&self, cmd: IssueCommand, actor: &Actor) -> Result<Issued, ServiceError> {
         let lifetime = self.rules.lifetime;
         let expiry = lifetime.request(cmd.expiry)?;
         let live_keys = self.rules.hasher.live_keys();
@@ -221,12 +241,12 @@ impl<S: Store> Tokens<S> {
                 digest,
                 key_id,
             };
-            let outcome = match self.store.issue(&new, expiry, &terms).await {
+            let outcome = match self.store.issue(&new, expiry, &terms, actor).await {
                 Ok(outcome) => outcome,
                 // Refused whole before any write: nothing to undo.
                 Err(StoreError::Full) => return Err(ServiceError::StoreFull),
                 Err(e) => {
-                    self.undo_issue(&new);
+                    self.undo_issue(&new, actor);
                     return Err(e.into());
                 }
             };
@@ -256,8 +276,14 @@ impl<S: Store> Tokens<S> {
     /// removed, lest it hold a slot until expiry: the revoke is retried with
     /// back-off until the store gives a definite answer (revoked, or no such
     /// token), for at most `UNDO_PATIENCE`.
-    fn undo_issue(&self, token: &NewToken) {
+    ///
+    /// The audit trail then shows both steps: the Issue's event (written
+    /// with the token, if it landed) and a Revoke event by the same caller
+    /// with the same request id (written by the undo's revocation, only if
+    /// it removed the token).
+    fn undo_issue(&self, token: &NewToken, actor: &Actor) {
         let store = self.store.clone();
+        let actor = actor.clone();
         let account = token.account_id.clone();
         let token_id = token.token_id.clone();
         let live_keys = self.rules.hasher.live_keys();
@@ -269,15 +295,23 @@ impl<S: Store> Tokens<S> {
             // so it is asked again before the undo rests.
             let mut absent = 0;
             loop {
-                match store.revoke(&account, &token_id, &live_keys).await {
+                match store.revoke(&account, &token_id, &live_keys, &actor).await {
                     Ok(false) if absent < UNDO_CONFIRMATIONS => {
                         absent += 1;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Ok(landed) => {
+                        if landed {
+                            // The Issue did land (its event is in the trail
+                            // though its RPC failed): both get their line.
+                            let ids = [token_id.clone()];
+                            crate::audit::log_event(AuditAction::Issue, &account, &ids, &actor);
+                            crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
+                        }
                         tracing::info!(
                             account_id = account.as_str(),
                             token_id = token_id.as_str(),
+                            request_id = actor.request_id.as_str(),
                             landed,
                             "undid a failed Issue"
                         );
@@ -430,14 +464,23 @@ impl<S: Store> Tokens<S> {
         token_id: TokenId,
     ) -> Result<(), ServiceError> {
         let log = RpcLog::start("Revoke", Some(caller));
+        let actor = log.actor();
         // An id with another shard tag cannot be this account's: answer
         // without a round trip (in Redis Cluster it would also cross slots).
         let result = if token_id.shard_tag() != account.shard_tag() {
             Err(ServiceError::NotFound)
         } else {
             let live_keys = self.rules.hasher.live_keys();
-            match self.store.revoke(&account, &token_id, &live_keys).await {
-                Ok(true) => Ok(()),
+            match self
+                .store
+                .revoke(&account, &token_id, &live_keys, &actor)
+                .await
+            {
+                Ok(true) => {
+                    let ids = [token_id.clone()];
+                    crate::audit::log_event(AuditAction::Revoke, &account, &ids, &actor);
+                    Ok(())
+                }
                 Ok(false) => Err(ServiceError::NotFound),
                 Err(e) => Err(e.into()),
             }
@@ -455,11 +498,18 @@ impl<S: Store> Tokens<S> {
     /// `Unavailable`.
     pub async fn revoke_all(&self, caller: &str, account: AccountId) -> Result<u32, ServiceError> {
         let mut log = RpcLog::start("RevokeAll", Some(caller));
-        let result = self
+        let actor = log.actor();
+        let result = match self
             .store
-            .revoke_all(&account, &self.rules.hasher.live_keys())
+            .revoke_all(&account, &self.rules.hasher.live_keys(), &actor)
             .await
-            .map_err(ServiceError::from);
+        {
+            Ok(ids) => {
+                crate::audit::log_event(AuditAction::RevokeAll, &account, &ids, &actor);
+                Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+            }
+            Err(e) => Err(ServiceError::from(e)),
+        };
         log.revoked = result.as_ref().ok().copied();
         log.account(Some(&account))
             .finish(result.as_ref().map(|_| "ok"));
@@ -505,6 +555,38 @@ impl<S: Store> Tokens<S> {
         result
     }
 
+    /// One page of the account's audit trail, newest first, and the cursor
+    /// of the next page if there is one.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_audit_events(
+        &self,
+        caller: &str,
+        account: AccountId,
+        page: AuditPageRequest,
+    ) -> Result<AuditPage, ServiceError> {
+        let log = RpcLog::start("ListAuditEvents", Some(caller));
+        let result = self
+            .store
+            .audit_events(&account, &page)
+            .await
+            .map(|mut events| {
+                // The store gives one more than asked when more follow.
+                let more = events.len() > page.size;
+                events.truncate(page.size);
+                let next = match (more, events.last()) {
+                    (true, Some(last)) => Some(last.id),
+                    _ => None,
+                };
+                AuditPage { events, next }
+            })
+            .map_err(ServiceError::from);
+        log.account(Some(&account))
+            .finish(result.as_ref().map(|_| "ok"));
+        result
+    }
+
     /// Whether the store answers (readiness).
     ///
     /// # Errors
@@ -527,10 +609,13 @@ fn error_label(e: &ServiceError) -> &'static str {
 /// One log line per call: what, by whom (the caller's name, for
 /// management calls), for which account, which token id (public), how it
 /// ended and how long it took. Never the token value. A store failure is a
-/// warning carrying its cause chain, which stays in the log.
+/// warning carrying its cause chain, which stays in the log. A management
+/// call gets a fresh request id here, which its line and its audit events
+/// carry.
 struct RpcLog<'a> {
     rpc: &'static str,
     caller: Option<&'a str>,
+    request_id: Option<RequestId>,
     started: Instant,
     account: Option<&'a AccountId>,
     token_id: Option<&'a TokenId>,
@@ -543,10 +628,21 @@ impl<'a> RpcLog<'a> {
         Self {
             rpc,
             caller,
+            // Only management calls (those with a caller) are audited: the
+            // hot path makes no id.
+            request_id: caller.map(|_| RequestId::new()),
             started: Instant::now(),
             account: None,
             token_id: None,
             revoked: None,
+        }
+    }
+
+    /// Who is acting in this call, for its audit events.
+    fn actor(&self) -> Actor {
+        Actor {
+            caller: self.caller.unwrap_or_default().into(),
+            request_id: self.request_id.clone().unwrap_or_default(),
         }
     }
 
@@ -565,6 +661,7 @@ impl<'a> RpcLog<'a> {
         let RpcLog {
             rpc,
             caller,
+            request_id,
             started,
             account,
             token_id,
@@ -573,10 +670,12 @@ impl<'a> RpcLog<'a> {
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let account_id = account.map(AccountId::as_str);
         let token_id = token_id.map(TokenId::as_str);
+        let request_id = request_id.as_ref().map(RequestId::as_str);
         match outcome {
             Ok(label) => tracing::info!(
                 rpc,
                 caller,
+                request_id,
                 account_id,
                 token_id,
                 revoked,
@@ -587,6 +686,7 @@ impl<'a> RpcLog<'a> {
             Err(e @ ServiceError::Unavailable(cause)) => tracing::warn!(
                 rpc,
                 caller,
+                request_id,
                 account_id,
                 token_id,
                 outcome = error_label(e),
@@ -603,6 +703,7 @@ impl<'a> RpcLog<'a> {
                 tracing::info!(
                     rpc,
                     caller,
+                    request_id,
                     account_id,
                     token_id,
                     outcome = error_label(e),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret as _, SecretString};
 use thiserror::Error;
 
+use crate::audit::AuditPolicy;
 use crate::auth::{Callers, CallersError};
 use crate::config::Config;
 use crate::domain::LifetimePolicy;
@@ -61,6 +62,8 @@ pub enum SettingsError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
+    #[error("PATD_AUDIT_RETENTION must be between 1s and 3650d")]
+    AuditRetention,
     #[error("PATD_TOKEN_HASH_KEYS: {0}")]
     HashKeys(#[from] HashKeyError),
     #[error("TLS: {0}")]
@@ -137,6 +140,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Token format, digests, the per-account limit and lifetimes.
     pub rules: Rules,
+    /// How many audit events each account keeps, and for how long.
+    pub audit: AuditPolicy,
     /// Caller authentication; empty = off (loopback only, or opted out).
     pub callers: Callers,
     /// Where the callers came from, read again on SIGHUP.
@@ -195,6 +200,16 @@ impl TryFrom<Config> for Settings {
         if config.redis_timeout.is_zero() || config.request_timeout.is_zero() {
             return Err(SettingsError::Timeout);
         }
+        // Ten years keeps every millisecond count well inside what Redis's
+        // Lua numbers hold exactly.
+        let retention = *config.audit_retention;
+        if retention < Duration::from_secs(1) || retention > Duration::from_secs(3650 * 86_400) {
+            return Err(SettingsError::AuditRetention);
+        }
+        let audit = AuditPolicy {
+            max_events: config.audit_max_events,
+            retention,
+        };
         let key_prefix = KeyPrefix::parse(&config.key_prefix)?;
         let url = config.store.expose_secret();
         let store = if url == "memory" {
@@ -253,6 +268,7 @@ impl TryFrom<Config> for Settings {
                     max_ttl: *config.max_ttl,
                 },
             },
+            audit,
             callers,
             callers_file: config.callers_file,
             tls,
@@ -318,6 +334,20 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_retention_out_of_range_is_refused() {
+        for bad in ["0s", "999ms", "3651d"] {
+            let refused = settings(&["--audit-retention", bad]);
+            assert!(
+                matches!(refused, Err(SettingsError::AuditRetention)),
+                "{bad}"
+            );
+        }
+        let s = settings(&["--audit-retention", "2s", "--audit-max-events", "3"]).unwrap();
+        assert_eq!(s.audit.retention, Duration::from_secs(2));
+        assert_eq!(s.audit.max_events, 3);
+    }
+
+    #[test]
     fn the_defaults_are_loopback_memory_and_fifty_tokens() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
@@ -325,6 +355,8 @@ mod tests {
         assert!(s.forward_auth.token_header.is_none());
         assert!(matches!(s.store, StoreSettings::Memory));
         assert_eq!(s.rules.max_tokens_per_account, 50);
+        assert_eq!(s.audit.max_events, 1000);
+        assert_eq!(s.audit.retention, Duration::from_secs(90 * 86_400));
         assert_eq!(
             s.rules.lifetime.default_ttl,
             Duration::from_secs(30 * 86_400)

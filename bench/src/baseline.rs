@@ -85,6 +85,13 @@ impl TokenService for Baseline {
     ) -> Result<Response<pb::ListResponse>, Status> {
         Ok(Response::new(pb::ListResponse::default()))
     }
+
+    async fn list_audit_events(
+        &self,
+        _request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        Ok(Response::new(pb::ListAuditEventsResponse::default()))
+    }
 }
 
 /// Binds `addr`, prints `listening <addr>` and serves until killed.

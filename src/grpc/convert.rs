@@ -3,6 +3,7 @@
 
 use pbjson_types::{Duration, Timestamp};
 
+use crate::audit::AuditEvent;
 use crate::domain::{AccountId, ExpiryRequest, FieldError, Note, Scopes, TokenInfo, UnixMillis};
 use crate::pb;
 use crate::service::IssueCommand;
@@ -75,6 +76,22 @@ pub fn token_info(info: TokenInfo) -> pb::TokenInfo {
         created_at: Some(timestamp(info.created_at)),
         expires_at: Some(timestamp(info.expires_at)),
         last_used_at: info.last_used_at.map(timestamp),
+    }
+}
+
+pub fn audit_event(event: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: event.id.to_string(),
+        time: Some(timestamp(event.time())),
+        action: event.action,
+        account_id: event.account_id.as_str().to_owned(),
+        token_ids: event
+            .token_ids
+            .iter()
+            .map(|id| id.as_str().to_owned())
+            .collect(),
+        caller: event.caller,
+        request_id: event.request_id,
     }
 }
 

@@ -561,6 +561,10 @@ mod tests {
             Some(Role::Manage)
         );
         assert_eq!(
+            role_for_grpc_path("/patd.v1.TokenService/ListAuditEvents"),
+            Some(Role::Manage)
+        );
+        assert_eq!(
             role_for_grpc_path("/envoy.service.auth.v3.Authorization/Check"),
             Some(Role::Introspect)
         );

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditPageRequest;
 use crate::auth::{ANONYMOUS, CallerName};
 use crate::domain::{AccountId, FieldError, PageRequest, TokenId};
 use crate::pb;
@@ -128,6 +129,30 @@ impl<S: Store> TokenService for TokenApi<S> {
         Ok(Response::new(pb::ListResponse {
             tokens: page.tokens.into_iter().map(convert::token_info).collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        const RPC: &str = "ListAuditEvents";
+        let caller = caller_of(&request);
+        let pb::ListAuditEventsRequest {
+            account_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let account = self.parse(RPC, &caller, AccountId::parse(account_id))?;
+        let page = AuditPageRequest::parse(page_size, &page_token);
+        let page = self.parse(RPC, &caller, page)?;
+        let page = self
+            .tokens
+            .list_audit_events(&caller, account, page)
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: page.events.into_iter().map(convert::audit_event).collect(),
+            next_page_token: page.next.map(|id| id.encode_cursor()).unwrap_or_default(),
         }))
     }
 }

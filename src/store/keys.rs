@@ -1,5 +1,6 @@
 //! Redis key names: the one place that knows the layout
-//! `<prefix>:{TAG}:t:<token_id>` and `<prefix>:{TAG}:a:<account_id>`.
+//! `<prefix>:{TAG}:t:<token_id>`, `<prefix>:{TAG}:a:<account_id>` and
+//! `<prefix>:{TAG}:e:<account_id>` (the account's audit stream).
 //! The `{TAG}` hash tag puts an account's index and all its token records in
 //! one Redis Cluster slot, so every multi-key change is a single script.
 
@@ -25,6 +26,17 @@ impl Keys {
             self.prefix,
             token_id.shard_tag(),
             token_id.as_str()
+        )
+    }
+
+    /// The stream of an account's audit events (one entry per change,
+    /// appended by the same script as the change).
+    pub fn audit(&self, account: &AccountId) -> String {
+        format!(
+            "{}:{{{}}}:e:{}",
+            self.prefix,
+            account.shard_tag(),
+            account.as_str()
         )
     }
 
@@ -71,6 +83,7 @@ mod tests {
         let (_, parsed) = TokenFormat::new("pat").unwrap().generate(&account);
         let tag = account.shard_tag();
         assert_eq!(keys.account(&account), format!("patd:{{{tag}}}:a:acct-7"));
+        assert_eq!(keys.audit(&account), format!("patd:{{{tag}}}:e:acct-7"));
         assert_eq!(
             keys.token(&parsed.token_id),
             format!("patd:{{{tag}}}:t:{}", parsed.token_id.as_str())

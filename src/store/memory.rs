@@ -2,11 +2,12 @@
 //! default for `cargo run` and the reference model the Redis store is tested
 //! against, so its rules mirror the Lua scripts line for line.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
 use crate::domain::{AccountId, Expiry, TokenId, TokenInfo, UnixMillis};
 use crate::token::LiveKeys;
 
@@ -41,6 +42,9 @@ impl Clock {
 struct Inner {
     tokens: HashMap<TokenId, StoredToken>,
     accounts: HashMap<AccountId, BTreeSet<TokenId>>,
+    /// Each account's audit trail, oldest first: the bounded ring that
+    /// mirrors the Redis stream (`lua/audit.lua`).
+    audit: HashMap<AccountId, VecDeque<AuditEvent>>,
 }
 
 impl Inner {
@@ -77,10 +81,52 @@ impl Inner {
         }
     }
 
-    fn sweep(&mut self, now: UnixMillis) {
+    fn sweep(&mut self, now: UnixMillis, policy: &AuditPolicy) {
         let accounts: Vec<AccountId> = self.accounts.keys().cloned().collect();
         for account in &accounts {
             self.prune(account, now);
+        }
+        // Like the stream key's expiry: a trail whose newest event is past
+        // the retention is gone whole.
+        let oldest_kept = now.0.saturating_sub(policy.retention_ms());
+        self.audit
+            .retain(|_, ring| ring.back().is_some_and(|e| e.id.ms >= oldest_kept));
+    }
+
+    /// Appends the audit event of a change made under this same lock (so
+    /// it is atomic with it), as `lua/audit.lua` does on Redis: the id is
+    /// the store's now, or one past the newest id when the clock has not
+    /// moved on; then at most `max_events` are kept and none older than the
+    /// retention. Every change wires its event with one call of this.
+    fn append_event(
+        &mut self,
+        policy: &AuditPolicy,
+        now: UnixMillis,
+        action: AuditAction,
+        account: &AccountId,
+        token_ids: Vec<TokenId>,
+        actor: &Actor,
+    ) {
+        let ring = self.audit.entry(account.clone()).or_default();
+        let id = match ring.back() {
+            Some(last) if last.id.ms >= now.0 => EventId {
+                ms: last.id.ms,
+                seq: last.id.seq.saturating_add(1),
+            },
+            _ => EventId { ms: now.0, seq: 0 },
+        };
+        ring.push_back(AuditEvent {
+            id,
+            action: action.as_str().to_owned(),
+            account_id: account.clone(),
+            token_ids,
+            caller: actor.caller.to_string(),
+            request_id: actor.request_id.as_str().to_owned(),
+        });
+        let max = usize::try_from(policy.max_events).unwrap_or(usize::MAX);
+        let oldest_kept = id.ms.saturating_sub(policy.retention_ms());
+        while ring.len() > max || ring.front().is_some_and(|e| e.id.ms < oldest_kept) {
+            ring.pop_front();
         }
     }
 }
@@ -90,6 +136,7 @@ impl Inner {
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     clock: Clock,
+    audit: AuditPolicy,
 }
 
 impl Default for MemoryStore {
@@ -97,6 +144,7 @@ impl Default for MemoryStore {
         Self {
             inner: Arc::default(),
             clock: Clock::start(),
+            audit: AuditPolicy::default(),
         }
     }
 }
@@ -106,7 +154,15 @@ impl MemoryStore {
     /// stops when the last handle to the store is dropped. Needs a tokio
     /// runtime.
     pub fn new() -> Self {
-        let store = Self::default();
+        Self::with_audit(AuditPolicy::default())
+    }
+
+    /// [`MemoryStore::new`] keeping the audit trail by `audit`.
+    pub fn with_audit(audit: AuditPolicy) -> Self {
+        let store = Self {
+            audit,
+            ..Self::default()
+        };
         let weak: Weak<Mutex<Inner>> = Arc::downgrade(&store.inner);
         let clock = store.clock;
         tokio::spawn(async move {
@@ -114,7 +170,7 @@ impl MemoryStore {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                lock(&inner).sweep(clock.now());
+                lock(&inner).sweep(clock.now(), &audit);
             }
         });
         store
@@ -137,6 +193,7 @@ impl Store for MemoryStore {
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
@@ -169,6 +226,8 @@ impl Store for MemoryStore {
             .entry(account.clone())
             .or_default()
             .insert(id.clone());
+        let ids = vec![id.clone()];
+        inner.append_event(&self.audit, now, AuditAction::Issue, account, ids, actor);
         Ok(IssueOutcome::Issued {
             created_at: now,
             expires_at,
@@ -201,6 +260,7 @@ impl Store for MemoryStore {
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
@@ -216,6 +276,10 @@ impl Store for MemoryStore {
         }
         let live = inner.is_live(token_id, now, live_keys);
         inner.tokens.remove(token_id);
+        if live {
+            let ids = vec![token_id.clone()];
+            inner.append_event(&self.audit, now, AuditAction::Revoke, account, ids, actor);
+        }
         Ok(live)
     }
 
@@ -223,18 +287,48 @@ impl Store for MemoryStore {
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
         let mut inner = self.lock();
         let now = self.clock.now();
         let ids = inner.accounts.remove(account).unwrap_or_default();
-        let mut live = 0u32;
-        for id in &ids {
-            if inner.is_live(id, now, live_keys) {
-                live += 1;
+        let mut live = Vec::new();
+        for id in ids {
+            if inner.is_live(&id, now, live_keys) {
+                live.push(id.clone());
             }
-            inner.tokens.remove(id);
+            inner.tokens.remove(&id);
         }
+        let ids = live.clone();
+        inner.append_event(
+            &self.audit,
+            now,
+            AuditAction::RevokeAll,
+            account,
+            ids,
+            actor,
+        );
         Ok(live)
+    }
+
+    async fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let inner = self.lock();
+        let oldest_kept = self.clock.now().0.saturating_sub(self.audit.retention_ms());
+        let Some(ring) = inner.audit.get(account) else {
+            return Ok(Vec::new());
+        };
+        Ok(ring
+            .iter()
+            .rev()
+            .filter(|e| page.after.is_none_or(|after| e.id < after))
+            .take_while(|e| e.id.ms >= oldest_kept)
+            .take(page.size.saturating_add(1))
+            .cloned()
+            .collect())
     }
 
     async fn list(

@@ -3,6 +3,8 @@
 //! rules: the live-token limit is enforced atomically, expiry is decided on
 //! the store's one clock, expired tokens vanish on their own, a token whose
 //! digest can no longer verify is not live, and a revocation is final.
+//! Every change that succeeds appends its audit event in the same atomic
+//! step (see `audit`), kept per account by the same count and age rules.
 
 pub mod connection;
 pub mod keys;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::audit::{Actor, AuditEvent, AuditPageRequest};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
@@ -132,12 +135,14 @@ pub struct Found {
 /// revoked.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Resolves `expiry` at the store's now, prunes the account's expired
-    /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`.
+    /// tokens, refuses at `terms.limit` live ones, otherwise stores `token`
+    /// and appends an `Issue` event by `actor` (only then).
     fn issue(
         &self,
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> impl Future<Output = Result<IssueOutcome, StoreError>> + Send;
 
     /// The record of a token id, if the store holds one, with the store's
@@ -157,20 +162,33 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Revokes (removes) one token of an account; `true` only when it was
-    /// live.
+    /// live, and only then is a `Revoke` event by `actor` appended.
     fn revoke(
         &self,
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Removes every token of an account; returns how many were live.
+    /// Removes every token of an account and appends a `RevokeAll` event
+    /// by `actor` naming the live ones; returns the ids of those that were
+    /// live.
     fn revoke_all(
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+        actor: &Actor,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
+
+    /// The account's audit events newest first: at most `page.size + 1`
+    /// (one more tells the caller another page follows), after
+    /// `page.after`, none older than the retention on the store's clock.
+    fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 
     /// The account's live tokens, in no particular order.
     fn list(
@@ -206,8 +224,9 @@ impl Store for AnyStore {
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
-        dispatch!(self, s => s.issue(token, expiry, terms))
+        dispatch!(self, s => s.issue(token, expiry, terms, actor))
     }
 
     async fn lookup(&self, token_id: &TokenId) -> Result<Option<Found>, StoreError> {
@@ -223,16 +242,26 @@ impl Store for AnyStore {
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.revoke(account, token_id, live_keys))
+        dispatch!(self, s => s.revoke(account, token_id, live_keys, actor))
     }
 
     async fn revoke_all(
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
-        dispatch!(self, s => s.revoke_all(account, live_keys))
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        dispatch!(self, s => s.revoke_all(account, live_keys, actor))
+    }
+
+    async fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.audit_events(account, page))
     }
 
     async fn list(

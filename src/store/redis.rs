@@ -1,7 +1,10 @@
 //! The production store on Redis (7.0 or newer: the scripts declare their
 //! flags in a `#!lua` line). Every multi-key change is one Lua script (see
 //! `lua/`), called by SHA and reloaded by the client after a restart or
-//! failover. Reads (Introspect, List, readiness) and writes (the scripts)
+//! failover. A script that changes an account carries the audit fragment
+//! (`lua/audit.lua`, see `audited`), so its event is appended in the same
+//! atomic step. Reads (Introspect, List, the audit trail, readiness) and
+//! writes (the scripts)
 //! use two connections, so a paused or slow write (`CLIENT PAUSE WRITE`,
 //! as `FAILOVER` does) never queues a read behind it. Connections reconnect
 //! by themselves, and every call is bounded by a timeout so a stalled Redis
@@ -13,11 +16,14 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{TcpSettings, socket2};
-use redis::{Client, ClientTlsConfig, IntoConnectionInfo as _, Script, TlsCertificates};
+use redis::{
+    Client, ClientTlsConfig, IntoConnectionInfo as _, Script, ScriptInvocation, TlsCertificates,
+};
 
 use super::connection::HealingConnection;
 use super::keys::Keys;
 use super::{Found, IssueOutcome, IssueTerms, NewToken, Store, StoreError, StoredToken};
+use crate::audit::{Actor, AuditEvent, AuditPageRequest, AuditPolicy, EventId};
 use crate::domain::{
     AccountId, Expiry, ExpiryRefusal, Note, Scopes, TokenId, TokenInfo, UnixMillis,
 };
@@ -44,6 +50,19 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
     touch: Script,
+    audit_events: Script,
+}
+
+/// The audit fragment every changing script carries.
+const AUDIT_FRAGMENT: &str = include_str!("lua/audit.lua");
+
+/// `source` with the audit fragment put right after its `#!lua` line (the
+/// flags must stay first), so the script can call `audit(action, ids)`.
+/// A new script that changes an account is loaded through this, and its
+/// calls get their audit key and arguments from [`RedisStore::audited`].
+fn carrying_audit(source: &str) -> String {
+    let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
+    format!("{shebang}\n{AUDIT_FRAGMENT}\n{body}")
 }
 
 /// TLS to Redis beyond what a `rediss://` URL says: a private CA (the
@@ -78,6 +97,7 @@ pub struct RedisStore {
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    audit: AuditPolicy,
 }
 
 impl RedisStore {
@@ -137,12 +157,33 @@ impl RedisStore {
             keys: Keys::new(key_prefix),
             timeout,
             scripts: Arc::new(Scripts {
-                issue: Script::new(include_str!("lua/issue.lua")),
-                revoke: Script::new(include_str!("lua/revoke.lua")),
-                revoke_all: Script::new(include_str!("lua/revoke_all.lua")),
+                issue: Script::new(&carrying_audit(include_str!("lua/issue.lua"))),
+                revoke: Script::new(&carrying_audit(include_str!("lua/revoke.lua"))),
+                revoke_all: Script::new(&carrying_audit(include_str!("lua/revoke_all.lua"))),
                 touch: Script::new(include_str!("lua/touch.lua")),
+                audit_events: Script::new(include_str!("lua/audit_events.lua")),
             }),
+            audit: AuditPolicy::default(),
         })
+    }
+
+    /// The same store keeping the audit trail by `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditPolicy) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Adds what the audit fragment reads to a call of a script loaded
+    /// through [`carrying_audit`]: after every key and argument of the script's own,
+    /// so call this last.
+    fn audited(&self, call: &mut ScriptInvocation<'_>, account: &AccountId, actor: &Actor) {
+        call.key(self.keys.audit(account))
+            .arg(self.audit.max_events)
+            .arg(self.audit.retention_ms())
+            .arg(account.as_str())
+            .arg(&*actor.caller)
+            .arg(actor.request_id.as_str());
     }
 
     /// RevokeAll when the account's index is not a sorted set (written by
@@ -154,7 +195,8 @@ impl RedisStore {
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
         tracing::error!(
             account_id = account.as_str(),
             "the account's index is not a sorted set; revoking its tokens by scanning"
@@ -189,16 +231,19 @@ impl RedisStore {
             }
             cursor = next;
         }
-        let mut revoked = 0;
-        for id in &ids {
-            if self.revoke(account, id, live_keys).await? {
-                revoked += 1;
+        // Each revocation appends its own Revoke event; the removal of the
+        // index appends a RevokeAll event naming none.
+        let mut revoked = Vec::new();
+        for id in ids {
+            if self.revoke(account, &id, live_keys, actor).await? {
+                revoked.push(id);
             }
         }
         let mut writes = self.writes.clone();
         let mut call = self.scripts.revoke_all.prepare_invoke();
         call.key(self.keys.account(account)).arg(0);
-        let _: i64 = self.timed(call.invoke_async(&mut writes)).await?;
+        self.audited(&mut call, account, actor);
+        let _: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
         Ok(revoked)
     }
 
@@ -285,12 +330,37 @@ fn decode_record(
     }))
 }
 
+/// Rebuilds an audit event from a stream entry (`[id, [field, value,
+/// ...]]`); `None` when it is not one patd wrote.
+fn decode_event(entry: redis::Value) -> Option<AuditEvent> {
+    let (id, fields): (String, Vec<(String, String)>) = redis::from_redis_value(entry).ok()?;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let token_ids = field("tokens")?
+        .split_whitespace()
+        .map(|id| TokenId::parse(id.to_owned()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(AuditEvent {
+        id: EventId::parse(&id)?,
+        action: field("action")?,
+        account_id: AccountId::parse(field("account")?).ok()?,
+        token_ids,
+        caller: field("caller")?,
+        request_id: field("request")?,
+    })
+}
+
 impl Store for RedisStore {
     async fn issue(
         &self,
         token: &NewToken,
         expiry: Expiry,
         terms: &IssueTerms<'_>,
+        actor: &Actor,
     ) -> Result<IssueOutcome, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.issue.prepare_invoke();
@@ -311,6 +381,7 @@ impl Store for RedisStore {
             .arg(u64::try_from(terms.max_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(terms.limit)
             .arg(terms.live_keys.as_args());
+        self.audited(&mut call, &token.account_id, actor);
         let (outcome, now, expires): (i64, u64, u64) =
             self.timed(call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
@@ -355,6 +426,7 @@ impl Store for RedisStore {
         account: &AccountId,
         token_id: &TokenId,
         live_keys: &LiveKeys,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writes.clone();
         let mut call = self.scripts.revoke.prepare_invoke();
@@ -363,6 +435,7 @@ impl Store for RedisStore {
             .arg(token_id.as_str())
             .arg(account.as_str())
             .arg(live_keys.as_args());
+        self.audited(&mut call, account, actor);
         let revoked: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         Ok(revoked == 1)
     }
@@ -371,7 +444,8 @@ impl Store for RedisStore {
         &self,
         account: &AccountId,
         live_keys: &LiveKeys,
-    ) -> Result<u32, StoreError> {
+        actor: &Actor,
+    ) -> Result<Vec<TokenId>, StoreError> {
         let index = self.keys.account(account);
         let mut reads = self.reads.clone();
         let mut writes = self.writes.clone();
@@ -390,7 +464,9 @@ impl Store for RedisStore {
             {
                 Ok(members) => members,
                 Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
-                    return self.revoke_all_without_index(account, live_keys).await;
+                    return self
+                        .revoke_all_without_index(account, live_keys, actor)
+                        .await;
                 }
                 Err(e) => return Err(e),
             };
@@ -417,8 +493,10 @@ impl Store for RedisStore {
                     None => unnamed += 1,
                 }
             }
-            let revoked: i64 = self.timed(call.invoke_async(&mut writes)).await?;
-            if let Ok(n) = u32::try_from(revoked) {
+            self.audited(&mut call, account, actor);
+            // -1 when the index changed in between; else the ids revoked.
+            let revoked: redis::Value = self.timed(call.invoke_async(&mut writes)).await?;
+            if let redis::Value::Array(ids) = revoked {
                 if unnamed > 0 {
                     tracing::warn!(
                         account_id = account.as_str(),
@@ -426,7 +504,11 @@ impl Store for RedisStore {
                         "RevokeAll removed index entries that name no token"
                     );
                 }
-                return Ok(n);
+                return Ok(ids
+                    .into_iter()
+                    .filter_map(|id| redis::from_redis_value::<String>(id).ok())
+                    .filter_map(|id| TokenId::parse(id).ok())
+                    .collect());
             }
         }
         Err(StoreError::Contended)
@@ -502,6 +584,40 @@ impl Store for RedisStore {
         Ok(tokens)
     }
 
+    /// One round trip on the read connection: a script that reads `TIME`
+    /// and the stream (`lua/audit_events.lua`), so the retention is
+    /// judged on Redis's clock. An entry patd cannot decode (written by
+    /// hand) is skipped and logged.
+    async fn audit_events(
+        &self,
+        account: &AccountId,
+        page: &AuditPageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut conn = self.reads.clone();
+        let start = page
+            .after
+            .map_or_else(|| "+".to_owned(), |after| format!("({after}"));
+        let mut call = self.scripts.audit_events.prepare_invoke();
+        call.key(self.keys.audit(account))
+            .arg(self.audit.retention_ms())
+            .arg(start)
+            .arg(page.size.saturating_add(1));
+        let entries: Vec<redis::Value> = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let event = decode_event(entry);
+                if event.is_none() {
+                    tracing::warn!(
+                        account_id = account.as_str(),
+                        "skipping an audit entry patd cannot read"
+                    );
+                }
+                event
+            })
+            .collect())
+    }
+
     /// Ready means able to do the job, checked with reads only (so a write
     /// pause never makes patd unready): Redis answers, is the primary
     /// (`ROLE`: a replica refuses every write with READONLY), lets this
@@ -547,5 +663,74 @@ impl Store for RedisStore {
                 reason: "the readiness probe script answered wrongly".into(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_fragment_goes_right_after_the_flags_line() {
+        let script = carrying_audit("#!lua flags=allow-oom\nreturn audit('X', {})\n");
+        assert!(script.starts_with("#!lua flags=allow-oom\n-- The audit fragment"));
+        assert!(script.ends_with("\nreturn audit('X', {})\n"));
+    }
+
+    #[test]
+    fn every_script_that_appends_an_event_carries_the_fragment() {
+        // A script calling audit() without the fragment would fail at run
+        // time only; the ones loaded through carrying_audit are these.
+        let carried = [
+            include_str!("lua/issue.lua"),
+            include_str!("lua/revoke.lua"),
+            include_str!("lua/revoke_all.lua"),
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let calls_audit = text.lines().any(|l| l.trim_start().starts_with("audit("));
+            if calls_audit {
+                assert!(
+                    carried.contains(&text.as_str()),
+                    "{} calls audit() but is not loaded through carrying_audit",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_entry_decodes_into_an_event() {
+        use redis::Value::{Array, BulkString};
+        let text = |s: &str| BulkString(s.as_bytes().to_vec());
+        let entry = Array(vec![
+            text("1700000000123-2"),
+            Array(vec![
+                text("action"),
+                text("Revoke"),
+                text("account"),
+                text("acct-1"),
+                text("tokens"),
+                text("abc0123456789xyz"),
+                text("caller"),
+                text("console"),
+                text("request"),
+                text("00ff"),
+            ]),
+        ]);
+        let event = decode_event(entry).unwrap();
+        assert_eq!(
+            event.id,
+            EventId {
+                ms: 1_700_000_000_123,
+                seq: 2
+            }
+        );
+        assert_eq!(event.action, "Revoke");
+        assert_eq!(event.token_ids[0].as_str(), "abc0123456789xyz");
+        assert_eq!(event.caller, "console");
+        assert!(decode_event(Array(vec![text("1-0"), Array(vec![])])).is_none());
     }
 }

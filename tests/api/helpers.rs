@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use patd::pb::token_service_client::TokenServiceClient;
 use patd::pb::{
-    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListRequest, ListResponse,
-    RevokeAllRequest, RevokeAllResponse, RevokeRequest, RevokeResponse,
+    IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse, ListAuditEventsRequest,
+    ListAuditEventsResponse, ListRequest, ListResponse, RevokeAllRequest, RevokeAllResponse,
+    RevokeRequest, RevokeResponse,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -108,6 +109,21 @@ impl Client {
         let account_id = account.to_owned();
         let request = self.request(RevokeAllRequest { account_id });
         Ok(self.inner.revoke_all(request).await?.into_inner())
+    }
+
+    /// One page of the account's audit trail (newest first).
+    pub async fn audit_events(
+        &mut self,
+        account: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListAuditEventsResponse, Status> {
+        let request = self.request(ListAuditEventsRequest {
+            account_id: account.to_owned(),
+            page_size,
+            page_token: page_token.to_owned(),
+        });
+        Ok(self.inner.list_audit_events(request).await?.into_inner())
     }
 }
 
@@ -225,6 +241,19 @@ impl RedisServer {
                         .arg(-1)
                         .arg("WITHSCORES")
                         .query(&mut conn),
+                    // An audit stream: each entry's id, then its fields
+                    // and values.
+                    "stream" => redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .query::<Vec<(String, Vec<String>)>>(&mut conn)
+                        .map(|entries| {
+                            entries
+                                .into_iter()
+                                .flat_map(|(id, fields)| std::iter::once(id).chain(fields))
+                                .collect()
+                        }),
                     other => panic!("unexpected key type {other} for {key}"),
                 }
                 .expect("read value");

@@ -157,6 +157,9 @@ fn bad_configuration_stops_patd_with_its_reason_first() {
         ("PATD_TOKEN_PREFIX", "Bad_Prefix", "PATD_TOKEN_PREFIX"),
         ("PATD_MAX_TOKENS_PER_ACCOUNT", "0", "max-tokens-per-account"),
         ("PATD_GRPC_ADDR", "not-an-address", "grpc-addr"),
+        ("PATD_AUDIT_MAX_EVENTS", "0", "audit-max-events"),
+        ("PATD_AUDIT_RETENTION", "0s", "PATD_AUDIT_RETENTION"),
+        ("PATD_AUDIT_RETENTION", "forever", "audit-retention"),
     ] {
         let env = [
             (key.to_owned(), value.to_owned()),

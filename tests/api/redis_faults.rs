@@ -149,6 +149,28 @@ async fn an_issue_that_timed_out_is_undone_once_redis_answers_again() {
     );
     let listed = client.list("acct-undo").await.expect("list").tokens;
     assert_eq!(listed.len(), 1);
+    // The audit trail tells the same story: the token issued last, and
+    // before it either nothing (the stopped Issue never ran) or its Issue
+    // and the undo's Revoke, under the one request id of the failed call.
+    let trail = client
+        .audit_events("acct-undo", 0, "")
+        .await
+        .expect("audit")
+        .events;
+    assert_eq!(trail[0].action, "Issue");
+    assert_eq!(trail[0].token_ids, [listed[0].token_id.clone()]);
+    match &trail[1..] {
+        [] => {}
+        [undo, issued] => {
+            assert_eq!(
+                (undo.action.as_str(), issued.action.as_str()),
+                ("Revoke", "Issue")
+            );
+            assert_eq!(undo.token_ids, issued.token_ids);
+            assert_eq!(undo.request_id, issued.request_id);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
 }
 
 /// The Redis ACL README documents for patd's user (the line starting
@@ -233,6 +255,13 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
             .revoked,
         1
     );
+    let trail = client
+        .audit_events("acct-acl", 0, "")
+        .await
+        .expect("audit trail")
+        .events;
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["RevokeAll", "Issue", "Revoke", "Issue"]);
 
     // The same user without EVALSHA: not ready, and the log says why.
     set_user(&redis, "patd", &["-evalsha".to_owned()]);

@@ -87,6 +87,18 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             .unwrap();
         tokens.push((issued.token, issued.info.unwrap().token_id));
     }
+    // The digests at rest, read while the records exist: after RevokeAll
+    // none may be left anywhere.
+    let mut digests = Vec::new();
+    for (_, id) in &tokens {
+        let digest: String = redis::cmd("HGET")
+            .arg(format!("{}:{{{}}}:t:{id}", patd.key_prefix, &id[..3]))
+            .arg("digest")
+            .query(&mut redis.conn())
+            .unwrap();
+        assert_eq!(digest.len(), 64);
+        digests.push(digest);
+    }
     for (token, _) in &tokens {
         let seen = as_gateway.introspect(token).await.unwrap();
         assert!(seen.active);
@@ -139,6 +151,16 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
     tokio::time::sleep(std::time::Duration::from_millis(900)).await;
     let kept = tokens[1].0.clone();
     as_console.revoke_all(&account).await.unwrap();
+    // The audit trail: as returned, in Redis (the dump below holds the
+    // stream), and its `audit` log lines.
+    let trail = as_console.audit_events(&account, 0, "").await.unwrap();
+    assert_eq!(trail.events.len(), 5, "3 Issues, a Revoke, a RevokeAll");
+    let trail = format!("{trail:?}");
+    let audited = eventually(Duration::from_secs(5), || async {
+        patd.logs().matches("audit action=").count() >= 5
+    })
+    .await;
+    assert!(audited, "audit lines are logged");
 
     let logs = patd.logs();
     let dump = format!("{:?}", redis.dump(&patd.key_prefix));
@@ -150,6 +172,9 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
         ("digest key", hash_key.clone()),
         ("kept token", kept),
     ];
+    for digest in &digests {
+        secrets.push(("token digest", digest.clone()));
+    }
     for (token, _) in &tokens {
         secrets.push(("token", token.clone()));
         secrets.push(("token secret", token[20..52].to_owned()));
@@ -159,6 +184,7 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
             ("logs", &logs),
             ("redis", &dump),
             ("error messages", &errors),
+            ("audit events", &trail),
         ] {
             assert!(!text.contains(secret.as_str()), "{what} found in {place}");
         }

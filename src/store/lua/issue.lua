@@ -11,10 +11,12 @@
 -- ARGV[7]  'ttl' or 'at'           ARGV[8]  ttl in ms, or expiry in Unix ms
 -- ARGV[9]  longest lifetime, ms    ARGV[10] limit of live tokens
 -- ARGV[11..] the key ids whose records can verify ('' = plain SHA-256)
+-- then the audit fragment's key and arguments (audit.lua)
 -- Returns  {outcome, now, expiry}, times in Unix ms on Redis's clock;
 --          outcome 1 issued, 0 limit reached, -1 token id already taken,
 --          -2 expiry not in the future, -3 expiry beyond the longest lifetime
---          (the same rule as domain::Expiry::resolve)
+--          (the same rule as domain::Expiry::resolve); an Issue event is
+--          appended only when issued
 --
 -- A live token has not expired and its record's key id is among ARGV[11..]:
 -- a token whose key was removed can never verify, so it holds no slot. Its
@@ -82,4 +84,5 @@ redis.call('ZADD', KEYS[1], expires_ms, ARGV[1])
 -- The index lives as long as its longest-lived token.
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], last[2])
+audit('Issue', {ARGV[1]})
 return {1, now, expires}

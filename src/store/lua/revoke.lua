@@ -6,9 +6,10 @@
 -- ARGV[1]  token id
 -- ARGV[2]  account id
 -- ARGV[3..] the key ids whose records can verify ('' = plain SHA-256)
+-- then the audit fragment's key and arguments (audit.lua)
 -- Returns  1 when a live token of this account was revoked, else 0 (a
 --          token whose key id is not in ARGV[3..] is removed all the same,
---          but it was not live)
+--          but it was not live); a Revoke event is appended only for 1
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
 
@@ -31,6 +32,7 @@ if redis.call('DEL', KEYS[2]) == 0 then
 end
 for i = 3, #ARGV do
   if ARGV[i] == kid then
+    audit('Revoke', {ARGV[1]})
     return 1
   end
 end

@@ -8,10 +8,13 @@
 -- ARGV[1]      n, how many key ids follow
 -- ARGV[2..n+1] the key ids whose records can verify ('' = plain SHA-256)
 -- ARGV[n+2..]  the index members as returned by ZRANGE 0 -1
--- Returns      the number of live tokens revoked, or -1 when the index no
---              longer matches ARGV (nothing was changed). Every token is
---              removed; one whose key id is not among the live ones was not
---              live and is not counted.
+--              then the audit fragment's key and arguments (audit.lua)
+-- Returns      the ids of the live tokens revoked, or -1 when the index no
+--              longer matches ARGV (nothing was changed, no event). Every
+--              token is removed; one whose key id is not among the live
+--              ones was not live and is not named. A RevokeAll event naming
+--              the live ones is appended whenever something may have
+--              changed (also for none).
 --
 -- allow-oom: freeing memory must keep working when Redis is full.
 
@@ -21,7 +24,8 @@
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'zset' and kind ~= 'none' then
   redis.call('DEL', KEYS[1])
-  return 0
+  audit('RevokeAll', {})
+  return {}
 end
 local n = tonumber(ARGV[1])
 local live_keys = {}
@@ -37,12 +41,14 @@ for i = 1, #members do
     return -1
   end
 end
-local revoked = 0
+local revoked = {}
 for i = 2, #KEYS do
   local kid = redis.call('HGET', KEYS[i], 'kid') or ''
   if redis.call('DEL', KEYS[i]) == 1 and live_keys[kid] then
-    revoked = revoked + 1
+    -- The token id is the key's last part (ids never hold ':').
+    revoked[#revoked + 1] = string.match(KEYS[i], '([^:]+)$')
   end
 end
 redis.call('DEL', KEYS[1])
+audit('RevokeAll', revoked)
 return revoked
