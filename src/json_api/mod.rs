@@ -356,10 +356,12 @@ impl<S: Store> Api<S> {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<T, Response> {
-        let bytes = self
-            .body(headers, body, JSON)
-            .await
-            .map_err(|v| v.to_problem())?;
+        let bytes = self.body(headers, body, JSON).await.map_err(|v| {
+            // Refused before the use case: its line is written here.
+            self.tokens
+                .refuse(rpc, caller, FieldError::new("body", v.message()));
+            v.to_problem()
+        })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| {
                 // serde's message names the field or the position; it can quote

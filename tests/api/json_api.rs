@@ -317,7 +317,9 @@ async fn bad_input_is_a_problem_naming_the_field_and_nothing_is_written() {
     assert_problem(&reply, 400, "INVALID_ARGUMENT");
     assert_eq!(problem["field"], "token_id");
 
-    // Bounded like a gRPC message; JSON only.
+    // Bounded like a gRPC message; JSON only. Each refusal has its line.
+    let body_refusals = || patd.logs().matches(r#"field="body""#).count();
+    let before = body_refusals();
     let big = json!({"note": "x".repeat(2000)});
     let (_, _, reply) = api.call("POST", &tokens, Some(big)).await;
     assert_problem(&reply, 413, "OUT_OF_RANGE");
@@ -330,6 +332,11 @@ async fn bad_input_is_a_problem_naming_the_field_and_nothing_is_written() {
     )
     .await;
     assert_problem(&reply, 415, "INVALID_ARGUMENT");
+    let logged = eventually(Duration::from_secs(5), || async {
+        body_refusals() == before + 2
+    })
+    .await;
+    assert!(logged, "{}", patd.logs());
 
     let (_, list, _) = api.call("GET", &tokens, None).await;
     assert_eq!(list["tokens"], json!([]), "a refused request wrote nothing");
