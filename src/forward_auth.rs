@@ -24,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::{LiveCallers, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes};
+use crate::json_api;
 use crate::listener::Limits;
 use crate::service::Tokens;
 use crate::store::Store;
@@ -53,41 +54,51 @@ struct AppState<S> {
     shutdown: CancellationToken,
 }
 
-/// The HTTP routes over the token service, inside the same guards as gRPC,
-/// outermost first: panic catcher, deadline, and (forward-auth only) load
+/// The HTTP routes over the token service (forward-auth, health, and the
+/// JSON doors of `json_api`), inside the same guards as gRPC, outermost
+/// first: panic catcher, deadline, and (forward-auth and JSON only) load
 /// shedding beyond the concurrency limit. Caller authentication is in the
-/// forward-auth handler (health endpoints stay open).
+/// handlers (health endpoints stay open). `max_request_bytes` bounds JSON
+/// request bodies as it bounds gRPC messages.
 pub fn router<S: Store>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
     callers: LiveCallers,
     limits: Limits,
+    max_request_bytes: usize,
     shutdown: CancellationToken,
 ) -> Router {
     let guards = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panicked))
         .layer(HandleErrorLayer::new(overloaded_or_late))
         .layer(TimeoutLayer::new(limits.request_timeout));
-    // Only forward-auth is counted against the limit: probes stay
-    // answerable whatever the load.
+    // Only forward-auth and the JSON API are counted against the limit
+    // (one limit for both): probes stay answerable whatever the load.
+    let limit = GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests);
     let admission = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded_or_late))
         .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests,
-        ));
+        .layer(limit.clone());
+    let json_api = json_api::router(
+        tokens.clone(),
+        callers.clone(),
+        max_request_bytes,
+        limits.request_timeout,
+        limit,
+    );
     Router::new()
         .route("/v1/forward-auth", any(forward_auth::<S>).layer(admission))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
-        .layer(axum::middleware::from_fn(one_chunked_coding))
-        .layer(guards)
         .with_state(AppState {
             tokens,
             settings,
             callers,
             shutdown,
         })
+        .merge(json_api)
+        .layer(axum::middleware::from_fn(one_chunked_coding))
+        .layer(guards)
 }
 
 /// RFC 9112 §6.1: `chunked` is applied at most once, as the last

@@ -172,6 +172,7 @@ impl Application {
             settings.forward_auth,
             callers.clone(),
             limits,
+            max_request,
             shutdown.clone(),
         );
 
