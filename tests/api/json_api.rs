@@ -265,6 +265,315 @@ async fn the_management_routes_issue_list_revoke_and_revoke_all() {
     assert_eq!(rest["tokens"].as_array().unwrap().len(), 1);
 }
 
+/// `grpcurl -emit-defaults -d <body> patd.v1.TokenService/<rpc>`, as JSON.
+fn grpcurl_json(patd: &Patd, rpc: &str, body: &Value) -> Value {
+    let out = run_grpcurl(
+        patd,
+        &["-emit-defaults", "-d", &body.to_string()],
+        &[&format!("patd.v1.TokenService/{rpc}")],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The same keys at every depth (values aside): the shape two answers
+/// about different tokens share.
+fn shape(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), shape(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
+        _ => Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn rotate_keeps_both_active_for_the_grace_window_then_refuses_a_second_rotate() {
+    let patd = Patd::memory().await;
+    let api = Api::new(&patd, None);
+    let account = random_name("acct-");
+    let tokens = format!("/v1/accounts/{account}/tokens");
+    let (_, issued, _) = api
+        .call(
+            "POST",
+            &tokens,
+            Some(json!({"note": "deploy", "scopes": ["repo:read"], "ttl": "3600s"})),
+        )
+        .await;
+    let (old, old_id) = (
+        issued["token"].as_str().unwrap().to_owned(),
+        issued["info"]["tokenId"].as_str().unwrap().to_owned(),
+    );
+
+    // The custom method is only `…/{token_id}:rotate`.
+    let (_, _, reply) = api
+        .call("POST", &format!("{tokens}/{old_id}"), Some(json!({})))
+        .await;
+    assert_problem(&reply, 404, "NOT_FOUND");
+    let rotate = format!("{tokens}/{old_id}:rotate");
+    for (body, field) in [
+        (json!({"grace": "-1s"}), "grace"),
+        (
+            json!({"grace": "60s", "accountId": "someone-else"}),
+            "account_id",
+        ),
+        (json!({"tokenId": "AAAAAAAAAAAAAAAA"}), "token_id"),
+        (
+            json!({"ttl": "60s", "expiresAt": "2099-01-01T00:00:00Z"}),
+            "ttl",
+        ),
+        (json!({"grace": 60}), "body"),
+    ] {
+        let (_, problem, reply) = api.call("POST", &rotate, Some(body.clone())).await;
+        assert_problem(&reply, 400, "INVALID_ARGUMENT");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    let (_, problem, reply) = api
+        .call("POST", &format!("{tokens}/short:rotate"), Some(json!({})))
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "token_id");
+
+    // snake_case in, as for every message.
+    let (status, rotated, reply) = api
+        .call(
+            "POST",
+            &rotate,
+            Some(json!({"grace": "600s", "ttl": "7200s"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["info"]["state"], "ACTIVE");
+    assert_eq!(rotated["info"]["note"], "deploy");
+    assert_eq!(rotated["info"]["scopes"], json!(["repo:read"]));
+    let grace_end = epoch_seconds(&rotated["previousExpiresAt"]);
+    let rotated_at = epoch_seconds(&rotated["info"]["createdAt"]);
+    assert!((600..=601).contains(&(grace_end - rotated_at)), "{rotated}");
+    assert_eq!(
+        epoch_seconds(&rotated["info"]["expiresAt"]) - rotated_at,
+        7200
+    );
+
+    // Both active during the grace window.
+    for token in [&old, &new] {
+        let (_, seen, _) = api
+            .call(
+                "POST",
+                "/v1/tokens:introspect",
+                Some(json!({"token": token})),
+            )
+            .await;
+        assert_eq!(seen["active"], true, "{seen}");
+    }
+    // The listing shows the old one rotating until the window closes.
+    let (_, listed, _) = api.call("GET", &tokens, None).await;
+    let old_listed = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tokenId"] == old_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(old_listed["state"], "ROTATING");
+    assert_eq!(old_listed["endedAt"], rotated["previousExpiresAt"]);
+
+    // Rotated once: the table's 409, FAILED_PRECONDITION, naming the way on.
+    let (_, problem, reply) = api.call("POST", &rotate, Some(json!({}))).await;
+    assert_problem(&reply, 409, "FAILED_PRECONDITION");
+    assert_eq!(
+        problem["detail"],
+        "the token was already rotated: rotate its successor"
+    );
+    assert!(problem.get("field").is_none());
+
+    // The same shape grpcurl shows for a Rotate of the successor.
+    let new_id = rotated["info"]["tokenId"].as_str().unwrap();
+    let grpc = grpcurl_json(
+        &patd,
+        "Rotate",
+        &json!({"account_id": account, "token_id": new_id, "grace": "600s", "ttl": "7200s"}),
+    );
+    assert_eq!(shape(&rotated), shape(&grpc));
+    assert_eq!(grpc["info"]["state"], "ACTIVE");
+}
+
+#[tokio::test]
+async fn revoke_token_by_value_says_whose_it_was_and_introspection_says_why() {
+    let patd = Patd::memory().await;
+    let api = Api::new(&patd, None);
+    let account = random_name("acct-");
+    let tokens = format!("/v1/accounts/{account}/tokens");
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let (_, answer, _) = api.call("POST", &tokens, Some(json!({}))).await;
+        issued.push(answer);
+    }
+    let token = issued[0]["token"].as_str().unwrap().to_owned();
+    let token_id = issued[0]["info"]["tokenId"].clone();
+
+    let (_, problem, reply) = api
+        .call(
+            "POST",
+            "/v1/tokens:revoke",
+            Some(json!({"token": "not-a-token"})),
+        )
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "token");
+    let (_, problem, reply) = api
+        .call(
+            "POST",
+            "/v1/tokens:revoke",
+            Some(json!({"token": token, "reason": "a\u{7}b"})),
+        )
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "reason");
+
+    let (status, revoked, reply) = api
+        .call(
+            "POST",
+            "/v1/tokens:revoke",
+            Some(json!({"token": token, "reason": "leaked in CI logs"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(revoked, json!({"accountId": account, "tokenId": token_id}));
+    let (_, _, reply) = api
+        .call("POST", "/v1/tokens:revoke", Some(json!({"token": token})))
+        .await;
+    assert_problem(&reply, 404, "NOT_FOUND");
+    // grpcurl's answer for the other token has the same shape.
+    let other = issued[1]["token"].as_str().unwrap();
+    let grpc = grpcurl_json(&patd, "RevokeToken", &json!({"token": other}));
+    assert_eq!(
+        grpc,
+        json!({"accountId": account, "tokenId": issued[1]["info"]["tokenId"]})
+    );
+
+    // Introspect's JSON says why, exactly as grpcurl shows it...
+    let (_, seen, _) = api
+        .call(
+            "POST",
+            "/v1/tokens:introspect",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(seen, json!({"active": false, "reason": "REVOKED"}));
+    let grpc = grpcurl_json(&patd, "Introspect", &json!({"token": token}));
+    assert_eq!(without_nulls(&seen), without_nulls(&grpc));
+    // ...while RFC 7662 says only `{"active":false}`.
+    let reply = oauth_introspect(patd.http_addr, &format!("token={token}"), &[]).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, r#"{"active":false}"#)
+    );
+
+    // Ended tokens are listed only when asked, with their state and end.
+    let (_, live, _) = api.call("GET", &tokens, None).await;
+    assert_eq!(live["tokens"], json!([]));
+    for query in ["includeInactive=true", "include_inactive=true"] {
+        let (status, all, _) = api.call("GET", &format!("{tokens}?{query}"), None).await;
+        assert_eq!(status, 200, "{all}");
+        let listed = all["tokens"].as_array().unwrap();
+        assert_eq!(listed.len(), 2, "{all}");
+        for t in listed {
+            assert_eq!(t["state"], "REVOKED", "{t}");
+            assert!(epoch_seconds(&t["endedAt"]) > 0, "{t}");
+        }
+        let grpc = grpcurl_json(
+            &patd,
+            "List",
+            &json!({"account_id": account, "include_inactive": true}),
+        );
+        assert_eq!(without_nulls(&all), without_nulls(&grpc));
+    }
+    let (_, problem, reply) = api
+        .call("GET", &format!("{tokens}?include_inactive=yes"), None)
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "include_inactive");
+}
+
+#[tokio::test]
+async fn the_audit_trail_pages_newest_first_as_grpcurl_shows_it() {
+    let patd = Patd::memory().await;
+    let api = Api::new(&patd, None);
+    let account = random_name("acct-");
+    let tokens = format!("/v1/accounts/{account}/tokens");
+    let events = format!("/v1/accounts/{account}/auditEvents");
+    let (_, issued, _) = api.call("POST", &tokens, Some(json!({}))).await;
+    let id = issued["info"]["tokenId"].as_str().unwrap().to_owned();
+    let (_, rotated, _) = api
+        .call("POST", &format!("{tokens}/{id}:rotate"), Some(json!({})))
+        .await;
+    let successor = rotated["token"].as_str().unwrap().to_owned();
+    let successor_id = rotated["info"]["tokenId"].clone();
+    api.call(
+        "POST",
+        "/v1/tokens:revoke",
+        Some(json!({"token": successor})),
+    )
+    .await;
+
+    let (status, all, _) = api.call("GET", &events, None).await;
+    assert_eq!(status, 200, "{all}");
+    let actions: Vec<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["RevokeToken", "Rotate", "Issue"]);
+    assert_eq!(all["events"][1]["tokenIds"], json!([id, successor_id]));
+    assert_eq!(all["events"][0]["caller"], "anonymous");
+    assert!(epoch_seconds(&all["events"][0]["time"]) > 0);
+    assert_eq!(all["nextPageToken"], "");
+    let grpc = grpcurl_json(&patd, "ListAuditEvents", &json!({"account_id": account}));
+    assert_eq!(without_nulls(&all), without_nulls(&grpc));
+
+    // Paging, either spelling.
+    let (_, first, _) = api
+        .call("GET", &format!("{events}?page_size=2"), None)
+        .await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 2);
+    let next = first["nextPageToken"].as_str().unwrap();
+    assert!(!next.is_empty());
+    let (_, rest, _) = api
+        .call(
+            "GET",
+            &format!("{events}?pageToken={next}&pageSize=2"),
+            None,
+        )
+        .await;
+    assert_eq!(rest["events"], json!([all["events"][2]]));
+    assert_eq!(rest["nextPageToken"], "");
+
+    // A List page token is not one of these; List's include_inactive neither.
+    let (_, problem, reply) = api
+        .call("GET", &format!("{events}?include_inactive=true"), None)
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "query");
+    let (_, problem, reply) = api
+        .call("GET", &format!("{events}?page_size=-1"), None)
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "page_size");
+    let (_, problem, reply) = api
+        .call("GET", &format!("{events}?page_token=bm9wZQ"), None)
+        .await;
+    assert_problem(&reply, 400, "INVALID_ARGUMENT");
+    assert_eq!(problem["field"], "page_token");
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).
 fn url_path_segment(text: &str) -> String {
     text.bytes()
@@ -371,6 +680,28 @@ async fn callers_need_their_role_on_every_json_route() {
     }
     let (_, _, reply) = gateway.call("POST", &tokens, Some(json!({}))).await;
     assert_problem(&reply, 403, "PERMISSION_DENIED");
+    // Rotate, RevokeToken and ListAuditEvents need manage too.
+    let events = tokens.replace("/tokens", "/auditEvents");
+    let rotate = format!("{tokens}/AAAAAAAAAAAAAAAA:rotate");
+    let manage_only = [
+        ("POST", rotate.as_str(), Some(json!({}))),
+        ("POST", "/v1/tokens:revoke", Some(json!({"token": "x"}))),
+        ("GET", events.as_str(), None),
+    ];
+    for (method, path, body) in &manage_only {
+        for api in [&nobody, &wrong] {
+            let (_, _, reply) = api.call(method, path, body.clone()).await;
+            assert_problem(&reply, 401, "UNAUTHENTICATED");
+        }
+        let (_, _, reply) = gateway.call(method, path, body.clone()).await;
+        assert_problem(&reply, 403, "PERMISSION_DENIED");
+    }
+    let admin = Api::new(&patd, Some(&callers.admin));
+    let (status, trail, _) = admin.call("GET", &events, None).await;
+    assert_eq!(
+        (status, trail),
+        (200, json!({"events": [], "nextPageToken": ""}))
+    );
     let admin = Api::new(&patd, Some(&callers.admin));
     let (_, _, reply) = admin
         .call("POST", "/v1/tokens:introspect", Some(json!({"token": "x"})))

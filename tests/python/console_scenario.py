@@ -1,6 +1,6 @@
 """The seed scenario as a console backend written in Python would drive
-patd's JSON API with `requests`, plus RFC 7662 introspection as a gateway
-plugin would call it. Run by tests/api/json_api.rs against a live patd:
+patd's JSON API with `requests` (with a Rotate step), plus RFC 7662
+introspection as a gateway plugin would call it. Run by tests/api/json_api.rs against a live patd:
 
     PATD_URL             http://127.0.0.1:<port> (the HTTP listener)
     PATD_CONSOLE_KEY     a caller key with the manage role
@@ -95,9 +95,10 @@ def main():
     assert token not in wrong.text
 
     # Delete one: the gateway refuses it, introspection says inactive.
-    second = check(
+    second_issued = check(
         requests.post(tokens, json={}, headers=CONSOLE, timeout=TIMEOUT), 201
-    ).json()["token"]
+    ).json()
+    second = second_issued["token"]
     check(
         requests.delete(f"{tokens}/{info['tokenId']}", headers=CONSOLE, timeout=TIMEOUT),
         204,
@@ -110,11 +111,28 @@ def main():
     ).json()
     assert missing["code"] == "NOT_FOUND", missing
 
-    # Delete all.
+    # Rotate one (AIP-136 custom method): both work through the grace
+    # window; a second Rotate of the same token is refused.
+    rotate = f"{tokens}/{second_issued['info']['tokenId']}:rotate"
+    rotated = check(
+        requests.post(rotate, json={"grace": "600s"}, headers=CONSOLE, timeout=TIMEOUT),
+        200,
+    ).json()
+    successor = rotated["token"]
+    assert rotated["info"]["state"] == "ACTIVE", rotated
+    check(forward_auth(second), 200)
+    check(forward_auth(successor), 200)
+    again = check(
+        requests.post(rotate, json={}, headers=CONSOLE, timeout=TIMEOUT), 409
+    ).json()
+    assert again["code"] == "FAILED_PRECONDITION", again
+
+    # Delete all: the rotating token and its successor.
     revoked = check(requests.delete(tokens, headers=CONSOLE, timeout=TIMEOUT), 200).json()
-    assert revoked == {"revoked": 1}, revoked
-    check(forward_auth(second), 401)
-    assert check(introspect(second), 200).json() == {"active": False}
+    assert revoked == {"revoked": 2}, revoked
+    for ended in (second, successor):
+        check(forward_auth(ended), 401)
+        assert check(introspect(ended), 200).json() == {"active": False}
     listed = check(requests.get(tokens, headers=CONSOLE, timeout=TIMEOUT), 200).json()
     assert listed["tokens"] == [], listed
 
