@@ -628,6 +628,13 @@ async fn bad_input_is_a_problem_naming_the_field_and_nothing_is_written() {
 
     // Bounded like a gRPC message; JSON only. Each refusal has its line.
     let body_refusals = || patd.logs().matches(r#"field="body""#).count();
+    // The log writer runs in the background, in order: once the Revoke's
+    // line is out, every refusal above is counted.
+    let settled = eventually(Duration::from_secs(5), || async {
+        patd.logs().contains(r#"rpc="Revoke""#)
+    })
+    .await;
+    assert!(settled, "{}", patd.logs());
     let before = body_refusals();
     let big = json!({"note": "x".repeat(2000)});
     let (_, _, reply) = api.call("POST", &tokens, Some(big)).await;
