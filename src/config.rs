@@ -141,7 +141,8 @@ pub struct Config {
     #[arg(long, env = "PATD_REQUEST_TIMEOUT", default_value = "5s")]
     pub request_timeout: humantime::Duration,
 
-    /// Largest gRPC request message accepted, in bytes.
+    /// Largest gRPC request message, and JSON or form request body,
+    /// accepted, in bytes.
     #[arg(long, env = "PATD_MAX_REQUEST_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_request_bytes: u32,

@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 use crate::auth::{LiveCallers, Role};
 use crate::bearer;
 use crate::domain::{FieldError, Scopes};
+use crate::json_api;
 use crate::listener::Limits;
 use crate::metrics::{self, Door};
 use crate::service::Tokens;
@@ -56,15 +57,18 @@ struct AppState<S> {
     shutdown: CancellationToken,
 }
 
-/// The HTTP routes over the token service, inside the same guards as gRPC,
-/// outermost first: panic catcher, deadline, and (forward-auth only) load
+/// The HTTP routes over the token service (forward-auth, health, and the
+/// JSON doors of `json_api`), inside the same guards as gRPC, outermost
+/// first: panic catcher, deadline, and (forward-auth and JSON only) load
 /// shedding beyond the concurrency limit. Caller authentication is in the
-/// forward-auth handler (health endpoints stay open).
+/// handlers (health endpoints stay open). `max_request_bytes` bounds JSON
+/// request bodies as it bounds gRPC messages.
 pub fn router<S: Store>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
     callers: LiveCallers,
     limits: Limits,
+    max_request_bytes: usize,
     shutdown: CancellationToken,
     metrics: bool,
 ) -> Router {
@@ -72,14 +76,20 @@ pub fn router<S: Store>(
         .layer(CatchPanicLayer::custom(panicked))
         .layer(HandleErrorLayer::new(overloaded_or_late))
         .layer(TimeoutLayer::new(limits.request_timeout));
-    // Only forward-auth is counted against the limit: probes stay
-    // answerable whatever the load.
+    // Only forward-auth and the JSON API are counted against the limit
+    // (one limit for both): probes stay answerable whatever the load.
+    let limit = GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests);
     let admission = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded_or_late))
         .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests,
-        ));
+        .layer(limit.clone());
+    let json_api = json_api::router(
+        tokens.clone(),
+        callers.clone(),
+        max_request_bytes,
+        limits.request_timeout,
+        limit,
+    );
     let mut routes = Router::new()
         .route(FORWARD_AUTH_ROUTE, any(forward_auth::<S>).layer(admission))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -88,16 +98,17 @@ pub fn router<S: Store>(
         routes = routes.route("/metrics", get(prometheus_metrics));
     }
     routes
-        .layer(axum::middleware::from_fn(one_chunked_coding))
-        .layer(guards)
-        // Outermost: every answer is measured, shed and late ones too.
-        .layer(axum::middleware::from_fn(observe))
         .with_state(AppState {
             tokens,
             settings,
             callers,
             shutdown,
         })
+        .merge(json_api)
+        .layer(axum::middleware::from_fn(one_chunked_coding))
+        .layer(guards)
+        // Outermost: every answer is measured, shed and late ones too.
+        .layer(axum::middleware::from_fn(observe))
 }
 
 /// The forward-auth route (`http.route`, and the `rpc` label).
@@ -111,8 +122,34 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        _ => "unknown",
+        "/v1/tokens:introspect" => "/v1/tokens:introspect",
+        "/v1/tokens:revoke" => "/v1/tokens:revoke",
+        "/oauth2/introspect" => "/oauth2/introspect",
+        "/v1/openapi.json" => "/v1/openapi.json",
+        _ => json_account_route(path).unwrap_or("unknown"),
     }
+}
+
+/// The template of a JSON route under `/v1/accounts/{account_id}/`: one
+/// account-id segment (any bytes but `/`), then a fixed shape.
+fn json_account_route(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v1/accounts/")?;
+    let (account, rest) = rest.split_once('/')?;
+    if account.is_empty() {
+        return None;
+    }
+    Some(match rest.split_once('/') {
+        None if rest == "tokens" => "/v1/accounts/{account_id}/tokens",
+        None if rest == "auditEvents" => "/v1/accounts/{account_id}/auditEvents",
+        Some(("tokens", id)) if !id.is_empty() && !id.contains('/') => {
+            if id.ends_with(":rotate") {
+                "/v1/accounts/{account_id}/tokens/{token_id}:rotate"
+            } else {
+                "/v1/accounts/{account_id}/tokens/{token_id}"
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// The span name (`{method} {http.route}`) and `http.request.method` of a

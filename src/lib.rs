@@ -30,9 +30,14 @@
 //!   `service`, `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
-//! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `listener`,
-//!   `metrics`, `service`, `store`, `telemetry`, `tls`, `verdict`): HTTP
+//! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `json_api`,
+//!   `listener`, `metrics`, `service`, `store`, `telemetry`, `tls`,
+//!   `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
+//! - [`json_api`] (uses `audit`, `auth`, `bearer`, `domain`, `grpc`, `pb`, `service`,
+//!   `store`, `telemetry`, `tls`, `verdict`): the JSON management API (proto3 JSON
+//!   mapping of the gRPC messages), RFC 7662 `/oauth2/introspect` and the
+//!   OpenAPI document, on the HTTP listener.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
 //!   of an unknown service, watches ended at shutdown).
 //! - [`listener`] (uses `tls`): limits shared by both listeners (head size
@@ -42,7 +47,8 @@
 //!   typed.
 //! - [`verdict`] (uses `auth`, `bearer`, `domain`, `service`): the one table
 //!   of answers a caller can see and its rendering for every door (gRPC
-//!   status, forward-auth response, ext_authz `CheckResponse`).
+//!   status, forward-auth response, ext_authz `CheckResponse`, RFC 9457
+//!   problem details for the JSON doors).
 //! - [`bearer`] (uses `domain`): the credential rule both gateway doors
 //!   share (RFC 6750), challenges, required scopes.
 //! - [`auth`] (uses `token`): callers, their roles and keys.
@@ -69,7 +75,9 @@
 //! # Where cross-cutting behaviour lives
 //!
 //! - Guards (panic, deadline, load shedding, caller authentication):
-//!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP.
+//!   `grpc::guard` for gRPC, `forward_auth::router` for HTTP (the JSON
+//!   routes add their own deadline and shedding, answered as problem
+//!   details, in `json_api::router`).
 //! - Every status, challenge and body a caller sees: `verdict`.
 //! - The one log line per request: `service` (`log_rpc`); a management
 //!   request's id is made there too.
@@ -92,6 +100,7 @@ pub mod domain;
 pub mod forward_auth;
 pub mod grpc;
 pub mod health;
+pub mod json_api;
 pub mod listener;
 pub mod metrics;
 pub mod reload;
@@ -108,6 +117,8 @@ pub mod verdict;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("patd.v1");
+    include!(concat!(env!("OUT_DIR"), "/patd.v1.serde.rs"));
+    include!(concat!(env!("OUT_DIR"), "/timestamp_fields.rs"));
 
     /// Encoded descriptors of `patd.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("patd_descriptor");

@@ -189,6 +189,7 @@ impl Application {
             settings.forward_auth,
             callers.clone(),
             limits,
+            max_request,
             shutdown.clone(),
             settings.metrics,
         );

@@ -22,6 +22,8 @@
 //! | not found | 404 | 404 | NOT_FOUND | |
 //! | already rotated | 409 | 409 | FAILED_PRECONDITION | |
 //! | store full | 507 | 507 | RESOURCE_EXHAUSTED | |
+//! | body too large | 413 | 413 | OUT_OF_RANGE | |
+//! | unsupported media type | 415 | 415 | INVALID_ARGUMENT | |
 //!
 //! An invalid token's reason (`malformed`, `unknown`, `expired`, `revoked`,
 //! `rotated`) is said in the challenge's `error_description`, in the
@@ -29,6 +31,9 @@
 //! the body; `expired`, `revoked` and `rotated` only ever for the token's
 //! own value (see `service::Inactive`).
 //!
+//! The JSON API renders the same HTTP column as an RFC 9457
+//! `application/problem+json` body ([`Verdict::to_problem`]), with the gRPC
+//! code's name in `code` and, for a bad field, its name in `field`.
 //! The forward-auth column differs only for refused callers: there the
 //! caller is a gateway relaying an end user's request, and the status
 //! reaches that user (Caddy and Traefik copy it, nginx passes 401 and 403
@@ -43,7 +48,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use axum::http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
@@ -79,6 +84,45 @@ pub fn introspect_outcome(result: &Result<Introspection, ServiceError>) -> &'sta
         Ok(Introspection::Active(_)) => OUTCOME_ACTIVE,
         Ok(Introspection::Inactive(why)) => why.as_str(),
         Err(_) => OUTCOME_UNAVAILABLE,
+    }
+}
+
+/// An RFC 9457 problem details object (see [`Verdict::problem`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: Cow<'static, str>,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+/// RFC 9457's media type.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The name grpcurl and the gRPC spec give a code (`INVALID_ARGUMENT`).
+fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -118,6 +162,12 @@ pub enum Verdict {
     AlreadyRotated,
     /// Redis is at `maxmemory`: new tokens are refused, revocations work.
     StoreFull,
+    /// A request body over `PATD_MAX_REQUEST_BYTES` (tonic answers an
+    /// oversized gRPC message with OUT_OF_RANGE itself).
+    TooLarge { limit: usize },
+    /// A request body in a media type the route does not take; names the
+    /// one it takes.
+    UnsupportedMediaType { expected: &'static str },
 }
 
 impl Verdict {
@@ -158,6 +208,8 @@ impl Verdict {
             | Verdict::LimitReached { .. }
             | Verdict::NotFound
             | Verdict::AlreadyRotated
+            | Verdict::TooLarge { .. }
+            | Verdict::UnsupportedMediaType { .. }
             | Verdict::StoreFull => None,
         }
     }
@@ -180,6 +232,8 @@ impl Verdict {
             Verdict::LimitReached { .. } | Verdict::AlreadyRotated => StatusCode::CONFLICT,
             Verdict::NotFound => StatusCode::NOT_FOUND,
             Verdict::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+            Verdict::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Verdict::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -209,9 +263,12 @@ impl Verdict {
             }
             Verdict::Deadline => Code::DeadlineExceeded,
             Verdict::StoreUnavailable => Code::Unavailable,
-            Verdict::InvalidArgument(_) => Code::InvalidArgument,
+            Verdict::InvalidArgument(_) | Verdict::UnsupportedMediaType { .. } => {
+                Code::InvalidArgument
+            }
             Verdict::NotFound => Code::NotFound,
             Verdict::AlreadyRotated => Code::FailedPrecondition,
+            Verdict::TooLarge { .. } => Code::OutOfRange,
         }
     }
 
@@ -260,7 +317,51 @@ impl Verdict {
             Verdict::NotFound => ServiceError::NotFound.to_string().into(),
             Verdict::AlreadyRotated => ServiceError::AlreadyRotated.to_string().into(),
             Verdict::StoreFull => ServiceError::StoreFull.to_string().into(),
+            Verdict::TooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes").into()
+            }
+            Verdict::UnsupportedMediaType { expected } => {
+                format!("the request body must be {expected}").into()
+            }
         }
+    }
+
+    /// The RFC 9457 problem details: `type` `about:blank` (the status says
+    /// it all), `title` the status's reason phrase, `status`, `detail` the
+    /// public message, plus `code` (the gRPC code's name, as grpcurl shows
+    /// it) and, for a bad field, `field` (its proto name, as gRPC names it).
+    pub fn problem(&self) -> Problem {
+        let status = self.http_status();
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.message(),
+            code: grpc_code_name(self.grpc_code()),
+            field: match self {
+                Verdict::InvalidArgument(e) => Some(e.field),
+                _ => None,
+            },
+        }
+    }
+
+    /// As an `application/problem+json` answer (the JSON API and RFC 7662
+    /// doors), `no-store`. A refused caller is challenged to present its
+    /// caller key as a bearer credential (RFC 9110 §11.6.1: every 401
+    /// carries a challenge).
+    pub fn to_problem(&self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (self.http_status(), body).into_response();
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+        if let Verdict::UnauthenticatedCaller = self {
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(bearer::CHALLENGE_MISSING),
+            );
+        }
+        response
     }
 
     /// As a gRPC status.
@@ -418,6 +519,10 @@ mod tests {
             Verdict::NotFound,
             Verdict::AlreadyRotated,
             Verdict::StoreFull,
+            Verdict::TooLarge { limit: 65536 },
+            Verdict::UnsupportedMediaType {
+                expected: "application/json",
+            },
         ]
     }
 
@@ -533,6 +638,39 @@ mod tests {
             assert!(v.message().ends_with(word));
         }
         assert_eq!(Verdict::MissingCredential.reason(), None);
+    }
+
+    #[test]
+    fn every_problem_carries_the_http_status_and_the_grpc_code() {
+        for v in every_denial() {
+            let response = v.to_problem();
+            assert_eq!(response.status(), v.http_status(), "{v:?}");
+            assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);
+            assert_eq!(response.headers()[CACHE_CONTROL], NO_STORE);
+            let body = serde_json::to_value(v.problem()).unwrap();
+            assert_eq!(body["status"], v.http_status().as_u16(), "{v:?}");
+            assert_eq!(
+                body["code"],
+                format!("{:?}", v.grpc_code())
+                    .chars()
+                    .flat_map(|c| {
+                        let sep = c.is_uppercase().then_some('_');
+                        sep.into_iter().chain(c.to_uppercase())
+                    })
+                    .collect::<String>()
+                    .trim_start_matches('_'),
+                "{v:?}"
+            );
+            assert_eq!(body["detail"], v.message().as_ref());
+            let challenged = response.headers().contains_key(WWW_AUTHENTICATE);
+            assert_eq!(challenged, v == Verdict::UnauthenticatedCaller, "{v:?}");
+        }
+        let bad = Verdict::InvalidArgument(FieldError::new("note", "too long"));
+        let bad = serde_json::to_value(bad.problem()).unwrap();
+        assert_eq!(bad["field"], "note");
+        assert_eq!(bad["type"], "about:blank");
+        let not_found = serde_json::to_value(Verdict::NotFound.problem()).unwrap();
+        assert!(not_found.get("field").is_none());
     }
 
     #[test]

@@ -33,11 +33,11 @@ fn info() -> pb::TokenInfo {
         account_id: ACCOUNT.to_owned(),
         note: "bench".to_owned(),
         scopes: vec!["bench:read".to_owned()],
-        created_at: Some(prost_types::Timestamp {
+        created_at: Some(pbjson_types::Timestamp {
             seconds: 1_767_225_600,
             nanos: 0,
         }),
-        expires_at: Some(prost_types::Timestamp {
+        expires_at: Some(pbjson_types::Timestamp {
             seconds: 1_767_232_800,
             nanos: 0,
         }),

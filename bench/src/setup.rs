@@ -88,7 +88,7 @@ pub fn issue_request(account: String, ttl: Duration) -> pb::IssueRequest {
     pb::IssueRequest {
         account_id: account,
         note: "bench".to_owned(),
-        ttl: Some(prost_types::Duration {
+        ttl: Some(pbjson_types::Duration {
             seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             nanos: 0,
         }),

@@ -1,7 +1,7 @@
 //! Protobuf <-> domain conversions for the TokenService messages. Parsing
 //! here is the edge: what leaves this module is validated.
 
-use prost_types::{Duration, Timestamp};
+use pbjson_types::{Duration, Timestamp};
 
 use crate::audit::AuditEvent;
 use crate::domain::{
@@ -9,7 +9,9 @@ use crate::domain::{
     TokenState, UnixMillis,
 };
 use crate::pb;
-use crate::service::{Inactive, IssueCommand, RotateCommand};
+use crate::service::{
+    AuditPage, Inactive, Introspection, IssueCommand, Page, RotateCommand, Rotated,
+};
 
 const NANOS_PER_SEC: i32 = 1_000_000_000;
 
@@ -128,6 +130,49 @@ pub fn token_info(info: TokenInfo) -> pb::TokenInfo {
         last_used_at: info.last_used_at.map(timestamp),
         state: 0,
         ended_at: None,
+    }
+}
+
+/// Introspect's answer: `info` when active, `reason` when not.
+pub fn introspect_response(answer: Introspection) -> pb::IntrospectResponse {
+    match answer {
+        Introspection::Active(live) => pb::IntrospectResponse {
+            active: true,
+            info: Some(token_info(live.info)),
+            reason: 0,
+        },
+        Introspection::Inactive(why) => pb::IntrospectResponse {
+            reason: inactive_reason(why) as i32,
+            ..Default::default()
+        },
+    }
+}
+
+/// List's answer: each token with its state.
+pub fn list_response(page: Page) -> pb::ListResponse {
+    pb::ListResponse {
+        tokens: page.tokens.into_iter().map(listed_token).collect(),
+        next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+    }
+}
+
+/// Rotate's answer: the successor (`ACTIVE`) and when the old token ends.
+pub fn rotate_response(rotated: Rotated) -> pb::RotateResponse {
+    pb::RotateResponse {
+        token: rotated.token.into_exposed(),
+        info: Some(pb::TokenInfo {
+            state: pb::token_info::State::Active as i32,
+            ..token_info(rotated.info)
+        }),
+        previous_expires_at: Some(timestamp(rotated.previous_expires_at)),
+    }
+}
+
+/// ListAuditEvents' answer: newest first.
+pub fn audit_events_response(page: AuditPage) -> pb::ListAuditEventsResponse {
+    pb::ListAuditEventsResponse {
+        events: page.events.into_iter().map(audit_event).collect(),
+        next_page_token: page.next.map(|id| id.encode_cursor()).unwrap_or_default(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! Each handler destructures, parses into domain types, calls the service
 //! and maps the result; `status.rs` owns the error mapping.
 
-mod convert;
+pub(crate) mod convert;
 pub mod ext_authz;
 pub mod guard;
 mod status;
@@ -17,7 +17,7 @@ use crate::domain::{AccountId, FieldError, PageRequest, RevocationReason, TokenI
 use crate::metrics::{self, Door};
 use crate::pb;
 use crate::pb::token_service_server::TokenService;
-use crate::service::{Introspection, Tokens};
+use crate::service::Tokens;
 use crate::store::Store;
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -80,17 +80,7 @@ impl<S: Store> TokenService for TokenApi<S> {
         let pb::IntrospectRequest { token } = request.into_inner();
         let result = self.tokens.introspect(&token).await;
         metrics::introspection(Door::Grpc, crate::verdict::introspect_outcome(&result));
-        let answer = match result? {
-            Introspection::Active(live) => pb::IntrospectResponse {
-                active: true,
-                info: Some(convert::token_info(live.info)),
-                reason: 0,
-            },
-            Introspection::Inactive(why) => pb::IntrospectResponse {
-                reason: convert::inactive_reason(why) as i32,
-                ..Default::default()
-            },
-        };
+        let answer = convert::introspect_response(result?);
         Ok(Response::new(answer))
     }
 
@@ -137,10 +127,7 @@ impl<S: Store> TokenService for TokenApi<S> {
             .tokens
             .list(&caller, account, page, include_inactive)
             .await?;
-        Ok(Response::new(pb::ListResponse {
-            tokens: page.tokens.into_iter().map(convert::listed_token).collect(),
-            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
-        }))
+        Ok(Response::new(convert::list_response(page)))
     }
 
     async fn list_audit_events(
@@ -161,10 +148,7 @@ impl<S: Store> TokenService for TokenApi<S> {
             .tokens
             .list_audit_events(&caller, account, page)
             .await?;
-        Ok(Response::new(pb::ListAuditEventsResponse {
-            events: page.events.into_iter().map(convert::audit_event).collect(),
-            next_page_token: page.next.map(|id| id.encode_cursor()).unwrap_or_default(),
-        }))
+        Ok(Response::new(convert::audit_events_response(page)))
     }
 
     async fn rotate(
@@ -178,14 +162,7 @@ impl<S: Store> TokenService for TokenApi<S> {
             convert::rotate_command(request.into_inner()),
         )?;
         let rotated = self.tokens.rotate(&caller, cmd).await?;
-        Ok(Response::new(pb::RotateResponse {
-            token: rotated.token.into_exposed(),
-            info: Some(pb::TokenInfo {
-                state: pb::token_info::State::Active as i32,
-                ..convert::token_info(rotated.info)
-            }),
-            previous_expires_at: Some(convert::timestamp(rotated.previous_expires_at)),
-        }))
+        Ok(Response::new(convert::rotate_response(rotated)))
     }
 
     async fn revoke_token(

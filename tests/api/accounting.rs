@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{Backend, Patd, PatdOptions, RedisServer, eventually, issue};
-use crate::http_helpers::{get, grpc_frame, h2_post};
+use crate::http_helpers::{get, grpc_frame, h2_post, send};
 
 /// The log lines of `patd` (JSON) whose `rpc` and `outcome` are these.
 fn lines_with(patd: &Patd, rpc: &str, outcome: &str) -> usize {
@@ -117,6 +117,22 @@ async fn deadlines_and_cancellations_each_leave_one_line() {
     .await;
     assert_eq!(reply.status, 504);
     assert!(line_appears(&patd, "ForwardAuth", "deadline_exceeded").await);
+
+    // The JSON API past the deadline: a 504 problem and a line.
+    let reply = send(
+        patd.http_addr,
+        "GET",
+        "/v1/accounts/acct-deadline/tokens",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(line_appears(&patd, "List", "deadline_exceeded").await);
 }
 
 #[tokio::test]

@@ -225,7 +225,7 @@ fn rotation(account: &str, token_id: &str, grace_seconds: i64) -> RotateRequest 
     RotateRequest {
         account_id: account.to_owned(),
         token_id: token_id.to_owned(),
-        grace: Some(prost_types::Duration {
+        grace: Some(pbjson_types::Duration {
             seconds: grace_seconds,
             nanos: 0,
         }),
@@ -366,7 +366,7 @@ async fn refused_rotations_and_revocations_by_value_write_no_event() {
             (rotation(&account, &new, -1), Code::InvalidArgument),
             (
                 RotateRequest {
-                    ttl: Some(prost_types::Duration {
+                    ttl: Some(pbjson_types::Duration {
                         seconds: 400 * 86_400,
                         nanos: 0,
                     }),

@@ -2,7 +2,7 @@
 //! and nothing is written.
 
 use patd::pb::{IssueRequest, ListRequest, RevokeAllRequest, RevokeRequest};
-use prost_types::{Duration, Timestamp};
+use pbjson_types::{Duration, Timestamp};
 use tonic::{Code, Status};
 
 use crate::helpers::{Patd, RawClient, RedisServer};

@@ -106,7 +106,7 @@ async fn a_revocation_on_one_instance_reaches_the_others_cache_within_the_bound(
                 on_a.rotate(RotateRequest {
                     account_id: account.clone(),
                     token_id: token_id.clone(),
-                    grace: Some(prost_types::Duration {
+                    grace: Some(pbjson_types::Duration {
                         seconds: 0,
                         nanos: 0,
                     }),
@@ -289,7 +289,7 @@ async fn a_rotated_token_cached_elsewhere_ends_with_its_grace_window() {
     on_a.rotate(RotateRequest {
         account_id: "acct-rot".to_owned(),
         token_id,
-        grace: Some(prost_types::Duration {
+        grace: Some(pbjson_types::Duration {
             seconds: 2,
             nanos: 0,
         }),

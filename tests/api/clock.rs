@@ -74,7 +74,7 @@ async fn assert_offset(patd: &Patd, expected: i64) {
     );
 }
 
-fn secs(t: &Option<prost_types::Timestamp>) -> i64 {
+fn secs(t: &Option<pbjson_types::Timestamp>) -> i64 {
     t.as_ref().expect("timestamp").seconds
 }
 
@@ -225,7 +225,7 @@ async fn a_patd_clock_behind_redis_changes_no_expiry() {
     // expires_at is the client's absolute instant, judged on Redis's clock.
     let at = |offset_secs: i64| IssueRequest {
         account_id: account.clone(),
-        expires_at: Some(prost_types::Timestamp {
+        expires_at: Some(pbjson_types::Timestamp {
             seconds: unix_secs(SystemTime::now()) + offset_secs,
             nanos: 0,
         }),

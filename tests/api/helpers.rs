@@ -601,7 +601,7 @@ pub fn issue_request(account: &str, ttl_secs: i64) -> IssueRequest {
     IssueRequest {
         account_id: account.to_owned(),
         note: "test".to_owned(),
-        ttl: Some(prost_types::Duration {
+        ttl: Some(pbjson_types::Duration {
             seconds: ttl_secs,
             nanos: 0,
         }),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{HeaderMap, Uri};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
@@ -52,13 +52,34 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
     get_over(stream, &addr.to_string(), path, headers).await
 }
 
+/// `method path` with extra headers and a body, over a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    exchange(
+        stream,
+        &addr.to_string(),
+        method,
+        path,
+        headers,
+        body.to_vec(),
+    )
+    .await
+    .expect("an HTTP answer")
+}
+
 /// `GET path` over an already open stream (plain or TLS). No response at
 /// all (the peer hung up or broke the connection) is status 0.
 pub async fn get_over<S>(stream: S, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    exchange(stream, host, path, headers)
+    exchange(stream, host, "GET", path, headers, Vec::new())
         .await
         .unwrap_or_else(|e| Reply {
             status: 0,
@@ -70,22 +91,26 @@ where
 async fn exchange<S>(
     stream: S,
     host: &str,
+    method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: Vec<u8>,
 ) -> Result<Reply, hyper::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let mut request = Request::get(path)
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
         .header(HOST, host)
         .header(CONNECTION, "close");
     for (name, value) in headers {
         // Appends: a name given twice is sent twice.
         request = request.header(*name, *value);
     }
-    let request = request.body(Empty::<Bytes>::new()).expect("request");
+    let request = request.body(Full::new(Bytes::from(body))).expect("request");
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let headers = response

@@ -19,7 +19,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
         .issue(IssueRequest {
             account_id: alice.clone(),
             note: "CI deploy".into(),
-            ttl: Some(prost_types::Duration {
+            ttl: Some(pbjson_types::Duration {
                 seconds: 3600,
                 nanos: 0,
             }),
@@ -51,7 +51,7 @@ async fn scenario(client: &mut Client) -> Vec<String> {
         seen_info.scopes
     ));
 
-    let at = prost_types::Timestamp {
+    let at = pbjson_types::Timestamp {
         seconds: created.seconds + 7200,
         nanos: 0,
     };

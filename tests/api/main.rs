@@ -15,6 +15,7 @@ mod gateways;
 mod hardening;
 mod helpers;
 mod http_helpers;
+mod json_api;
 mod lifecycle;
 mod limits;
 mod mtls;

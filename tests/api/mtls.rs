@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::{Backend, Client, Patd, PatdOptions, issue_request, random_name};
-use crate::http_helpers::get_over;
+use crate::http_helpers::{Reply, get_over};
 
 const SAN: &str = "spiffe://patd.test/gateway";
 
@@ -106,6 +106,21 @@ async fn https_status(
     client_cert: Option<&(String, String)>,
     token: &str,
 ) -> Option<u16> {
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str())];
+    let reply = https_get(setup, addr, client_cert, "/v1/forward-auth", &headers).await?;
+    (reply.status != 0).then_some(reply.status)
+}
+
+/// `GET path` over TLS, with `client_cert` if any; `None` if the TLS
+/// handshake fails.
+async fn https_get(
+    setup: &Setup,
+    addr: SocketAddr,
+    client_cert: Option<&(String, String)>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(setup.ca_pem.as_bytes()) {
         roots.add(cert.expect("ca pem")).expect("root");
@@ -132,15 +147,30 @@ async fn https_status(
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let name = ServerName::try_from("localhost").expect("name");
     let stream = connector.connect(name, tcp).await.ok()?;
-    let bearer = format!("Bearer {token}");
-    let reply = get_over(
-        stream,
-        "localhost",
-        "/v1/forward-auth",
-        &[("Authorization", &bearer)],
-    )
-    .await;
-    (reply.status != 0).then_some(reply.status)
+    Some(get_over(stream, "localhost", path, headers).await)
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_a_known_san_is_a_json_api_caller() {
+    let ca = ca();
+    let setup = setup(&ca).await;
+    let good = leaf(&ca, &[], Some(SAN));
+    let other_san = leaf(&ca, &[], Some("spiffe://patd.test/intruder"));
+    let http = setup.patd.http_addr;
+    let path = "/v1/accounts/acct/tokens";
+    let listed = https_get(&setup, http, Some(&good), path, &[])
+        .await
+        .expect("mTLS");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    for cert in [None, Some(&other_san)] {
+        let refused = https_get(&setup, http, cert, path, &[]).await.expect("TLS");
+        assert_eq!(refused.status, 401, "{}", refused.body);
+        assert_eq!(
+            refused.header("content-type"),
+            Some("application/problem+json")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ pub fn grpcurl() -> PathBuf {
 }
 
 /// `grpcurl -plaintext <flags> <address> <rest>`
-fn run_grpcurl(patd: &Patd, flags: &[&str], rest: &[&str]) -> String {
+pub fn run_grpcurl(patd: &Patd, flags: &[&str], rest: &[&str]) -> String {
     let out = Command::new(grpcurl())
         .arg("-plaintext")
         .args(flags)

@@ -76,7 +76,7 @@ async fn issue_for(client: &mut Client, account: &str, scopes: &[&str]) -> (Stri
             account_id: account.to_owned(),
             note: "mine".to_owned(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ttl: Some(prost_types::Duration {
+            ttl: Some(pbjson_types::Duration {
                 seconds: 600,
                 nanos: 0,
             }),
@@ -88,9 +88,21 @@ async fn issue_for(client: &mut Client, account: &str, scopes: &[&str]) -> (Stri
 }
 
 /// What a caller and a gateway see for `token`: (active, reason,
-/// forward-auth status, forward-auth's X-Account-Id).
+/// forward-auth status, forward-auth's X-Account-Id); RFC 7662
+/// introspection must agree on `active`.
 async fn seen(patd: &Patd, client: &mut Client, token: &str) -> (bool, i32, u16, Option<String>) {
     let answer = client.introspect(token).await.expect("introspect");
+    let oauth = crate::http_helpers::send(
+        patd.http_addr,
+        "POST",
+        "/oauth2/introspect",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("token={token}").as_bytes(),
+    )
+    .await;
+    assert_eq!(oauth.status, 200, "{}", oauth.body);
+    let oauth: serde_json::Value = serde_json::from_str(&oauth.body).expect("JSON");
+    assert_eq!(oauth["active"], answer.active, "RFC 7662 disagrees");
     let reply = get(
         patd.http_addr,
         "/v1/forward-auth",
@@ -190,11 +202,11 @@ async fn a_rewritten_record_is_unknown_everywhere_and_logged_as_tampered() {
         );
         tampered.push((what, token_id, token));
     }
-    // Each refusal is counted: four per rewrite (two rounds of Introspect
-    // and of the forward-auth check, the same token check).
+    // Each refusal is counted: six per rewrite (two rounds of gRPC
+    // Introspect, RFC 7662 and forward-auth, the same token check).
     assert_eq!(
         tampered_count(&patd, Some("Introspect")).await,
-        (tampered.len() * 4) as f64,
+        (tampered.len() * 6) as f64,
         "{}",
         crate::observability::scrape(&patd).await
     );
@@ -386,7 +398,7 @@ async fn issue_and_rotate_seal_their_tokens_and_plain_digests_carry_no_seal() {
         .rotate(RotateRequest {
             account_id: account.clone(),
             token_id: token_id.clone(),
-            grace: Some(prost_types::Duration {
+            grace: Some(pbjson_types::Duration {
                 seconds: 60,
                 nanos: 0,
             }),

@@ -255,7 +255,7 @@ async fn patd_works_as_the_documented_acl_user_and_names_a_missing_permission() 
         .rotate(patd::pb::RotateRequest {
             account_id: "acct-acl".to_owned(),
             token_id: second.info.expect("info").token_id,
-            grace: Some(prost_types::Duration {
+            grace: Some(pbjson_types::Duration {
                 seconds: 60,
                 nanos: 0,
             }),
@@ -516,7 +516,7 @@ async fn a_rotate_that_timed_out_is_undone_and_the_trail_says_so() {
     let rotation = patd::pb::RotateRequest {
         account_id: account.clone(),
         token_id: old.clone(),
-        grace: Some(prost_types::Duration {
+        grace: Some(pbjson_types::Duration {
             seconds: 600,
             nanos: 0,
         }),

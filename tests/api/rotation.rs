@@ -35,8 +35,8 @@ async fn both(redis: &RedisServer, env: &[(&str, &str)]) -> Vec<(&'static str, P
     out
 }
 
-fn duration(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds, nanos })
+fn duration(seconds: i64, nanos: i32) -> Option<pbjson_types::Duration> {
+    Some(pbjson_types::Duration { seconds, nanos })
 }
 
 fn rotate_request(account: &str, token_id: &str, grace_ms: i64) -> RotateRequest {

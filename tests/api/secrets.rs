@@ -157,7 +157,7 @@ async fn no_secret_of_any_kind_leaks_anywhere() {
         .rotate(patd::pb::RotateRequest {
             account_id: account.clone(),
             token_id: tokens[2].1.clone(),
-            grace: Some(prost_types::Duration {
+            grace: Some(pbjson_types::Duration {
                 seconds: 600,
                 nanos: 0,
             }),
