@@ -391,6 +391,22 @@ impl<S: Store> Tokens<S> {
         refused
     }
 
+    /// A fresh token for `account` and what the store keeps of it: its
+    /// digest under the current key, never the value.
+    fn mint(&self, account: &AccountId, note: &Note, scopes: &Scopes) -> (PlainToken, NewToken) {
+        let (token, parsed) = self.rules.format.generate(account);
+        let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
+        let new = NewToken {
+            token_id: parsed.token_id,
+            account_id: account.clone(),
+            note: note.clone(),
+            scopes: scopes.clone(),
+            digest,
+            key_id,
+        };
+        (token, new)
+    }
+
     async fn issue_inner(&self, cmd: IssueCommand, actor: &Actor) -> Result<Issued, ServiceError> {
         let lifetime = self.rules.lifetime;
         let expiry = lifetime.request(cmd.expiry)?;
@@ -401,16 +417,7 @@ impl<S: Store> Tokens<S> {
             live_keys: &live_keys,
         };
         for _ in 0..ISSUE_ATTEMPTS {
-            let (token, parsed) = self.rules.format.generate(&cmd.account);
-            let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
-            let new = NewToken {
-                token_id: parsed.token_id,
-                account_id: cmd.account.clone(),
-                note: cmd.note.clone(),
-                scopes: cmd.scopes.clone(),
-                digest,
-                key_id,
-            };
+            let (token, new) = self.mint(&cmd.account, &cmd.note, &cmd.scopes);
             let outcome = match self.store.issue(&new, expiry, &terms, actor).await {
                 Ok(outcome) => outcome,
                 // Refused whole before any write: nothing to undo.
@@ -924,16 +931,7 @@ impl<S: Store> Tokens<S> {
             live_keys: &live_keys,
         };
         for _ in 0..ISSUE_ATTEMPTS {
-            let (token, parsed) = self.rules.format.generate(&cmd.account);
-            let (key_id, digest) = self.rules.hasher.for_new(token.expose(), &parsed.digest);
-            let new = NewToken {
-                token_id: parsed.token_id,
-                account_id: cmd.account.clone(),
-                note: old.info.note.clone(),
-                scopes: old.info.scopes.clone(),
-                digest,
-                key_id,
-            };
+            let (token, new) = self.mint(&cmd.account, &old.info.note, &old.info.scopes);
             let rotation = Rotation {
                 old: &cmd.token_id,
                 new: &new,

@@ -103,8 +103,10 @@ pub struct Problem {
 /// RFC 9457's media type.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// The name grpcurl and the gRPC spec give a code (`INVALID_ARGUMENT`).
-fn grpc_code_name(code: Code) -> &'static str {
+/// The name grpcurl and the gRPC spec give a code (`INVALID_ARGUMENT`):
+/// problem details' `code` member and the `code` label of
+/// `patd_requests_total`.
+pub fn grpc_code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
