@@ -475,6 +475,12 @@ impl HealingConnection {
             Ok(mut manager) => run(&mut manager).await,
             Err(e) => Err(e),
         };
+        self.after(result)
+    }
+
+    /// Passes a call's result on, first dropping the manager when it
+    /// failed in a way a new connection might not.
+    fn after<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &result {
             self.failed(e);
         }
@@ -484,6 +490,13 @@ impl HealingConnection {
 
 impl ConnectionLike for HealingConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        // The usual case, a manager in place, skips `manager()`: its future
+        // (which may wait for the sentinels) would make every call's boxed
+        // future as large as that slow path.
+        if let Some(current) = self.shared.current.load_full() {
+            let mut manager = (*current).clone();
+            return async move { self.after(manager.req_packed_command(cmd).await) }.boxed();
+        }
         async move { self.call(async |m| m.req_packed_command(cmd).await).await }.boxed()
     }
 
@@ -493,6 +506,13 @@ impl ConnectionLike for HealingConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        if let Some(current) = self.shared.current.load_full() {
+            let mut manager = (*current).clone();
+            return async move {
+                self.after(manager.req_packed_commands(pipeline, offset, count).await)
+            }
+            .boxed();
+        }
         async move {
             self.call(async |m| m.req_packed_commands(pipeline, offset, count).await)
                 .await

@@ -24,12 +24,15 @@ impl Keys {
 
     /// The hash of one token.
     pub fn token(&self, token_id: &TokenId) -> String {
-        format!(
-            "{}:{{{}}}:t:{}",
-            self.prefix,
-            token_id.shard_tag(),
-            token_id.as_str()
-        )
+        // Built by hand, not `format!`: every uncached Introspect makes one.
+        let (tag, id) = (token_id.shard_tag(), token_id.as_str());
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + id.len() + 6);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(tag);
+        key.push_str("}:t:");
+        key.push_str(id);
+        key
     }
 
     /// The stream of an account's audit events (one entry per change,

@@ -243,10 +243,8 @@ impl RedisStore {
     /// Redis.
     async fn read_found(&self, token_id: &TokenId) -> Result<Found, StoreError> {
         let mut conn = self.reads.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.keys.token(token_id))
-            .arg(&FIELDS)
+        let mut pipe = redis::Pipeline::with_capacity(2);
+        pipe.add_command(hmget(self.keys.token(token_id), &FIELDS))
             .cmd("TIME");
         let (values, time): (Row, (u64, u64)) = self.timed(pipe.query_async(&mut conn)).await?;
         let now = redis_millis(time);
@@ -258,12 +256,7 @@ impl RedisStore {
             });
         }
         let tomb: Row = self
-            .timed(
-                redis::cmd("HMGET")
-                    .arg(self.keys.tombstone(token_id))
-                    .arg(&TOMBSTONE_FIELDS)
-                    .query_async(&mut conn),
-            )
+            .timed(hmget(self.keys.tombstone(token_id), &TOMBSTONE_FIELDS).query_async(&mut conn))
             .await?;
         Ok(Found {
             token: None,
@@ -484,6 +477,15 @@ impl RedisStore {
     }
 }
 
+/// `HMGET key fields...`, its buffers sized once (this is on the path of
+/// every Introspect the cache does not answer).
+fn hmget(key: String, fields: &[&str]) -> redis::Cmd {
+    let data = "HMGET".len() + key.len() + fields.iter().map(|f| f.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(2 + fields.len(), data);
+    cmd.arg("HMGET").arg(key).arg(fields);
+    cmd
+}
+
 /// Redis's `TIME` (seconds, microseconds) in Unix ms: the one clock that
 /// decides expiry for every instance sharing this Redis.
 fn redis_millis((seconds, micros): (u64, u64)) -> UnixMillis {
@@ -504,16 +506,12 @@ fn decode_record(
     };
     // Fields are read as bytes: one that is not UTF-8 makes this record
     // corrupt, never the whole reply (and so never a whole List).
-    if values
-        .iter()
-        .flatten()
-        .any(|v| std::str::from_utf8(v).is_err())
-    {
-        return Err(corrupt("a field is not UTF-8"));
-    }
-    let mut it = values
+    let values = values
         .into_iter()
-        .map(|v| v.and_then(|bytes| String::from_utf8(bytes).ok()));
+        .map(|v| v.map(String::from_utf8).transpose())
+        .collect::<Result<Vec<Option<String>>, _>>()
+        .map_err(|_| corrupt("a field is not UTF-8"))?;
+    let mut it = values.into_iter();
     let mut next = || it.next().flatten();
     let (Some(account), digest, note, scopes, created, expires, used, key_id, rotated, mac) = (
         next(),
