@@ -205,17 +205,6 @@ impl Cache {
         self.usable_until.fetch_max(until, Ordering::SeqCst);
         metrics::cache_bypass(false);
     }
-
-    /// Records held now (moka counts lazily; for tests and logs).
-    pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    /// Whether no record is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Applies one invalidation message: token ids separated by spaces.
