@@ -141,13 +141,7 @@ impl TokenService for Baseline {
 /// every Introspect reads Redis once.
 pub async fn serve(addr: SocketAddr, nodelay: bool, redis_url: Option<&str>) -> Result<(), String> {
     let redis = match redis_url {
-        Some(url) => Some(
-            redis::Client::open(url)
-                .map_err(|e| format!("redis URL: {e}"))?
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| format!("cannot connect to Redis: {e}"))?,
-        ),
+        Some(url) => Some(crate::redis_rtt::connect(url).await?),
         None => None,
     };
     let listener = TcpListener::bind(addr)

@@ -17,6 +17,14 @@ use crate::cli::PropagationArgs;
 use crate::driver::{Client, connect_grpc};
 use crate::setup::{issue_request, nonce};
 
+/// A TokenService client on one connection to `addr`.
+async fn client(addr: &str) -> Result<Client, String> {
+    let channel = connect_grpc(addr, 1).await?.pop();
+    channel
+        .map(Client::new)
+        .ok_or_else(|| format!("no connection to {addr}"))
+}
+
 /// A trial still active on B after this long is counted as over 1 s and
 /// given up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
@@ -43,26 +51,10 @@ async fn active(client: &mut Client, token: &str) -> Result<bool, tonic::Status>
 }
 
 pub async fn run(args: PropagationArgs) -> Result<bool, String> {
-    let mut a = Client::new(
-        connect_grpc(&args.a, 1)
-            .await?
-            .pop()
-            .ok_or("no channel to A")?,
-    );
-    let mut b = Client::new(
-        connect_grpc(&args.b, 1)
-            .await?
-            .pop()
-            .ok_or("no channel to B")?,
-    );
+    let mut a = client(&args.a).await?;
+    let mut b = client(&args.b).await?;
     let mut killer = match &args.kill_channel_on {
-        Some(url) => Some(
-            redis::Client::open(url.as_str())
-                .map_err(|e| format!("redis URL: {e}"))?
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| format!("cannot connect to Redis: {e}"))?,
-        ),
+        Some(url) => Some(crate::redis_rtt::connect(url).await?),
         None => None,
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
@@ -162,12 +154,7 @@ pub async fn run(args: PropagationArgs) -> Result<bool, String> {
 /// h2load posts as is.
 pub async fn h2load_body(grpc_addr: &str, out: &std::path::Path) -> Result<(), String> {
     use prost::Message as _;
-    let mut client = Client::new(
-        connect_grpc(grpc_addr, 1)
-            .await?
-            .pop()
-            .ok_or("no channel")?,
-    );
+    let mut client = client(grpc_addr).await?;
     let issued = client
         .issue(issue_request(
             format!("bench-h2load-{}", nonce()),

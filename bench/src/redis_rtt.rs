@@ -23,12 +23,18 @@ struct RttReport {
     max_us: u64,
 }
 
-pub async fn run(args: RedisRttArgs) -> Result<(), String> {
-    let client = redis::Client::open(args.url.as_str()).map_err(|e| format!("redis URL: {e}"))?;
-    let mut conn = client
+/// One multiplexed connection of the `redis` crate (the client patd uses)
+/// to `url`.
+pub async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    redis::Client::open(url)
+        .map_err(|e| format!("redis URL: {e}"))?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        .map_err(|e| format!("cannot connect to Redis: {e}"))
+}
+
+pub async fn run(args: RedisRttArgs) -> Result<(), String> {
+    let mut conn = connect(&args.url).await?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
     for i in 0..WARMUP_PINGS + args.count {
