@@ -242,6 +242,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_requests_per_connection: u32,
 
+    /// Requests (HTTP/2 streams, HTTP/1.1 requests) both listeners hold at
+    /// once, each from its headers until its answer has been sent; beyond
+    /// it a request is refused at once (RESOURCE_EXHAUSTED / HTTP 503).
+    /// Bounds the memory requests can hold.
+    #[arg(long, env = "PATD_MAX_STREAMS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams: u32,
+
+    /// Of PATD_MAX_STREAMS, the requests the open services (health,
+    /// reflection, `/healthz`, `/readyz`, `/metrics`), which need no
+    /// caller key, may hold at once.
+    #[arg(long, env = "PATD_MAX_OPEN_SERVICE_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_open_service_streams: u32,
+
+    /// How long an answer may wait for the peer to read it (for HTTP/2
+    /// flow-control window, or for TCP to take it); then its connection is
+    /// closed.
+    #[arg(long, env = "PATD_SEND_TIMEOUT", default_value = "10s")]
+    pub send_timeout: humantime::Duration,
+
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, env = "PATD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]

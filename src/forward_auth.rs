@@ -28,6 +28,7 @@ use crate::bearer;
 use crate::domain::{FieldError, Scopes};
 use crate::json_api;
 use crate::listener::Limits;
+use crate::listener::budget::{Held, StreamBudget};
 use crate::metrics::{self, Door};
 use crate::service::Tokens;
 use crate::store::Store;
@@ -57,6 +58,16 @@ struct AppState<S> {
     shutdown: CancellationToken,
 }
 
+/// What bounds the HTTP listener's requests: the listener limits, the
+/// stream budget it shares with gRPC, and the largest JSON or form body,
+/// in bytes.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub limits: Limits,
+    pub budget: StreamBudget,
+    pub max_request_bytes: usize,
+}
+
 /// The HTTP routes over the token service (forward-auth, health, and the
 /// JSON doors of `json_api`), inside the same guards as gRPC, outermost
 /// first: panic catcher, deadline, and (forward-auth and JSON only) load
@@ -67,11 +78,15 @@ pub fn router<S: Store>(
     tokens: Tokens<S>,
     settings: ForwardAuth,
     callers: LiveCallers,
-    limits: Limits,
-    max_request_bytes: usize,
+    bounds: Bounds,
     shutdown: CancellationToken,
     metrics: bool,
 ) -> Router {
+    let Bounds {
+        limits,
+        budget,
+        max_request_bytes,
+    } = bounds;
     let guards = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panicked))
         .layer(HandleErrorLayer::new(overloaded_or_late))
@@ -107,6 +122,7 @@ pub fn router<S: Store>(
         .merge(json_api)
         .layer(axum::middleware::from_fn(one_chunked_coding))
         .layer(guards)
+        .layer(axum::middleware::from_fn_with_state(budget, hold_place))
         // Outermost: every answer is measured, shed and late ones too.
         .layer(axum::middleware::from_fn(observe))
 }
@@ -208,6 +224,32 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
         started.elapsed(),
     );
     response
+}
+
+/// Holds the request's place in the stream budget until its answer has
+/// been sent; refuses it at once (503, as when overloaded) when the budget
+/// is spent. Forward-auth and the JSON API count against the total; the
+/// open routes (health, metrics, unknown paths) against the open services'
+/// budget too.
+async fn hold_place(
+    axum::extract::State(budget): axum::extract::State<StreamBudget>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let open = matches!(
+        route_label(request.uri().path()),
+        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" | "unknown"
+    );
+    match budget.admit(open) {
+        Ok(place) => next
+            .run(request)
+            .await
+            .map(|body| axum::body::Body::new(Held::new(body, place))),
+        Err(spent) => {
+            metrics::stream_refused(spent.as_str());
+            Verdict::Overloaded.to_forward_auth(Duration::ZERO)
+        }
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition (format 0.0.4).

@@ -26,7 +26,7 @@
 //!   text of `/metrics`.
 //!
 //! Transport (the doors):
-//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `metrics`, `pb`,
+//! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `listener`, `metrics`, `pb`,
 //!   `service`, `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
 //!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
 //!   deadline, load shedding, caller gate) and the method -> role rule.
@@ -40,9 +40,11 @@
 //!   OpenAPI document, on the HTTP listener.
 //! - [`health`] (uses nothing): `grpc.health.v1` per its protocol (Watch
 //!   of an unknown service, watches ended at shutdown).
-//! - [`listener`] (uses `tls`): limits shared by both listeners (head size
-//!   and time, HTTP/2 streams and keepalive) and the HTTP accept loop
-//!   (TCP_NODELAY, first-bytes deadline, TLS handshake, drain).
+//! - [`listener`] (uses `metrics`, `tls`): limits shared by both listeners
+//!   (head size and time, HTTP/2 streams and keepalive, the stream budget,
+//!   the frame meter's send timeout and control-frame allowance) and the
+//!   HTTP accept loop (TCP_NODELAY, first-bytes deadline, TLS handshake,
+//!   drain).
 //! - [`tls`] (uses `auth`): TLS and mutual TLS; client-certificate SANs,
 //!   typed.
 //! - [`verdict`] (uses `auth`, `bearer`, `domain`, `service`): the one table

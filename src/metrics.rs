@@ -25,6 +25,8 @@
 //! | `patd.cache.invalidations` | `patd_cache_invalidations_total` | |
 //! | `patd.cache.bypass` (gauge) | `patd_cache_bypass` | |
 //! | `patd.records.tampered` | `patd_records_tampered_total` | `rpc` |
+//! | `patd.connections.closed` | `patd_connections_closed_total` | `reason` |
+//! | `patd.streams.refused` | `patd_streams_refused_total` | `budget` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -86,6 +88,8 @@ struct Instruments {
     cache_invalidations: Counter<u64>,
     cache_bypass: Gauge<u64>,
     records_tampered: Counter<u64>,
+    connections_closed: Counter<u64>,
+    streams_refused: Counter<u64>,
 }
 
 impl Instruments {
@@ -141,6 +145,14 @@ impl Instruments {
             records_tampered: counter(
                 "patd.records.tampered",
                 "Token records refused because their seal is missing or wrong",
+            ),
+            connections_closed: counter(
+                "patd.connections.closed",
+                "Connections patd closed because the peer broke a connection rule",
+            ),
+            streams_refused: counter(
+                "patd.streams.refused",
+                "Requests refused because a stream budget was spent",
             ),
         }
     }
@@ -241,6 +253,22 @@ pub fn cache_invalidations(n: u64) {
 /// serving `rpc` (`Introspect`, `List`, ...).
 pub fn record_tampered(rpc: &'static str) {
     get().records_tampered.add(1, &[KeyValue::new("rpc", rpc)]);
+}
+
+/// A connection closed by patd because its peer broke a rule; `reason`:
+/// `send_timeout` (an answer left unsent) or `control_flood`.
+pub fn connection_closed(reason: &'static str) {
+    get()
+        .connections_closed
+        .add(1, &[KeyValue::new("reason", reason)]);
+}
+
+/// A request refused at once because `budget` (`total` or `open`) was
+/// spent.
+pub fn stream_refused(budget: &'static str) {
+    get()
+        .streams_refused
+        .add(1, &[KeyValue::new("budget", budget)]);
 }
 
 /// Whether the introspection cache is bypassed now.

@@ -22,6 +22,7 @@ use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
 use crate::grpc::{TokenApi, TokenServiceServer};
 use crate::health::Health;
+use crate::listener::budget::StreamBudget;
 use crate::listener::gate::ConnectionGate;
 use crate::listener::{HTTP2_KEEPALIVE_TIMEOUT, Limits, MAX_HEADER_BYTES};
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
@@ -177,6 +178,7 @@ impl Application {
         let http_gate =
             ConnectionGate::new(limits.max_connections, limits.max_connections_per_peer);
         let callers = self.callers.clone();
+        let budget = StreamBudget::new(limits.max_streams, limits.max_open_service_streams);
         let api = TokenServiceServer::new(TokenApi::new(self.tokens.clone()))
             .max_decoding_message_size(max_request);
         let ext_authz = AuthorizationServer::new(ExtAuthz::new(
@@ -188,8 +190,11 @@ impl Application {
             self.tokens.clone(),
             settings.forward_auth,
             callers.clone(),
-            limits,
-            max_request,
+            crate::forward_auth::Bounds {
+                limits,
+                budget: budget.clone(),
+                max_request_bytes: max_request,
+            },
             shutdown.clone(),
             settings.metrics,
         );
@@ -263,6 +268,7 @@ impl Application {
                 limits.max_requests_per_connection,
                 // The message and its 5-byte gRPC frame header.
                 max_request + 5,
+                budget,
             ))
             .layer(CallerGateLayer::new(callers));
         let router = Server::builder()
@@ -285,6 +291,7 @@ impl Application {
                         self.grpc_listener,
                         grpc_gate,
                         tls.clone(),
+                        limits.send_timeout,
                         stop_accepting.clone(),
                     );
                     router.serve_with_incoming_shutdown(incoming, stop).await
@@ -293,6 +300,7 @@ impl Application {
                     let incoming = crate::listener::grpc_incoming(
                         self.grpc_listener,
                         grpc_gate,
+                        limits.send_timeout,
                         stop_accepting.clone(),
                     );
                     router.serve_with_incoming_shutdown(incoming, stop).await

@@ -56,6 +56,8 @@ pub enum SettingsError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
+    #[error("PATD_SEND_TIMEOUT must be positive")]
+    SendTimeout,
     #[error("PATD_CACHE_TTL must be positive (PATD_CACHE_MAX_ENTRIES=0 turns the cache off)")]
     CacheTtl,
     #[error("PATD_AUDIT_RETENTION must be between 1s and 3650d")]
@@ -217,6 +219,9 @@ impl TryFrom<Config> for Settings {
         if config.redis_timeout.is_zero() || config.request_timeout.is_zero() {
             return Err(SettingsError::Timeout);
         }
+        if config.send_timeout.is_zero() {
+            return Err(SettingsError::SendTimeout);
+        }
         // Ten years keeps every millisecond count well inside what Redis's
         // Lua numbers hold exactly.
         let retention = *config.audit_retention;
@@ -301,6 +306,9 @@ impl TryFrom<Config> for Settings {
                 http2_keepalive: *config.http2_keepalive,
                 max_connections: config.max_connections as usize,
                 max_connections_per_peer: config.max_connections_per_peer as usize,
+                max_streams: config.max_streams as usize,
+                max_open_service_streams: config.max_open_service_streams as usize,
+                send_timeout: *config.send_timeout,
             },
             forward_auth: ForwardAuth {
                 token_header: config.forward_auth_token_header,

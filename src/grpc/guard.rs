@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{CallerName, LiveCallers, Role};
 use crate::bearer;
+use crate::listener::budget::{Held, StreamBudget};
 use crate::metrics;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::telemetry::{RpcName, Unfinished, panic_message};
@@ -65,6 +66,7 @@ pub struct ShieldLayer {
     slots: Arc<Semaphore>,
     per_connection: Arc<PerConnection>,
     max_message_bytes: usize,
+    budget: StreamBudget,
 }
 
 /// Slots held per client connection (by its remote address).
@@ -113,12 +115,16 @@ impl Drop for ConnectionShare {
 
 impl ShieldLayer {
     /// `max_message_bytes` bounds the message buffered before a slot is
-    /// taken (larger: OUT_OF_RANGE, as tonic answers).
+    /// taken (larger: OUT_OF_RANGE, as tonic answers). Every call, counted
+    /// or not, holds a place in `budget` until its answer has been sent
+    /// (beyond it: RESOURCE_EXHAUSTED at once); health, reflection and
+    /// unknown methods hold one of the open services' places.
     pub fn new(
         timeout: Duration,
         max_in_flight: usize,
         max_per_connection: usize,
         max_message_bytes: usize,
+        budget: StreamBudget,
     ) -> Self {
         Self {
             timeout,
@@ -128,6 +134,7 @@ impl ShieldLayer {
                 max: max_per_connection.max(1),
             }),
             max_message_bytes,
+            budget,
         }
     }
 }
@@ -216,6 +223,18 @@ where
             // Logs the request if it ends without an answer (the client
             // went away and its future was dropped).
             let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
+            // The place is held from here until the answer has been sent
+            // (by the body below), or the call is dropped.
+            let place = match layer.budget.admit(!counted) {
+                Ok(place) => place,
+                Err(spent) => {
+                    metrics::stream_refused(spent.as_str());
+                    if let Some(u) = unfinished.take() {
+                        u.finish("overloaded");
+                    }
+                    return Ok(Verdict::Overloaded.to_status().into_http());
+                }
+            };
             let work = async {
                 let request = match counted {
                     true => match buffered(request, layer.max_message_bytes).await {
@@ -233,7 +252,7 @@ where
                 };
                 Ok(AssertUnwindSafe(inner.call(request)).catch_unwind().await)
             };
-            match tokio::time::timeout(timeout, work).await {
+            let answered = match tokio::time::timeout(timeout, work).await {
                 // The handler answered and wrote its own line.
                 Ok(Ok(Ok(result))) => {
                     if let Some(u) = unfinished.as_mut() {
@@ -278,7 +297,8 @@ where
                     }
                     Ok(Verdict::Deadline.to_status().into_http())
                 }
-            }
+            };
+            answered.map(|response| response.map(|body| Body::new(Held::new(body, place))))
         };
         let Some((rpc, span)) = observed else {
             return Box::pin(answer);
@@ -601,7 +621,13 @@ mod tests {
 
     #[test]
     fn one_connection_holds_at_most_its_share() {
-        let layer = ShieldLayer::new(Duration::from_secs(1), 10, 2, 1024);
+        let layer = ShieldLayer::new(
+            Duration::from_secs(1),
+            10,
+            2,
+            1024,
+            StreamBudget::new(64, 8),
+        );
         let (a, b): (SocketAddr, SocketAddr) =
             ("10.0.0.1:1".parse().unwrap(), "10.0.0.1:2".parse().unwrap());
         let first = admit(&layer, Some(a)).expect("first");
@@ -618,7 +644,8 @@ mod tests {
         let ok = service_fn(|_: http::Request<Body>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let shield = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024).layer(ok);
+        let shield = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024, StreamBudget::new(64, 8))
+            .layer(ok);
         for (content_type, status) in [
             ("application/grpc", 200),
             ("application/grpc+proto", 200),
@@ -651,11 +678,12 @@ mod tests {
             }
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024)
-            .layer(inner)
-            .oneshot(grpc_request())
-            .await
-            .unwrap();
+        let response =
+            ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024, StreamBudget::new(64, 8))
+                .layer(inner)
+                .oneshot(grpc_request())
+                .await
+                .unwrap();
         assert_eq!(grpc_status(&response), Some("13"));
         let message = response
             .headers()
@@ -672,11 +700,17 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(Duration::from_millis(20), 8, 8, 1024)
-            .layer(inner)
-            .oneshot(grpc_request())
-            .await
-            .unwrap();
+        let response = ShieldLayer::new(
+            Duration::from_millis(20),
+            8,
+            8,
+            1024,
+            StreamBudget::new(64, 8),
+        )
+        .layer(inner)
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
         assert_eq!(grpc_status(&response), Some("4"));
     }
 

@@ -2,10 +2,13 @@
 //! and HTTP/2 (`Limits` and the constants here), connection admission and
 //! the first-bytes deadline ([`gate`]), the HTTP listener's accept loop
 //! (TCP_NODELAY, the TLS handshake, graceful drain) and the gRPC listener's
-//! incoming connections (plain or TLS, with the reloadable `TlsConfig`).
+//! incoming connections (plain or TLS, with the reloadable `TlsConfig`),
+//! each under the frame [`meter`]; the stream [`budget`] both share.
 //! gRPC's tonic server takes the same limits in `server.rs`.
 
+pub mod budget;
 pub mod gate;
+pub mod meter;
 
 use std::future::Future;
 use std::io;
@@ -25,6 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use self::gate::{ConnectionGate, Guarded};
+use self::meter::Metered;
 use crate::tls::{PeerSans, TlsConfig, client_sans};
 
 /// Bytes a connection must deliver within `HEADER_READ_TIMEOUT`: the
@@ -51,6 +55,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections one IP address may hold on one listener.
     pub max_connections_per_peer: usize,
+    /// Requests both listeners hold at once (see [`budget`]).
+    pub max_streams: usize,
+    /// Of `max_streams`, those the open services may hold.
+    pub max_open_service_streams: usize,
+    /// How long an answer may wait for its reader (see [`meter`]).
+    pub send_timeout: Duration,
 }
 
 /// A peer that leaves a keepalive ping unanswered this long is dropped.
@@ -147,13 +157,17 @@ where
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// The gRPC listener's plaintext connections.
+/// The gRPC listener's plaintext connections, metered (answers left
+/// unsent for `send_timeout` close them).
 pub fn grpc_incoming(
     listener: TcpListener,
     gate: ConnectionGate,
+    send_timeout: Duration,
     stop: CancellationToken,
-) -> impl Stream<Item = Result<Guarded<TcpStream>, io::Error>> {
-    incoming(listener, gate, stop, |stream| async move { Some(stream) })
+) -> impl Stream<Item = Result<Metered<Guarded<TcpStream>>, io::Error>> {
+    incoming(listener, gate, stop, move |stream| async move {
+        Some(Metered::new(stream, send_timeout))
+    })
 }
 
 /// The gRPC listener's connections over TLS, handshaken with the
@@ -163,18 +177,23 @@ pub fn grpc_tls_incoming(
     listener: TcpListener,
     gate: ConnectionGate,
     tls: Arc<TlsConfig>,
+    send_timeout: Duration,
     stop: CancellationToken,
-) -> impl Stream<Item = Result<TlsStream<Guarded<TcpStream>>, io::Error>> {
+) -> impl Stream<Item = Result<Metered<TlsStream<Guarded<TcpStream>>>, io::Error>> {
     incoming(listener, gate, stop, move |stream| {
         let acceptor = tls.grpc_acceptor();
-        async move { handshake(stream, &acceptor).await }
+        async move {
+            let stream = handshake(stream, &acceptor).await?;
+            Some(Metered::new(stream, send_timeout))
+        }
     })
 }
 
 /// Serves `app` on `listener` (over TLS when an acceptor is given) until
 /// `stop` is cancelled, then lets open requests finish for at most `drain`.
 /// Request heads are bounded in size and time so a slow or huge request
-/// cannot pin a connection; so is the TLS handshake.
+/// cannot pin a connection; so is the TLS handshake; connections are
+/// metered (see [`meter`]).
 pub async fn serve(
     listener: TcpListener,
     gate: ConnectionGate,
@@ -217,6 +236,7 @@ pub async fn serve(
             // first-bytes deadline of `Guarded` drops a silent client.
             let Some(tls) = tls else {
                 let service = TowerToHyperService::new(app);
+                let stream = Metered::new(stream, limits.send_timeout);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let _ = watcher.watch(conn.into_owned()).await;
                 return;
@@ -234,6 +254,7 @@ pub async fn serve(
             );
             let app = app.layer(axum::Extension(sans));
             let service = TowerToHyperService::new(app);
+            let stream = Metered::new(stream, limits.send_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let _ = watcher.watch(conn.into_owned()).await;
         });

@@ -29,4 +29,5 @@ mod redis_tls;
 mod rotation;
 mod secrets;
 mod security;
+mod stalls;
 mod tampered;

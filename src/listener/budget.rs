@@ -1,0 +1,169 @@
+//! The stream budgets both listeners share. Every request (an HTTP/2
+//! stream, or an HTTP/1.1 request) holds a place from its headers until
+//! its answer has been sent, or dropped: a request that waits for its body
+//! or an answer that waits for a reader both hold memory (headers,
+//! buffered body, the answer). Beyond a budget a request is refused at
+//! once with a body-less answer, which needs no flow-control window and
+//! so cannot stall. The open services (health, reflection, `/healthz`,
+//! `/readyz`, `/metrics`, unknown paths), which anyone who reaches a port
+//! may call, also hold a place in a small budget of their own, so an
+//! anonymous peer can hold at most that much.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The places requests may hold at once: `total` in all, `open` of them on
+/// the open services. Cloning shares the budget.
+#[derive(Debug, Clone)]
+pub struct StreamBudget {
+    total: Arc<Semaphore>,
+    open: Arc<Semaphore>,
+}
+
+/// A request's place; given back when dropped.
+#[derive(Debug)]
+pub struct Place {
+    _total: OwnedSemaphorePermit,
+    _open: Option<OwnedSemaphorePermit>,
+}
+
+/// Which budget was spent (the `budget` label of
+/// `patd_streams_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    Total,
+    Open,
+}
+
+impl Spent {
+    /// The label value: `total` or `open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spent::Total => "total",
+            Spent::Open => "open",
+        }
+    }
+}
+
+impl StreamBudget {
+    pub fn new(total: usize, open: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(total)),
+            open: Arc::new(Semaphore::new(open)),
+        }
+    }
+
+    /// A place for a request, on an open service when `open_service`.
+    ///
+    /// # Errors
+    /// The budget that is spent (never waits).
+    pub fn admit(&self, open_service: bool) -> Result<Place, Spent> {
+        let open = match open_service {
+            true => Some(
+                self.open
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Spent::Open)?,
+            ),
+            false => None,
+        };
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Spent::Total)?;
+        Ok(Place {
+            _total: total,
+            _open: open,
+        })
+    }
+}
+
+/// An answer's body holding its request's place until its last frame has
+/// been taken (or the body is dropped: a reset stream, a closed
+/// connection).
+#[derive(Debug)]
+pub struct Held<B> {
+    inner: B,
+    place: Option<Place>,
+}
+
+impl<B> Held<B> {
+    pub fn new(inner: B, place: Place) -> Self {
+        Self {
+            inner,
+            place: Some(place),
+        }
+    }
+}
+
+impl<B> Body for Held<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.place = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Full};
+
+    #[test]
+    fn open_services_have_a_budget_within_the_total() {
+        let budget = StreamBudget::new(3, 1);
+        let open = budget.admit(true).expect("an open place");
+        assert_eq!(budget.admit(true).unwrap_err(), Spent::Open);
+        let a = budget.admit(false).expect("a place");
+        let b = budget.admit(false).expect("the last place");
+        assert_eq!(budget.admit(false).unwrap_err(), Spent::Total);
+        drop(open);
+        let c = budget.admit(false).expect("the open place's total place");
+        assert_eq!(
+            budget.admit(true).unwrap_err(),
+            Spent::Total,
+            "an open place needs a total place too"
+        );
+        drop((a, b, c));
+        assert!(budget.admit(true).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_place_is_held_until_the_answer_has_been_read() {
+        let budget = StreamBudget::new(1, 1);
+        let place = budget.admit(false).expect("a place");
+        let mut body = Held::new(Full::new(Bytes::from_static(b"answer")), place);
+        assert!(budget.admit(false).is_err(), "held while unsent");
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), "answer");
+        assert!(budget.admit(false).is_err(), "held until the end is seen");
+        assert!(body.frame().await.is_none());
+        assert!(budget.admit(false).is_ok(), "given back at the end");
+        drop(body);
+    }
+}
