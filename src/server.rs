@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::LiveCallers;
 use crate::grpc::ext_authz::{AuthorizationServer, ExtAuthz};
-use crate::grpc::guard::{CallerGateLayer, ShieldLayer};
+use crate::grpc::guard::ShieldLayer;
 use crate::grpc::{TokenApi, TokenServiceServer};
 use crate::health::Health;
 use crate::listener::budget::StreamBudget;
@@ -258,19 +258,19 @@ impl Application {
             let stop_accepting = stop_accepting.clone();
             async move { stop_accepting.cancelled().await }
         };
-        // Outermost first: panics, deadlines and shedding beyond the
-        // concurrency limit (a fast RESOURCE_EXHAUSTED rather than a queue),
-        // then caller authentication.
-        let layers = tower::ServiceBuilder::new()
-            .layer(ShieldLayer::new(
-                limits.request_timeout,
-                limits.max_concurrent_requests,
-                limits.max_requests_per_connection,
-                // The message and its 5-byte gRPC frame header.
-                max_request + 5,
-                budget,
-            ))
-            .layer(CallerGateLayer::new(callers));
+        // One layer: the stream budget, panics, deadlines, caller
+        // authentication on the headers, then shedding beyond the
+        // concurrency limit once the message has arrived (a fast
+        // RESOURCE_EXHAUSTED rather than a queue).
+        let layers = tower::ServiceBuilder::new().layer(ShieldLayer::new(
+            limits.request_timeout,
+            limits.max_concurrent_requests,
+            limits.max_requests_per_connection,
+            // The message and its 5-byte gRPC frame header.
+            max_request + 5,
+            budget,
+            callers,
+        ));
         let router = Server::builder()
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_BYTES as u32)

@@ -1,10 +1,13 @@
-//! Tower layers around every gRPC service, outermost first (see
-//! `server.rs`): `Shield` (panic catcher: INTERNAL out, details in the log;
-//! deadline: DEADLINE_EXCEEDED; admission: beyond the concurrency limit a
-//! token-service call is refused at once with RESOURCE_EXHAUSTED), then
-//! `CallerGate` (UNAUTHENTICATED / PERMISSION_DENIED by role). Health and
-//! reflection are never counted against the limit, so an overloaded or
-//! attacked patd still answers its probes. Which method needs which role
+//! The tower layer around every gRPC service (see `server.rs`): `Shield`,
+//! in this order: the stream budget (every call holds a place until its
+//! answer has been sent), panic catcher (INTERNAL out, details in the log),
+//! deadline (DEADLINE_EXCEEDED), caller authentication on the headers
+//! (UNAUTHENTICATED / PERMISSION_DENIED by role), then admission: a
+//! token-service call takes a concurrency slot once its message has
+//! arrived, or is refused at once with RESOURCE_EXHAUSTED. Health and
+//! reflection are never counted against the concurrency limit (they have
+//! their own small stream budget), so an overloaded or attacked patd still
+//! answers its probes. Which method needs which role
 //! is decided here too ([`role_for_grpc_path`]); refusals are rendered by
 //! `verdict`.
 
@@ -20,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use futures_util::FutureExt as _;
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::ready;
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
@@ -29,7 +32,7 @@ use tonic::{Code, Status};
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument as _;
 
-use crate::auth::{CallerName, LiveCallers, Role};
+use crate::auth::{CallerName, LiveCallers, Refusal, Role};
 use crate::bearer;
 use crate::listener::budget::{Held, StreamBudget};
 use crate::metrics;
@@ -67,6 +70,7 @@ pub struct ShieldLayer {
     per_connection: Arc<PerConnection>,
     max_message_bytes: usize,
     budget: StreamBudget,
+    callers: LiveCallers,
 }
 
 /// Slots held per client connection (by its remote address).
@@ -125,6 +129,7 @@ impl ShieldLayer {
         max_per_connection: usize,
         max_message_bytes: usize,
         budget: StreamBudget,
+        callers: LiveCallers,
     ) -> Self {
         Self {
             timeout,
@@ -135,6 +140,7 @@ impl ShieldLayer {
             }),
             max_message_bytes,
             budget,
+            callers,
         }
     }
 }
@@ -236,6 +242,12 @@ where
                 }
             };
             let work = async {
+                let mut request = request;
+                // Judged on its headers, before its body is waited for: an
+                // anonymous call holds its place no longer than that.
+                if let Err(refused) = gate_caller(&layer.callers, &mut request) {
+                    return Err(Refused::Caller(refused));
+                }
                 let request = match counted {
                     true => match buffered(request, layer.max_message_bytes).await {
                         Ok(request) => request,
@@ -270,6 +282,13 @@ where
                         u.finish("internal");
                     }
                     Ok(Verdict::Internal.to_status().into_http())
+                }
+                // The gate wrote the line.
+                Ok(Err(Refused::Caller(refused))) => {
+                    if let Some(u) = unfinished.as_mut() {
+                        u.answered();
+                    }
+                    Ok(Verdict::from(refused).to_status().into_http())
                 }
                 Ok(Err(Refused::Overloaded)) => {
                     metrics::shed("grpc");
@@ -444,6 +463,8 @@ fn is_server_error(code: Code) -> bool {
 
 /// Why a token-service call was answered before its handler ran.
 enum Refused {
+    /// By caller authentication.
+    Caller(Refusal),
     Overloaded,
     TooLarge,
     Unreadable,
@@ -518,89 +539,51 @@ fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Refuses calls from callers without the method's role.
-#[derive(Debug, Clone)]
-pub struct CallerGateLayer {
-    callers: LiveCallers,
-}
-
-impl CallerGateLayer {
-    pub fn new(callers: LiveCallers) -> Self {
-        Self { callers }
-    }
-}
-
-impl<S> Layer<S> for CallerGateLayer {
-    type Service = CallerGate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CallerGate {
-            inner,
-            callers: self.callers.clone(),
+/// Admits a call whose caller holds the method's role (the caller's name
+/// goes into the request's extensions, for the handlers' log lines), or
+/// gives its refusal: UNAUTHENTICATED without a known key or certificate,
+/// PERMISSION_DENIED without the role. Open services and patd without a
+/// callers file admit everyone. Reads headers only, so a call is judged
+/// before its body has arrived.
+fn gate_caller<B>(callers: &LiveCallers, request: &mut http::Request<B>) -> Result<(), Refusal> {
+    let callers = callers.load();
+    let role = match role_for_grpc_path(request.uri().path()) {
+        Some(role) if callers.is_enabled() => role,
+        _ => return Ok(()),
+    };
+    let key = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer::from_authorization);
+    // Only parsed when a certificate was presented (mTLS); tonic's TLS
+    // acceptor already verified it against the client CA.
+    let sans = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .map(|chain| client_sans(&chain))
+        .unwrap_or_default();
+    let refusal = match callers.authorize(key, &sans, role) {
+        Ok(caller) => {
+            tracing::debug!(
+                caller = &*caller.name,
+                role = role.as_str(),
+                "caller admitted"
+            );
+            let name = CallerName(caller.name.clone());
+            request.extensions_mut().insert(name);
+            return Ok(());
         }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CallerGate<S> {
-    inner: S,
-    callers: LiveCallers,
-}
-
-impl<S, B> Service<http::Request<B>> for CallerGate<S>
-where
-    S: Service<http::Request<B>, Response = HttpResponse>,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<HttpResponse, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let callers = self.callers.load();
-        let role = match role_for_grpc_path(request.uri().path()) {
-            Some(role) if callers.is_enabled() => role,
-            _ => return Either::Right(self.inner.call(request)),
-        };
-        let key = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer::from_authorization);
-        // Only parsed when a certificate was presented (mTLS); tonic's TLS
-        // acceptor already verified it against the client CA.
-        let sans = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs)
-            .map(|chain| client_sans(&chain))
-            .unwrap_or_default();
-        let refusal = match callers.authorize(key, &sans, role) {
-            Ok(caller) => {
-                tracing::debug!(
-                    caller = &*caller.name,
-                    role = role.as_str(),
-                    "caller admitted"
-                );
-                // The handlers' log lines name who acted.
-                let name = CallerName(caller.name.clone());
-                request.extensions_mut().insert(name);
-                return Either::Right(self.inner.call(request));
-            }
-            Err(refusal) => refusal,
-        };
-        metrics::caller_refusal(refusal.reason());
-        tracing::info!(
-            path = request.uri().path(),
-            refusal = %refusal,
-            "caller refused"
-        );
-        let status = Verdict::from(refusal).to_status();
-        Either::Left(ready(Ok(status.into_http())))
-    }
+        Err(refusal) => refusal,
+    };
+    metrics::caller_refusal(refusal.reason());
+    tracing::info!(
+        path = request.uri().path(),
+        refusal = %refusal,
+        "caller refused"
+    );
+    Err(refusal)
 }
 
 #[cfg(test)]
@@ -610,6 +593,12 @@ mod tests {
     use tower::{ServiceExt as _, service_fn};
 
     use super::*;
+
+    fn no_callers() -> LiveCallers {
+        Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::auth::Callers::default(),
+        ))
+    }
 
     fn grpc_request() -> http::Request<Body> {
         http::Request::builder()
@@ -627,6 +616,7 @@ mod tests {
             2,
             1024,
             StreamBudget::new(64, 8),
+            no_callers(),
         );
         let (a, b): (SocketAddr, SocketAddr) =
             ("10.0.0.1:1".parse().unwrap(), "10.0.0.1:2".parse().unwrap());
@@ -644,8 +634,15 @@ mod tests {
         let ok = service_fn(|_: http::Request<Body>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let shield = ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024, StreamBudget::new(64, 8))
-            .layer(ok);
+        let shield = ShieldLayer::new(
+            Duration::from_secs(1),
+            8,
+            8,
+            1024,
+            StreamBudget::new(64, 8),
+            no_callers(),
+        )
+        .layer(ok);
         for (content_type, status) in [
             ("application/grpc", 200),
             ("application/grpc+proto", 200),
@@ -678,12 +675,18 @@ mod tests {
             }
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response =
-            ShieldLayer::new(Duration::from_secs(1), 8, 8, 1024, StreamBudget::new(64, 8))
-                .layer(inner)
-                .oneshot(grpc_request())
-                .await
-                .unwrap();
+        let response = ShieldLayer::new(
+            Duration::from_secs(1),
+            8,
+            8,
+            1024,
+            StreamBudget::new(64, 8),
+            no_callers(),
+        )
+        .layer(inner)
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
         assert_eq!(grpc_status(&response), Some("13"));
         let message = response
             .headers()
@@ -706,6 +709,7 @@ mod tests {
             8,
             1024,
             StreamBudget::new(64, 8),
+            no_callers(),
         )
         .layer(inner)
         .oneshot(grpc_request())
@@ -777,10 +781,18 @@ mod tests {
         let callers = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::auth::Callers::parse(&entry, "f").unwrap(),
         ));
-        let ok = service_fn(|_: http::Request<()>| async {
+        let ok = service_fn(|_: http::Request<Body>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let gate = CallerGateLayer::new(callers).layer(ok);
+        let gate = ShieldLayer::new(
+            Duration::from_secs(1),
+            8,
+            8,
+            1024,
+            StreamBudget::new(64, 8),
+            callers,
+        )
+        .layer(ok);
         let call = |path: &str, key: Option<&str>| {
             let mut request = http::Request::builder()
                 .uri(path)
@@ -788,7 +800,16 @@ mod tests {
             if let Some(key) = key {
                 request = request.header("authorization", format!("Bearer {key}"));
             }
-            gate.clone().oneshot(request.body(()).unwrap())
+            // Refused calls send no body: the gate answers on the headers
+            // alone.
+            let body = match key {
+                Some(_) => Body::default(),
+                None => Body::new(http_body_util::StreamBody::new(
+                    futures_util::stream::pending::<Result<http_body::Frame<bytes::Bytes>, Status>>(
+                    ),
+                )),
+            };
+            gate.clone().oneshot(request.body(body).unwrap())
         };
         let health = call("/grpc.health.v1.Health/Check", None).await.unwrap();
         assert_eq!(grpc_status(&health), None);

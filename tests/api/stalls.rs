@@ -39,6 +39,8 @@ enum Began {
 enum Call {
     /// A gRPC call to this path with this message.
     Grpc(&'static str, Bytes),
+    /// A gRPC call to this path whose message never comes.
+    Headers(&'static str),
     /// `GET` of this path on the HTTP listener.
     Get(&'static str),
 }
@@ -78,6 +80,16 @@ async fn zero_window_calls(
                 body.send_data(grpc_frame(message), true).expect("body");
                 response
             }
+            Call::Headers(path) => {
+                let request = http::Request::post(format!("http://{addr}{path}"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("request");
+                let (response, body) = client.send_request(request, false).expect("send");
+                std::mem::forget(body);
+                response
+            }
             Call::Get(path) => {
                 let request = http::Request::get(format!("http://{addr}{path}"))
                     .body(())
@@ -90,7 +102,7 @@ async fn zero_window_calls(
             .expect("answer headers in time")
             .unwrap_or_else(|e| panic!("answer headers after {} calls: {e}", began.len()));
         let refused = match &call {
-            Call::Grpc(..) => response
+            Call::Grpc(..) | Call::Headers(_) => response
                 .headers()
                 .get("grpc-status")
                 .map(|s| s.to_str().expect("ascii").to_owned()),
@@ -401,4 +413,38 @@ async fn control_frame_floods_close_the_connection_and_nothing_else() {
     // h2 itself may be first to refuse a SETTINGS flood (it waits for
     // each ACK to be sent); every other flood is the meter's.
     assert!((6.0..=8.0).contains(&closed), "{closed}: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_callers_file_an_anonymous_call_is_refused_on_its_headers() {
+    let dir = std::env::temp_dir().join(crate::helpers::random_name("patd-callers-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let callers = dir.join("callers.toml");
+    let (key, entry) = patd::auth::new_caller_key(
+        "console",
+        &[patd::auth::Role::Manage, patd::auth::Role::Introspect],
+    );
+    std::fs::write(&callers, entry).expect("write callers");
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory)
+            .env("PATD_CALLERS_FILE", &callers.to_string_lossy())
+            .env("PATD_MAX_STREAMS", "32"),
+    )
+    .await;
+    let mut client = patd.client().await.as_caller(&key);
+    let (token, _) = crate::helpers::issue(&mut client, "acct-anon", 600).await;
+    // 100 anonymous calls that never send their message: each is refused
+    // at once (UNAUTHENTICATED), none waits for its body holding a place.
+    let (began, _driver) = zero_window_calls(
+        patd.grpc_addr,
+        Call::Headers("/patd.v1.TokenService/Introspect"),
+        100,
+    )
+    .await;
+    assert!(
+        began.iter().all(|b| *b == Began::Refused("16".into())),
+        "{began:?}"
+    );
+    assert!(crate::helpers::is_active(&mut client, &token).await);
+    let _ = std::fs::remove_dir_all(&dir);
 }
