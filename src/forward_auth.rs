@@ -28,7 +28,7 @@ use crate::bearer;
 use crate::domain::{FieldError, Scopes};
 use crate::json_api;
 use crate::listener::Limits;
-use crate::listener::budget::{Held, StreamBudget};
+use crate::listener::budget::{Class, Held, StreamBudget};
 use crate::metrics::{self, Door};
 use crate::service::Tokens;
 use crate::store::Store;
@@ -236,11 +236,11 @@ async fn hold_place(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let open = matches!(
-        route_label(request.uri().path()),
-        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" | "unknown"
-    );
-    match budget.admit(open) {
+    let class = match route_label(request.uri().path()) {
+        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" | "unknown" => Class::Open,
+        _ => Class::Caller,
+    };
+    match budget.admit(class) {
         Ok(place) => next
             .run(request)
             .await

@@ -34,7 +34,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{CallerName, LiveCallers, Refusal, Role};
 use crate::bearer;
-use crate::listener::budget::{Held, StreamBudget};
+use crate::listener::budget::{Class, Held, StreamBudget};
 use crate::metrics;
 use crate::pb::token_service_server::SERVICE_NAME as TOKEN_SERVICE;
 use crate::telemetry::{RpcName, Unfinished, panic_message};
@@ -60,7 +60,7 @@ type HttpResponse = http::Response<Body>;
 /// Catches panics, bounds every request in time and sheds token-service
 /// calls beyond the concurrency limits. A call takes its slot only once its
 /// whole message has arrived (a client that sends headers and never the
-/// body holds nothing), and one connection holds at most
+/// body holds no slot), and one connection holds at most
 /// `max_per_connection` slots, so a few connections cannot starve the
 /// rest.
 #[derive(Debug, Clone)]
@@ -231,7 +231,7 @@ where
             let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
             // The place is held from here until the answer has been sent
             // (by the body below), or the call is dropped.
-            let place = match layer.budget.admit(!counted) {
+            let place = match layer.budget.admit(budget_class(uri.path())) {
                 Ok(place) => place,
                 Err(spent) => {
                     metrics::stream_refused(spent.as_str());
@@ -459,6 +459,20 @@ fn is_server_error(code: Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// What a call is for the stream budget: a caller's (the token service,
+/// ext_authz), an open service's that ends with its answer (health
+/// Check, unknown methods), or an open service's long-lived stream
+/// (health Watch, reflection).
+fn budget_class(path: &str) -> Class {
+    if role_for_grpc_path(path).is_some() {
+        Class::Caller
+    } else if path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.") {
+        Class::LongLived
+    } else {
+        Class::Open
+    }
 }
 
 /// Why a token-service call was answered before its handler ran.

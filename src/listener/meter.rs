@@ -4,15 +4,22 @@
 //! the peer
 //!
 //! - leaves an answer unsent longer than the send timeout: the answer
-//!   waits for flow-control window the peer never grants (RFC 9113 §6.9),
-//!   or for TCP to take bytes the peer never reads. hyper's HTTP/2 server
-//!   has no per-stream send deadline and keeps such a stream, with its
-//!   answer, for ever; closing the connection frees all of it (as nginx's
-//!   `send_timeout` does);
+//!   waits for flow-control window the peer does not grant (RFC 9113
+//!   §6.9), or for TCP to take bytes the peer does not read. An answer's
+//!   starved time adds up over its life, so granting a byte now and then
+//!   does not restart the clock. hyper's HTTP/2 server has no per-stream
+//!   send deadline and keeps such a stream, with its answer, for ever;
+//!   closing the connection frees all of it (as nginx's `send_timeout`
+//!   does);
 //! - sends control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
-//!   RST_STREAM, empty DATA) beyond its allowance: each is cheap to send
-//!   and costs patd work, and none is a request (Envoy's HTTP/2 flood
-//!   limits and gRPC's ping policy bound the same thing).
+//!   RST_STREAM, GOAWAY, CONTINUATION, DATA with no payload but padding,
+//!   frame types patd does not know) beyond its allowance: each is cheap
+//!   to send and costs patd work, and none is a request (Envoy's HTTP/2
+//!   flood limits and gRPC's ping policy bound the same thing).
+//!
+//! The meter cannot see what hyper still has to send: an answer whose
+//! window is spent counts as waiting even if it has nothing more to say
+//! yet (a health Watch of a peer that announced a zero window).
 //!
 //! HTTP/1.1 connections (no HTTP/2 preface) get the TCP part only.
 
@@ -49,12 +56,12 @@ const DEFAULT_WINDOW: i64 = 65_535;
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM: u8 = 0x1;
+const PADDED: u8 = 0x8;
 const ACK: u8 = 0x1;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 
@@ -182,13 +189,50 @@ impl Framer {
     }
 }
 
-/// An answer patd has begun (response HEADERS sent, no END_STREAM yet).
+/// A stream the peer opened, as patd sends on it: its send window and,
+/// once patd has begun its answer (response HEADERS without END_STREAM),
+/// how long that answer has been starved of window.
 #[derive(Debug)]
-struct Answer {
-    /// Its send window, in bytes.
+struct Stream {
+    /// The send window, in bytes (RFC 9113 §6.9).
     window: i64,
-    /// Since when the window has been exhausted.
-    blocked_since: Option<Instant>,
+    answering: bool,
+    /// Since when the answer has been starved (its window or the
+    /// connection's spent), if it is now.
+    starved_since: Option<Instant>,
+    /// Starved time before that: a peer that grants a few bytes now and
+    /// then does not start the clock afresh.
+    starved_for: Duration,
+}
+
+impl Stream {
+    fn new(window: i64) -> Self {
+        Self {
+            window,
+            answering: false,
+            starved_since: None,
+            starved_for: Duration::ZERO,
+        }
+    }
+
+    fn update(&mut self, connection_starved: bool, now: Instant) {
+        let starved = self.answering && (self.window <= 0 || connection_starved);
+        match (starved, self.starved_since) {
+            (true, None) => self.starved_since = Some(now),
+            (false, Some(since)) => {
+                self.starved_for += now - since;
+                self.starved_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// When the answer will have been starved for `limit` in all, if it is
+    /// starved now.
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
+        self.starved_since
+            .map(|since| since + limit.saturating_sub(self.starved_for))
+    }
 }
 
 /// The protocol a connection speaks, known from its first bytes.
@@ -200,16 +244,16 @@ enum Protocol {
     Http2,
 }
 
-/// The HTTP/2 state the meter keeps: the peer's windows and patd's open
-/// answers, and the peer's control-frame allowance.
+/// The HTTP/2 state the meter keeps: the peer's windows and streams, and
+/// its control-frame allowance.
 #[derive(Debug)]
 struct Flow {
     initial_window: i64,
     connection_window: i64,
-    answers: HashMap<u32, Answer>,
-    /// Since when the connection window has been exhausted with answers
-    /// open.
-    connection_blocked_since: Option<Instant>,
+    streams: HashMap<u32, Stream>,
+    /// The highest stream id the peer has opened (client streams only
+    /// grow, RFC 9113 §5.1.1): only a new stream earns allowance.
+    last_stream: u32,
     allowance: i64,
     refilled: Instant,
 }
@@ -219,8 +263,8 @@ impl Flow {
         Self {
             initial_window: DEFAULT_WINDOW,
             connection_window: DEFAULT_WINDOW,
-            answers: HashMap::new(),
-            connection_blocked_since: None,
+            streams: HashMap::new(),
+            last_stream: 0,
             allowance: CONTROL_BURST,
             refilled: now,
         }
@@ -234,27 +278,39 @@ impl Flow {
     fn spend(&mut self, now: Instant) -> bool {
         let whole_seconds = (now - self.refilled).as_secs();
         if whole_seconds > 0 {
-            self.earn(i64::try_from(whole_seconds).unwrap_or(i64::MAX / 2) * CONTROL_PER_SECOND);
+            let earned = i64::try_from(whole_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(CONTROL_PER_SECOND);
+            self.earn(earned);
             self.refilled += Duration::from_secs(whole_seconds);
         }
         self.allowance -= 1;
         self.allowance >= 0
     }
 
-    fn mark(answer: &mut Answer, now: Instant) {
-        match (answer.window <= 0, answer.blocked_since) {
-            (true, None) => answer.blocked_since = Some(now),
-            (false, Some(_)) => answer.blocked_since = None,
-            _ => {}
+    fn connection_starved(&self) -> bool {
+        self.connection_window <= 0
+    }
+
+    /// Moves the connection window by `delta`; every answer's clock
+    /// follows when that starts or ends a starvation.
+    fn move_connection_window(&mut self, delta: i64, now: Instant) {
+        let before = self.connection_starved();
+        self.connection_window = self.connection_window.saturating_add(delta);
+        let after = self.connection_starved();
+        if before != after {
+            for stream in self.streams.values_mut() {
+                stream.update(after, now);
+            }
         }
     }
 
-    fn mark_connection(&mut self, now: Instant) {
-        let blocked = self.connection_window <= 0 && !self.answers.is_empty();
-        match (blocked, self.connection_blocked_since) {
-            (true, None) => self.connection_blocked_since = Some(now),
-            (false, Some(_)) => self.connection_blocked_since = None,
-            _ => {}
+    /// Moves the window of `stream` (if patd knows it) by `delta`.
+    fn move_stream_window(&mut self, stream: u32, delta: i64, now: Instant) {
+        let connection_starved = self.connection_starved();
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.window = s.window.saturating_add(delta);
+            s.update(connection_starved, now);
         }
     }
 
@@ -264,18 +320,27 @@ impl Flow {
         match seen {
             Seen::Header(h) => {
                 let control = match h.kind {
-                    HEADERS => {
+                    HEADERS if h.stream > self.last_stream => {
+                        self.last_stream = h.stream;
+                        self.streams
+                            .insert(h.stream, Stream::new(self.initial_window));
                         self.earn(CONTROL_PER_STREAM);
                         false
                     }
-                    DATA => h.length == 0 && h.flags & END_STREAM == 0,
+                    // Trailers (or a stream id h2 will refuse).
+                    HEADERS => false,
+                    // DATA with nothing in it but, perhaps, padding.
+                    DATA => {
+                        h.flags & END_STREAM == 0
+                            && (h.length == 0 || (h.flags & PADDED != 0 && h.length <= 256))
+                    }
                     RST_STREAM => {
-                        self.answers.remove(&h.stream);
-                        self.mark_connection(now);
+                        self.streams.remove(&h.stream);
                         true
                     }
-                    PRIORITY | SETTINGS | PING | WINDOW_UPDATE => true,
-                    _ => false,
+                    // PRIORITY, SETTINGS, PING, WINDOW_UPDATE, GOAWAY,
+                    // CONTINUATION, and types this server does not know.
+                    _ => true,
                 };
                 !control || self.spend(now)
             }
@@ -284,11 +349,9 @@ impl Flow {
                     u32::from_be_bytes([unit[0], unit[1], unit[2], unit[3]]) & 0x7fff_ffff,
                 );
                 if h.stream == 0 {
-                    self.connection_window += increment;
-                    self.mark_connection(now);
-                } else if let Some(answer) = self.answers.get_mut(&h.stream) {
-                    answer.window += increment;
-                    Self::mark(answer, now);
+                    self.move_connection_window(increment, now);
+                } else {
+                    self.move_stream_window(h.stream, increment, now);
                 }
                 true
             }
@@ -301,9 +364,10 @@ impl Flow {
                     // stream's window.
                     let delta = value - self.initial_window;
                     self.initial_window = value;
-                    for answer in self.answers.values_mut() {
-                        answer.window += delta;
-                        Self::mark(answer, now);
+                    let connection_starved = self.connection_starved();
+                    for stream in self.streams.values_mut() {
+                        stream.window = stream.window.saturating_add(delta);
+                        stream.update(connection_starved, now);
                     }
                 }
                 true
@@ -320,44 +384,40 @@ impl Flow {
             DATA => {
                 self.earn(CONTROL_PER_FRAME_SENT);
                 let length = i64::try_from(h.length).unwrap_or(i64::MAX);
-                self.connection_window -= length;
                 if h.flags & END_STREAM != 0 {
-                    self.answers.remove(&h.stream);
-                } else if let Some(answer) = self.answers.get_mut(&h.stream) {
-                    answer.window -= length;
-                    Self::mark(answer, now);
+                    self.streams.remove(&h.stream);
+                } else {
+                    self.move_stream_window(h.stream, -length, now);
                 }
+                self.move_connection_window(-length, now);
             }
             HEADERS if h.flags & END_STREAM != 0 => {
-                self.answers.remove(&h.stream);
+                self.streams.remove(&h.stream);
             }
             HEADERS => {
+                let connection_starved = self.connection_starved();
                 let initial = self.initial_window;
-                self.answers.entry(h.stream).or_insert_with(|| {
-                    let mut answer = Answer {
-                        window: initial,
-                        blocked_since: None,
-                    };
-                    Self::mark(&mut answer, now);
-                    answer
-                });
+                let stream = self
+                    .streams
+                    .entry(h.stream)
+                    .or_insert_with(|| Stream::new(initial));
+                stream.answering = true;
+                stream.update(connection_starved, now);
             }
             RST_STREAM => {
-                self.answers.remove(&h.stream);
+                self.streams.remove(&h.stream);
             }
             PING | SETTINGS if h.flags & ACK == 0 => self.earn(CONTROL_PER_FRAME_SENT),
             _ => {}
         }
-        self.mark_connection(now);
     }
 
-    /// Since when some answer has waited for window, if one has.
-    fn blocked_since(&self) -> Option<Instant> {
-        let streams = self.answers.values().filter_map(|a| a.blocked_since).min();
-        match (streams, self.connection_blocked_since) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// When the most starved answer reaches `limit` of starved time.
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
+        self.streams
+            .values()
+            .filter_map(|s| s.deadline(limit))
+            .min()
     }
 }
 
@@ -451,12 +511,17 @@ impl<T> Metered<T> {
 
     /// The send deadline now, if an answer waits.
     fn deadline(&self) -> Option<Instant> {
-        let flow = self.flow.as_ref().and_then(Flow::blocked_since);
-        let since = match (flow, self.write_blocked_since) {
+        let flow = self
+            .flow
+            .as_ref()
+            .and_then(|flow| flow.deadline(self.send_timeout));
+        let transport = self
+            .write_blocked_since
+            .map(|since| since + self.send_timeout);
+        match (flow, transport) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }?;
-        Some(since + self.send_timeout)
+        }
     }
 
     /// `Err` once the send deadline has passed; otherwise arms the timer
@@ -687,6 +752,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn granting_a_byte_now_and_then_does_not_restart_the_clock() {
+        let mut m = metered();
+        m.on_read(&settings_initial_window(0)).expect("settings");
+        m.on_written(&frame(HEADERS, 0x4, 1, b"h"));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        m.on_read(&window_update(1, 1)).expect("a byte");
+        assert_eq!(m.deadline(), None);
+        m.on_written(&frame(DATA, 0, 1, b"x"));
+        assert_eq!(
+            m.deadline(),
+            Some(Instant::now() + Duration::from_millis(500)),
+            "1.5 s of the 2 s are spent"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_granted_before_the_answer_begins_counts() {
+        let mut m = metered();
+        m.on_read(&settings_initial_window(0)).expect("settings");
+        m.on_read(&frame(HEADERS, 0x5, 1, b"request"))
+            .expect("request");
+        m.on_read(&window_update(1, 1000)).expect("update");
+        m.on_written(&frame(HEADERS, 0x4, 1, b"h"));
+        assert_eq!(m.deadline(), None, "the answer has 1000 bytes of window");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn control_frames_beyond_the_allowance_close_the_connection() {
         let mut m = metered();
         let ping = frame(PING, 0, 0, &[0; 8]);
@@ -706,10 +798,26 @@ mod tests {
         }
         m.on_read(&frame(HEADERS, 0x5, 3, b"h")).expect("a request");
         m.on_written(&frame(DATA, 0, 3, b"x"));
+        // Trailers on the same stream earn nothing.
+        m.on_read(&frame(HEADERS, 0x5, 3, b"t")).expect("trailers");
         for _ in 0..CONTROL_PER_STREAM + CONTROL_PER_FRAME_SENT {
             m.on_read(&ping).expect("earned by work");
         }
         assert_eq!(m.on_read(&ping), Err(Closed::ControlFlood));
+
+        // Padding alone, GOAWAY and unknown types are control frames too.
+        for kind in [
+            (DATA, PADDED, 5, vec![4, 0, 0, 0, 0]),
+            (0x7, 0, 0, vec![0; 8]),
+            (0xfa, 0, 0, vec![]),
+        ] {
+            let mut m = metered();
+            let f = frame(kind.0, kind.1, kind.2, &kind.3);
+            for _ in 0..CONTROL_BURST {
+                m.on_read(&f).expect("within the burst");
+            }
+            assert_eq!(m.on_read(&f), Err(Closed::ControlFlood), "{kind:?}");
+        }
     }
 
     #[tokio::test]

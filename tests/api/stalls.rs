@@ -448,3 +448,35 @@ async fn with_a_callers_file_an_anonymous_call_is_refused_on_its_headers() {
     assert!(crate::helpers::is_active(&mut client, &token).await);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn long_lived_open_streams_leave_room_for_probes() {
+    let patd = Patd::spawn(
+        PatdOptions::new(Backend::Memory).env("PATD_MAX_OPEN_SERVICE_STREAMS", "8"),
+    )
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(patd.channel().await);
+    let mut watches = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match health
+            .watch(tonic_health::pb::HealthCheckRequest::default())
+            .await
+        {
+            Ok(watch) => watches.push(watch),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((watches.len(), refused), (4, 6), "half the open places");
+    for _ in 0..20 {
+        health_status(&patd).await.expect("probes still answer");
+    }
+    assert_eq!(
+        get(patd.http_addr, "/healthz", &[]).await.status,
+        200,
+        "and on the HTTP listener"
+    );
+}
