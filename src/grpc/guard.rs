@@ -608,6 +608,11 @@ mod tests {
 
     use super::*;
 
+    /// A Shield of `timeout` with room to spare and no callers file.
+    fn shield(timeout: Duration) -> ShieldLayer {
+        ShieldLayer::new(timeout, 8, 8, 1024, StreamBudget::new(64, 8), no_callers())
+    }
+
     fn no_callers() -> LiveCallers {
         Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::auth::Callers::default(),
@@ -648,15 +653,7 @@ mod tests {
         let ok = service_fn(|_: http::Request<Body>| async {
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let shield = ShieldLayer::new(
-            Duration::from_secs(1),
-            8,
-            8,
-            1024,
-            StreamBudget::new(64, 8),
-            no_callers(),
-        )
-        .layer(ok);
+        let shield = shield(Duration::from_secs(1)).layer(ok);
         for (content_type, status) in [
             ("application/grpc", 200),
             ("application/grpc+proto", 200),
@@ -689,18 +686,11 @@ mod tests {
             }
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(
-            Duration::from_secs(1),
-            8,
-            8,
-            1024,
-            StreamBudget::new(64, 8),
-            no_callers(),
-        )
-        .layer(inner)
-        .oneshot(grpc_request())
-        .await
-        .unwrap();
+        let response = shield(Duration::from_secs(1))
+            .layer(inner)
+            .oneshot(grpc_request())
+            .await
+            .unwrap();
         assert_eq!(grpc_status(&response), Some("13"));
         let message = response
             .headers()
@@ -717,18 +707,11 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<HttpResponse, Infallible>(http::Response::new(Body::default()))
         });
-        let response = ShieldLayer::new(
-            Duration::from_millis(20),
-            8,
-            8,
-            1024,
-            StreamBudget::new(64, 8),
-            no_callers(),
-        )
-        .layer(inner)
-        .oneshot(grpc_request())
-        .await
-        .unwrap();
+        let response = shield(Duration::from_millis(20))
+            .layer(inner)
+            .oneshot(grpc_request())
+            .await
+            .unwrap();
         assert_eq!(grpc_status(&response), Some("4"));
     }
 

@@ -579,9 +579,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> Metered<T> {
-    /// What a write did: bytes taken are metered, a refused write starts
-    /// (and a taken one ends) the transport's stall clock.
+impl<T> Metered<T> {
+    /// The transport refused bytes: starts its stall clock (the kernel
+    /// wakes a writer only once a third of the send buffer is free, so a
+    /// peer that reads a byte now and then does not stop it), and fails
+    /// once the send deadline has passed.
+    fn refused<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        self.write_blocked_since.get_or_insert_with(Instant::now);
+        match self.check_deadline(cx) {
+            Ok(()) => Poll::Pending,
+            Err(why) => Poll::Ready(Err(self.close(why))),
+        }
+    }
+
+    /// What a write did: bytes taken are metered, and stop the transport's
+    /// stall clock.
     fn after_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -596,13 +608,7 @@ impl<T: AsyncWrite + Unpin> Metered<T> {
                 written(self, n);
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending => {
-                self.write_blocked_since.get_or_insert_with(Instant::now);
-                match self.check_deadline(cx) {
-                    Ok(()) => Poll::Pending,
-                    Err(why) => Poll::Ready(Err(self.close(why))),
-                }
-            }
+            Poll::Pending => self.refused(cx),
             failed => failed,
         }
     }
@@ -655,13 +661,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
                 self.write_blocked_since = None;
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => {
-                self.write_blocked_since.get_or_insert_with(Instant::now);
-                match self.check_deadline(cx) {
-                    Ok(()) => Poll::Pending,
-                    Err(why) => Poll::Ready(Err(self.close(why))),
-                }
-            }
+            Poll::Pending => self.refused(cx),
             done => done,
         }
     }

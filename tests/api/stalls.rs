@@ -451,10 +451,9 @@ async fn with_a_callers_file_an_anonymous_call_is_refused_on_its_headers() {
 
 #[tokio::test]
 async fn long_lived_open_streams_leave_room_for_probes() {
-    let patd = Patd::spawn(
-        PatdOptions::new(Backend::Memory).env("PATD_MAX_OPEN_SERVICE_STREAMS", "8"),
-    )
-    .await;
+    let patd =
+        Patd::spawn(PatdOptions::new(Backend::Memory).env("PATD_MAX_OPEN_SERVICE_STREAMS", "8"))
+            .await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(patd.channel().await);
     let mut watches = Vec::new();
     let mut refused = 0;
