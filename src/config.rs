@@ -226,12 +226,12 @@ pub struct Config {
     /// Connections one listener holds at once; beyond it a new connection
     /// is closed at once. Lowered at start to fit the file-descriptor limit
     /// (patd raises its soft limit to the hard one first).
-    #[arg(long, env = "PATD_MAX_CONNECTIONS", default_value_t = 4096,
+    #[arg(long, env = "PATD_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
     /// Connections one IP address may hold on one listener.
-    #[arg(long, env = "PATD_MAX_CONNECTIONS_PER_PEER", default_value_t = 1024,
+    #[arg(long, env = "PATD_MAX_CONNECTIONS_PER_PEER", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_peer: u32,
 
@@ -264,7 +264,7 @@ pub struct Config {
     pub send_timeout: humantime::Duration,
 
     /// HTTP/2 streams one connection may have open at once.
-    #[arg(long, env = "PATD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+    #[arg(long, env = "PATD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub http2_max_concurrent_streams: u32,
 

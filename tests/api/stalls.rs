@@ -181,6 +181,7 @@ async fn answers_nobody_reads_are_bounded_then_their_connections_closed() {
     let unbounded = Patd::spawn(
         PatdOptions::new(Backend::Memory)
             .env("PATD_SEND_TIMEOUT", "60s")
+            .env("PATD_HTTP2_MAX_CONCURRENT_STREAMS", "256")
             .env("PATD_MAX_STREAMS", "100000")
             .env("PATD_MAX_OPEN_SERVICE_STREAMS", "100000"),
     )
