@@ -29,5 +29,5 @@ mod redis_tls;
 mod rotation;
 mod secrets;
 mod security;
-mod stalls;
+pub mod stalls;
 mod tampered;

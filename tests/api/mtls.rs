@@ -54,6 +54,10 @@ struct Setup {
 }
 
 async fn setup(ca: &Ca) -> Setup {
+    setup_with(ca, &[]).await
+}
+
+async fn setup_with(ca: &Ca, env: &[(&str, &str)]) -> Setup {
     let dir = std::env::temp_dir().join(random_name("patd-tls-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let (cert, key) = leaf(ca, &["localhost"], None);
@@ -66,8 +70,11 @@ async fn setup(ca: &Ca) -> Setup {
     )
     .unwrap();
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let options = env
+        .iter()
+        .fold(PatdOptions::new(Backend::Memory), |o, (k, v)| o.env(k, v));
     let patd = Patd::spawn(
-        PatdOptions::new(Backend::Memory)
+        options
             .env("PATD_TLS_CERT", &path("server.pem"))
             .env("PATD_TLS_KEY", &path("server.key"))
             .env("PATD_TLS_CLIENT_CA", &path("ca.pem"))
@@ -242,9 +249,8 @@ async fn a_client_certificate_with_a_known_san_is_a_caller() {
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
-/// The leaf certificate (DER) the server at `addr` presents, offering
-/// `alpn`; `None` if the handshake fails.
-async fn served_certificate(addr: SocketAddr, ca_pem: &str, alpn: &[u8]) -> Option<Vec<u8>> {
+/// A TLS client (no certificate) that trusts `ca_pem` and offers `alpn`.
+fn tls_connector(ca_pem: &str, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("ca pem")).expect("root");
@@ -256,7 +262,41 @@ async fn served_certificate(addr: SocketAddr, ca_pem: &str, alpn: &[u8]) -> Opti
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The meter reads frames inside TLS: an answer nobody reads closes its
+/// connection there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_close_tls_connections_too() {
+    let ca = ca();
+    let setup = setup_with(&ca, &[("PATD_SEND_TIMEOUT", "2s")]).await;
+    let addr = setup.patd.grpc_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = tls_connector(&setup.ca_pem, b"h2")
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let authority = format!("localhost:{}", addr.port());
+    let (began, driver) =
+        crate::stalls::zero_window_calls_over(tls, &authority, crate::stalls::health_check(), 10)
+            .await;
+    assert!(
+        began.iter().all(|b| *b == crate::stalls::Began::Held),
+        "{began:?}"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), driver)
+        .await
+        .expect("the stalled TLS connection was closed")
+        .expect("driver");
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+/// The leaf certificate (DER) the server at `addr` presents, offering
+/// `alpn`; `None` if the handshake fails.
+async fn served_certificate(addr: SocketAddr, ca_pem: &str, alpn: &[u8]) -> Option<Vec<u8>> {
+    let connector = tls_connector(ca_pem, alpn);
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = ServerName::try_from("localhost").expect("name");
     let stream = connector.connect(name, tcp).await.ok()?;

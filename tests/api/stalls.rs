@@ -27,7 +27,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// How a stalled call's answer began.
 #[derive(Debug, PartialEq, Eq)]
-enum Began {
+pub enum Began {
     /// Its headers came, its body never can (a zero window).
     Held,
     /// Refused at once with this `grpc-status`, or this HTTP status.
@@ -36,7 +36,7 @@ enum Began {
 
 /// A call the attacker makes over and over.
 #[derive(Clone)]
-enum Call {
+pub enum Call {
     /// A gRPC call to this path with this message.
     Grpc(&'static str, Bytes),
     /// A gRPC call to this path whose message never comes.
@@ -56,9 +56,22 @@ async fn zero_window_calls(
 ) -> (Vec<Began>, tokio::task::JoinHandle<()>) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
+    zero_window_calls_over(tcp, &addr.to_string(), call, calls).await
+}
+
+/// As [`zero_window_calls`], over `io` (a TLS stream, say) to `authority`.
+pub async fn zero_window_calls_over<IO>(
+    io: IO,
+    authority: &str,
+    call: Call,
+    calls: usize,
+) -> (Vec<Began>, tokio::task::JoinHandle<()>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
+        .handshake::<_, Bytes>(io)
         .await
         .expect("h2 handshake");
     let driver = tokio::spawn(async move {
@@ -71,7 +84,7 @@ async fn zero_window_calls(
         let mut client = client.clone().ready().await.expect("ready");
         let response = match &call {
             Call::Grpc(path, message) => {
-                let request = http::Request::post(format!("http://{addr}{path}"))
+                let request = http::Request::post(format!("http://{authority}{path}"))
                     .header("content-type", "application/grpc")
                     .header("te", "trailers")
                     .body(())
@@ -81,7 +94,7 @@ async fn zero_window_calls(
                 response
             }
             Call::Headers(path) => {
-                let request = http::Request::post(format!("http://{addr}{path}"))
+                let request = http::Request::post(format!("http://{authority}{path}"))
                     .header("content-type", "application/grpc")
                     .header("te", "trailers")
                     .body(())
@@ -91,7 +104,7 @@ async fn zero_window_calls(
                 response
             }
             Call::Get(path) => {
-                let request = http::Request::get(format!("http://{addr}{path}"))
+                let request = http::Request::get(format!("http://{authority}{path}"))
                     .body(())
                     .expect("request");
                 client.send_request(request, true).expect("send").0
@@ -126,7 +139,7 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 }
 
 /// A health check of the server as a whole (an empty HealthCheckRequest).
-fn health_check() -> Call {
+pub fn health_check() -> Call {
     Call::Grpc("/grpc.health.v1.Health/Check", Bytes::new())
 }
 
