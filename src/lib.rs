@@ -34,7 +34,7 @@
 //!   `listener`, `metrics`, `service`, `store`, `telemetry`, `tls`,
 //!   `verdict`): HTTP
 //!   forward-auth, `/healthz`, `/readyz`, and the HTTP guard layers.
-//! - [`json_api`] (uses `audit`, `auth`, `bearer`, `domain`, `grpc`, `pb`, `service`,
+//! - [`json_api`] (uses `audit`, `auth`, `bearer`, `domain`, `grpc`, `metrics`, `pb`, `service`,
 //!   `store`, `telemetry`, `tls`, `verdict`): the JSON management API (proto3 JSON
 //!   mapping of the gRPC messages), RFC 7662 `/oauth2/introspect` and the
 //!   OpenAPI document, on the HTTP listener.

@@ -53,6 +53,10 @@ pub enum Door {
     ForwardAuth,
     /// `envoy.service.auth.v3.Authorization/Check`.
     ExtAuthz,
+    /// `POST /v1/tokens:introspect` (JSON).
+    Json,
+    /// `POST /oauth2/introspect` (RFC 7662).
+    Rfc7662,
 }
 
 impl Door {
@@ -61,6 +65,8 @@ impl Door {
             Door::Grpc => "grpc",
             Door::ForwardAuth => "forward_auth",
             Door::ExtAuthz => "ext_authz",
+            Door::Json => "json",
+            Door::Rfc7662 => "rfc7662",
         }
     }
 }

@@ -29,6 +29,7 @@ use super::{Api, CallerCredential, json_response};
 use crate::auth::Role;
 use crate::bearer;
 use crate::domain::{FieldError, TokenInfo};
+use crate::metrics::{self, Door};
 use crate::service::{Introspection, Live};
 use crate::store::Store;
 use crate::tls::PeerSans;
@@ -179,7 +180,9 @@ pub(super) async fn introspect<S: Store>(
         }
         Err(e) => return Err(refused(&api.tokens.refuse("Introspect", &caller, e).into())),
     };
-    match api.tokens.introspect(&token).await {
+    let result = api.tokens.introspect(&token).await;
+    metrics::introspection(Door::Rfc7662, crate::verdict::introspect_outcome(&result));
+    match result {
         Ok(Introspection::Active(Live { info, .. })) => {
             Ok(json_response(StatusCode::OK, &Answer::of(&info)))
         }

@@ -48,6 +48,7 @@ use crate::auth::{ANONYMOUS, LiveCallers, Refusal, Role};
 use crate::bearer;
 use crate::domain::{AccountId, FieldError, PageRequest, RevocationReason, TokenId};
 use crate::grpc::convert;
+use crate::metrics::{self, Door};
 use crate::pb;
 use crate::service::Tokens;
 use crate::store::Store;
@@ -582,11 +583,9 @@ async fn introspect<S: Store>(
     let caller = api.admit_bearer(&headers, peer, Role::Introspect)?;
     let pb::IntrospectRequest { token } =
         api.message("Introspect", &caller, &headers, body).await?;
-    let answer = api
-        .tokens
-        .introspect(&token)
-        .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+    let result = api.tokens.introspect(&token).await;
+    metrics::introspection(Door::Json, crate::verdict::introspect_outcome(&result));
+    let answer = result.map_err(|e| Verdict::from(e).to_problem())?;
     // Unlike RFC 7662's answer, this one says why (`reason`), as gRPC does.
     Ok(json_response(
         StatusCode::OK,

@@ -162,6 +162,16 @@ async fn json_and_grpcurl_show_the_same_shapes_for_the_same_token() {
         .await;
     assert!(json_seen["info"]["lastUsedAt"].is_string(), "{json_seen}");
     assert_eq!(status, 200);
+    // Token checks at the JSON door are counted as at every other.
+    let metrics = crate::observability::scrape(&patd).await;
+    assert_eq!(
+        crate::observability::counter(
+            &metrics,
+            "patd_introspections_total{door=\"json\",outcome=\"active\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
     let grpc_seen = run_grpcurl(
         &patd,
         &["-emit-defaults", "-d", &json!({"token": token}).to_string()],
@@ -815,6 +825,17 @@ async fn rfc7662_introspection_answers_gateways_plugins() {
             (200, r#"{"active":false}"#)
         );
         assert_eq!(reply.header("content-type"), Some("application/json"));
+    }
+    // Every answered check is counted at its door; refused callers and a
+    // missing token never reach one.
+    let metrics = crate::observability::scrape(&patd).await;
+    for (outcome, n) in [("active", 3.0), ("revoked", 1.0), ("malformed", 2.0)] {
+        let series = format!("patd_introspections_total{{door=\"rfc7662\",outcome=\"{outcome}\"}}");
+        assert_eq!(
+            crate::observability::counter(&metrics, &series),
+            n,
+            "{series}: {metrics}"
+        );
     }
 }
 
