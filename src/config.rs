@@ -243,23 +243,27 @@ pub struct Config {
     pub max_requests_per_connection: u32,
 
     /// Requests (HTTP/2 streams, HTTP/1.1 requests) both listeners hold at
-    /// once, each from its headers until its answer has been sent; beyond
-    /// it a request is refused at once (RESOURCE_EXHAUSTED / HTTP 503).
-    /// Bounds the memory requests can hold.
+    /// once, each from its headers until its answer's last frame has been
+    /// handed to the connection; beyond it a request is refused at once
+    /// (RESOURCE_EXHAUSTED / HTTP 503). Bounds the memory requests can
+    /// hold.
     #[arg(long, env = "PATD_MAX_STREAMS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_streams: u32,
 
-    /// Of PATD_MAX_STREAMS, the requests the open services (health,
-    /// reflection, `/healthz`, `/readyz`, `/metrics`), which need no
-    /// caller key, may hold at once.
+    /// Of PATD_MAX_STREAMS, the requests the open services may hold at
+    /// once: those that need no caller key (gRPC health and reflection,
+    /// unknown gRPC methods, `/healthz`, `/readyz`, `/metrics`,
+    /// `/v1/openapi.json`, unknown paths). Long-lived streams (health
+    /// Watch, reflection) may take half of them (at least one).
     #[arg(long, env = "PATD_MAX_OPEN_SERVICE_STREAMS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_open_service_streams: u32,
 
-    /// How long an answer may wait for the peer to read it (for HTTP/2
-    /// flow-control window, or for TCP to take it); then its connection is
-    /// closed.
+    /// How long an answer may wait for the peer to read it, then its
+    /// connection is closed (positive, at most 1 h): starved of HTTP/2 flow-control
+    /// window (added up over the answer's life), or the transport taking
+    /// no byte.
     #[arg(long, env = "PATD_SEND_TIMEOUT", default_value = "10s")]
     pub send_timeout: humantime::Duration,
 

@@ -63,17 +63,21 @@ struct AppState<S> {
 /// in bytes.
 #[derive(Debug, Clone)]
 pub struct Bounds {
+    /// Deadline, concurrency limit and HTTP/2 settings.
     pub limits: Limits,
+    /// Places every request holds until its answer has been handed over.
     pub budget: StreamBudget,
+    /// Largest JSON or form request body, in bytes (larger: 413).
     pub max_request_bytes: usize,
 }
 
 /// The HTTP routes over the token service (forward-auth, health, and the
 /// JSON doors of `json_api`), inside the same guards as gRPC, outermost
-/// first: panic catcher, deadline, and (forward-auth and JSON only) load
-/// shedding beyond the concurrency limit. Caller authentication is in the
-/// handlers (health endpoints stay open). `max_request_bytes` bounds JSON
-/// request bodies as it bounds gRPC messages.
+/// first: the stream budget, panic catcher, deadline, and (forward-auth
+/// and JSON only) load shedding beyond the concurrency limit. Caller
+/// authentication is in the handlers, on the headers (health endpoints
+/// stay open). `max_request_bytes` bounds JSON request bodies as it
+/// bounds gRPC messages.
 pub fn router<S: Store>(
     tokens: Tokens<S>,
     settings: ForwardAuth,

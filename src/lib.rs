@@ -28,8 +28,9 @@
 //! Transport (the doors):
 //! - [`grpc`] (uses `audit`, `auth`, `bearer`, `domain`, `listener`, `metrics`, `pb`,
 //!   `service`, `store`, `telemetry`, `tls`, `verdict`): `patd.v1.TokenService` and Envoy
-//!   ext_authz; `grpc::guard` holds the gRPC guard layers (panic catcher,
-//!   deadline, load shedding, caller gate) and the method -> role rule.
+//!   ext_authz; `grpc::guard` holds the gRPC guard (stream budget, panic
+//!   catcher, deadline, caller gate, load shedding) and the method -> role
+//!   rule.
 //! - [`forward_auth`] (uses `auth`, `bearer`, `domain`, `json_api`,
 //!   `listener`, `metrics`, `service`, `store`, `telemetry`, `tls`,
 //!   `verdict`): HTTP

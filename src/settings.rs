@@ -56,7 +56,7 @@ pub enum SettingsError {
     DefaultTtl,
     #[error("PATD_REDIS_TIMEOUT and PATD_REQUEST_TIMEOUT must be positive")]
     Timeout,
-    #[error("PATD_SEND_TIMEOUT must be positive")]
+    #[error("PATD_SEND_TIMEOUT must be positive and at most 1h")]
     SendTimeout,
     #[error("PATD_CACHE_TTL must be positive (PATD_CACHE_MAX_ENTRIES=0 turns the cache off)")]
     CacheTtl,
@@ -219,7 +219,7 @@ impl TryFrom<Config> for Settings {
         if config.redis_timeout.is_zero() || config.request_timeout.is_zero() {
             return Err(SettingsError::Timeout);
         }
-        if config.send_timeout.is_zero() {
+        if config.send_timeout.is_zero() || *config.send_timeout > Duration::from_secs(3600) {
             return Err(SettingsError::SendTimeout);
         }
         // Ten years keeps every millisecond count well inside what Redis's

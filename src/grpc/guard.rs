@@ -57,12 +57,14 @@ pub fn role_for_grpc_path(path: &str) -> Option<Role> {
 
 type HttpResponse = http::Response<Body>;
 
-/// Catches panics, bounds every request in time and sheds token-service
-/// calls beyond the concurrency limits. A call takes its slot only once its
-/// whole message has arrived (a client that sends headers and never the
-/// body holds no slot), and one connection holds at most
-/// `max_per_connection` slots, so a few connections cannot starve the
-/// rest.
+/// The whole gRPC guard, in this order: holds every call's place in the
+/// stream budget until its answer has been handed over, catches panics,
+/// bounds every call in time, judges the caller on the headers, and sheds
+/// token-service calls beyond the concurrency limits. A call takes its
+/// slot only once its whole message has arrived (a client that sends
+/// headers and never the body holds no slot), and one connection holds at
+/// most `max_per_connection` slots, so a few connections cannot starve
+/// the rest.
 #[derive(Debug, Clone)]
 pub struct ShieldLayer {
     timeout: Duration,

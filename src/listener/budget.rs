@@ -54,7 +54,9 @@ pub struct Place {
 /// `patd_streams_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spent {
+    /// `PATD_MAX_STREAMS`.
     Total,
+    /// `PATD_MAX_OPEN_SERVICE_STREAMS` (or its long-lived half).
     Open,
 }
 
@@ -69,6 +71,9 @@ impl Spent {
 }
 
 impl StreamBudget {
+    /// `total` places in all; `open` of them (at most: each also takes a
+    /// total place) for the open services, and half of `open` (at least
+    /// one) for their long-lived streams.
     pub fn new(total: usize, open: usize) -> Self {
         Self {
             total: Arc::new(Semaphore::new(total)),
@@ -111,6 +116,7 @@ pub struct Held<B> {
 }
 
 impl<B> Held<B> {
+    /// `inner`, holding `place` until its end.
     pub fn new(inner: B, place: Place) -> Self {
         Self {
             inner,

@@ -191,14 +191,13 @@ impl Framer {
 
 /// A stream the peer opened, as patd sends on it: its send window and,
 /// once patd has begun its answer (response HEADERS without END_STREAM),
-/// how long that answer has been starved of window.
+/// how long that answer has been starved of its window.
 #[derive(Debug)]
 struct Stream {
     /// The send window, in bytes (RFC 9113 §6.9).
     window: i64,
     answering: bool,
-    /// Since when the answer has been starved (its window or the
-    /// connection's spent), if it is now.
+    /// Since when the answer's window has been spent, if it is now.
     starved_since: Option<Instant>,
     /// Starved time before that: a peer that grants a few bytes now and
     /// then does not start the clock afresh.
@@ -215,8 +214,8 @@ impl Stream {
         }
     }
 
-    fn update(&mut self, connection_starved: bool, now: Instant) {
-        let starved = self.answering && (self.window <= 0 || connection_starved);
+    fn update(&mut self, now: Instant) {
+        let starved = self.answering && self.window <= 0;
         match (starved, self.starved_since) {
             (true, None) => self.starved_since = Some(now),
             (false, Some(since)) => {
@@ -231,7 +230,7 @@ impl Stream {
     /// starved now.
     fn deadline(&self, limit: Duration) -> Option<Instant> {
         self.starved_since
-            .map(|since| since + limit.saturating_sub(self.starved_for))
+            .and_then(|since| since.checked_add(limit.saturating_sub(self.starved_for)))
     }
 }
 
@@ -250,7 +249,12 @@ enum Protocol {
 struct Flow {
     initial_window: i64,
     connection_window: i64,
+    /// Since when the connection window has stayed below
+    /// [`CONNECTION_REOPENED`] while answers are under way, if it has.
+    connection_starved_since: Option<Instant>,
     streams: HashMap<u32, Stream>,
+    /// How many of `streams` patd is answering.
+    answering: usize,
     /// The highest stream id the peer has opened (client streams only
     /// grow, RFC 9113 §5.1.1): only a new stream earns allowance.
     last_stream: u32,
@@ -258,12 +262,23 @@ struct Flow {
     refilled: Instant,
 }
 
+/// A connection window the peer has opened again: one frame's worth
+/// (the default SETTINGS_MAX_FRAME_SIZE). Granting less now and then does
+/// not count as reading.
+const CONNECTION_REOPENED: i64 = 16_384;
+
+/// Streams the meter follows at most; beyond them (only streams h2 drops
+/// unanswered, after a GOAWAY, can get there) new ones go unfollowed.
+const MAX_FOLLOWED: usize = 1_024;
+
 impl Flow {
     fn new(now: Instant) -> Self {
         Self {
             initial_window: DEFAULT_WINDOW,
             connection_window: DEFAULT_WINDOW,
+            connection_starved_since: None,
             streams: HashMap::new(),
+            answering: 0,
             last_stream: 0,
             allowance: CONTROL_BURST,
             refilled: now,
@@ -288,29 +303,29 @@ impl Flow {
         self.allowance >= 0
     }
 
-    fn connection_starved(&self) -> bool {
-        self.connection_window <= 0
-    }
-
-    /// Moves the connection window by `delta`; every answer's clock
-    /// follows when that starts or ends a starvation.
-    fn move_connection_window(&mut self, delta: i64, now: Instant) {
-        let before = self.connection_starved();
-        self.connection_window = self.connection_window.saturating_add(delta);
-        let after = self.connection_starved();
-        if before != after {
-            for stream in self.streams.values_mut() {
-                stream.update(after, now);
-            }
+    /// Starts or stops the connection's clock: it runs while answers are
+    /// under way and the connection window is below one frame.
+    fn mark_connection(&mut self, now: Instant) {
+        let starved = self.connection_window < CONNECTION_REOPENED && self.answering > 0;
+        match (starved, self.connection_starved_since) {
+            (true, None) => self.connection_starved_since = Some(now),
+            (false, Some(_)) => self.connection_starved_since = None,
+            _ => {}
         }
     }
 
-    /// Moves the window of `stream` (if patd knows it) by `delta`.
+    /// Forgets `stream` (ended or reset).
+    fn remove(&mut self, stream: u32) {
+        if self.streams.remove(&stream).is_some_and(|s| s.answering) {
+            self.answering -= 1;
+        }
+    }
+
+    /// Moves the window of `stream` (if patd follows it) by `delta`.
     fn move_stream_window(&mut self, stream: u32, delta: i64, now: Instant) {
-        let connection_starved = self.connection_starved();
         if let Some(s) = self.streams.get_mut(&stream) {
             s.window = s.window.saturating_add(delta);
-            s.update(connection_starved, now);
+            s.update(now);
         }
     }
 
@@ -322,8 +337,10 @@ impl Flow {
                 let control = match h.kind {
                     HEADERS if h.stream > self.last_stream => {
                         self.last_stream = h.stream;
-                        self.streams
-                            .insert(h.stream, Stream::new(self.initial_window));
+                        if self.streams.len() < MAX_FOLLOWED {
+                            self.streams
+                                .insert(h.stream, Stream::new(self.initial_window));
+                        }
                         self.earn(CONTROL_PER_STREAM);
                         false
                     }
@@ -335,7 +352,8 @@ impl Flow {
                             && (h.length == 0 || (h.flags & PADDED != 0 && h.length <= 256))
                     }
                     RST_STREAM => {
-                        self.streams.remove(&h.stream);
+                        self.remove(h.stream);
+                        self.mark_connection(now);
                         true
                     }
                     // PRIORITY, SETTINGS, PING, WINDOW_UPDATE, GOAWAY,
@@ -349,7 +367,8 @@ impl Flow {
                     u32::from_be_bytes([unit[0], unit[1], unit[2], unit[3]]) & 0x7fff_ffff,
                 );
                 if h.stream == 0 {
-                    self.move_connection_window(increment, now);
+                    self.connection_window = self.connection_window.saturating_add(increment);
+                    self.mark_connection(now);
                 } else {
                     self.move_stream_window(h.stream, increment, now);
                 }
@@ -361,13 +380,12 @@ impl Flow {
                 if h.stream == 0 && id == SETTINGS_INITIAL_WINDOW_SIZE {
                     let value = i64::from(u32::from_be_bytes([unit[2], unit[3], unit[4], unit[5]]));
                     // RFC 9113 §6.9.2: the change applies to every open
-                    // stream's window.
+                    // stream's window (not the connection's).
                     let delta = value - self.initial_window;
                     self.initial_window = value;
-                    let connection_starved = self.connection_starved();
                     for stream in self.streams.values_mut() {
                         stream.window = stream.window.saturating_add(delta);
-                        stream.update(connection_starved, now);
+                        stream.update(now);
                     }
                 }
                 true
@@ -385,39 +403,49 @@ impl Flow {
                 self.earn(CONTROL_PER_FRAME_SENT);
                 let length = i64::try_from(h.length).unwrap_or(i64::MAX);
                 if h.flags & END_STREAM != 0 {
-                    self.streams.remove(&h.stream);
+                    self.remove(h.stream);
                 } else {
                     self.move_stream_window(h.stream, -length, now);
                 }
-                self.move_connection_window(-length, now);
+                self.connection_window = self.connection_window.saturating_sub(length);
             }
             HEADERS if h.flags & END_STREAM != 0 => {
-                self.streams.remove(&h.stream);
+                self.remove(h.stream);
             }
+            // Only a stream the peer opened and has not reset: h2 may
+            // still write an answer it had encoded before the reset came.
             HEADERS => {
-                let connection_starved = self.connection_starved();
-                let initial = self.initial_window;
-                let stream = self
-                    .streams
-                    .entry(h.stream)
-                    .or_insert_with(|| Stream::new(initial));
-                stream.answering = true;
-                stream.update(connection_starved, now);
+                if let Some(stream) = self.streams.get_mut(&h.stream)
+                    && !stream.answering
+                {
+                    stream.answering = true;
+                    stream.update(now);
+                    self.answering += 1;
+                }
             }
             RST_STREAM => {
-                self.streams.remove(&h.stream);
+                self.remove(h.stream);
             }
             PING | SETTINGS if h.flags & ACK == 0 => self.earn(CONTROL_PER_FRAME_SENT),
             _ => {}
         }
+        self.mark_connection(now);
     }
 
-    /// When the most starved answer reaches `limit` of starved time.
+    /// When the most starved answer, or the connection, reaches `limit`.
     fn deadline(&self, limit: Duration) -> Option<Instant> {
-        self.streams
+        let streams = self
+            .streams
             .values()
             .filter_map(|s| s.deadline(limit))
-            .min()
+            .min();
+        let connection = self
+            .connection_starved_since
+            .and_then(|since| since.checked_add(limit));
+        match (streams, connection) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -456,10 +484,6 @@ impl<T> Metered<T> {
             armed_for: None,
             closed: None,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     fn close(&mut self, why: Closed) -> io::Error {
@@ -667,7 +691,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if let Some(why) = self.closed {
+            return Poll::Ready(Err(why.error()));
+        }
+        // A TLS close_notify a full send buffer cannot take waits no
+        // longer than any other write.
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending => self.refused(cx),
+            done => done,
+        }
     }
 }
 
@@ -716,10 +748,16 @@ mod tests {
             .try_for_each(|b| m.on_read(std::slice::from_ref(b)))
     }
 
+    /// The peer's request on `stream` (HEADERS, END_STREAM).
+    fn request(stream: u32) -> Vec<u8> {
+        frame(HEADERS, 0x5, stream, b"request")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_without_window_sets_the_send_deadline() {
         let mut m = metered();
         read_bytewise(&mut m, &settings_initial_window(0)).expect("settings");
+        read_bytewise(&mut m, &request(1)).expect("request");
         assert_eq!(m.deadline(), None, "no answer yet");
         m.on_written(&frame(HEADERS, 0x4, 1, b"hdrs"));
         let deadline = m.deadline().expect("the answer waits for window");
@@ -735,26 +773,44 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_connection_window_and_resets_count() {
         let mut m = metered();
+        m.on_read(&request(1)).expect("request");
+        m.on_read(&request(3)).expect("request");
         m.on_written(&frame(HEADERS, 0x4, 1, b"h"));
+        m.on_written(&frame(HEADERS, 0x4, 3, b"h"));
         m.on_written(&frame(DATA, 0, 1, &[0; 65_535]));
-        assert!(m.deadline().is_some(), "both windows spent");
-        read_bytewise(&mut m, &window_update(1, 100)).expect("update");
-        assert!(
-            m.deadline().is_some(),
+        let deadline = m.deadline().expect("both windows spent");
+        m.on_read(&window_update(1, 100)).expect("update");
+        assert_eq!(
+            m.deadline(),
+            Some(deadline),
             "the connection window is still spent"
         );
-        read_bytewise(&mut m, &window_update(0, 100)).expect("update");
-        assert_eq!(m.deadline(), None);
+        m.on_read(&window_update(0, 100)).expect("update");
+        assert_eq!(
+            m.deadline(),
+            Some(deadline),
+            "a hundred bytes do not reopen a connection"
+        );
+        m.on_read(&window_update(0, 65_535)).expect("update");
+        assert_eq!(m.deadline(), None, "reopened");
         m.on_written(&frame(DATA, 0, 1, &[0; 100]));
-        assert!(m.deadline().is_some());
-        read_bytewise(&mut m, &frame(RST_STREAM, 0, 1, &[0, 0, 0, 8])).expect("reset");
+        assert!(m.deadline().is_some(), "stream 1's own window is spent");
+        m.on_read(&frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]))
+            .expect("reset");
         assert_eq!(m.deadline(), None, "a reset stream waits for nothing");
+        // An answer h2 had encoded before the reset came is not followed.
+        m.on_written(&frame(HEADERS, 0x4, 1, b"late"));
+        m.on_written(&frame(DATA, 0, 1, &[0; 10]));
+        assert_eq!(m.deadline(), None);
+        // Nor does an idle answer (stream 3, with window) wait on its own.
+        assert!(m.flow.as_ref().is_some_and(|f| f.answering == 1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn granting_a_byte_now_and_then_does_not_restart_the_clock() {
         let mut m = metered();
         m.on_read(&settings_initial_window(0)).expect("settings");
+        m.on_read(&request(1)).expect("request");
         m.on_written(&frame(HEADERS, 0x4, 1, b"h"));
         tokio::time::advance(Duration::from_millis(1500)).await;
         m.on_read(&window_update(1, 1)).expect("a byte");
@@ -771,8 +827,7 @@ mod tests {
     async fn window_granted_before_the_answer_begins_counts() {
         let mut m = metered();
         m.on_read(&settings_initial_window(0)).expect("settings");
-        m.on_read(&frame(HEADERS, 0x5, 1, b"request"))
-            .expect("request");
+        m.on_read(&request(1)).expect("request");
         m.on_read(&window_update(1, 1000)).expect("update");
         m.on_written(&frame(HEADERS, 0x4, 1, b"h"));
         assert_eq!(m.deadline(), None, "the answer has 1000 bytes of window");

@@ -270,7 +270,7 @@ fn tls_connector(ca_pem: &str, alpn: &[u8]) -> tokio_rustls::TlsConnector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_nobody_reads_close_tls_connections_too() {
     let ca = ca();
-    let setup = setup_with(&ca, &[("PATD_SEND_TIMEOUT", "2s")]).await;
+    let setup = setup_with(&ca, &[("PATD_SEND_TIMEOUT", "4s")]).await;
     let addr = setup.patd.grpc_addr;
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
@@ -286,7 +286,7 @@ async fn answers_nobody_reads_close_tls_connections_too() {
         began.iter().all(|b| *b == crate::stalls::Began::Held),
         "{began:?}"
     );
-    tokio::time::timeout(std::time::Duration::from_secs(10), driver)
+    tokio::time::timeout(std::time::Duration::from_secs(20), driver)
         .await
         .expect("the stalled TLS connection was closed")
         .expect("driver");

@@ -160,6 +160,9 @@ fn bad_configuration_stops_patd_with_its_reason_first() {
         ("PATD_AUDIT_MAX_EVENTS", "0", "audit-max-events"),
         ("PATD_AUDIT_RETENTION", "0s", "PATD_AUDIT_RETENTION"),
         ("PATD_AUDIT_RETENTION", "forever", "audit-retention"),
+        ("PATD_SEND_TIMEOUT", "0s", "PATD_SEND_TIMEOUT"),
+        ("PATD_SEND_TIMEOUT", "2h", "PATD_SEND_TIMEOUT"),
+        ("PATD_MAX_STREAMS", "0", "max-streams"),
     ] {
         let env = [
             (key.to_owned(), value.to_owned()),
