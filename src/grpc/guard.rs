@@ -200,8 +200,10 @@ where
             return Box::pin(ready(Ok(refused)));
         }
         // Only token-service calls take a slot and get an outcome line here;
-        // probes and reflection stay answerable whatever the load.
-        let counted = role_for_grpc_path(request.uri().path()).is_some();
+        // probes and reflection stay answerable whatever the load. The role
+        // is read once, for the budget, the gate and the slot.
+        let role = role_for_grpc_path(request.uri().path());
+        let counted = role.is_some();
         // Cheap: a `Uri` shares its bytes; only read for a log line.
         let uri = request.uri().clone();
         // The client's own deadline (`grpc-timeout`) counts too, and must
@@ -233,7 +235,7 @@ where
             let mut unfinished = counted.then(|| Unfinished::new(RpcName::Grpc(uri.clone())));
             // The place is held from here until the answer has been sent
             // (by the body below), or the call is dropped.
-            let place = match layer.budget.admit(budget_class(uri.path())) {
+            let place = match layer.budget.admit(budget_class(role, uri.path())) {
                 Ok(place) => place,
                 Err(spent) => {
                     metrics::stream_refused(spent.as_str());
@@ -247,7 +249,7 @@ where
                 let mut request = request;
                 // Judged on its headers, before its body is waited for: an
                 // anonymous call holds its place no longer than that.
-                if let Err(refused) = gate_caller(&layer.callers, &mut request) {
+                if let Err(refused) = gate_caller(&layer.callers, role, &mut request) {
                     return Err(Refused::Caller(refused));
                 }
                 let request = match counted {
@@ -466,9 +468,10 @@ fn is_server_error(code: Code) -> bool {
 /// What a call is for the stream budget: a caller's (the token service,
 /// ext_authz), an open service's that ends with its answer (health
 /// Check, unknown methods), or an open service's long-lived stream
-/// (health Watch, reflection).
-fn budget_class(path: &str) -> Class {
-    if role_for_grpc_path(path).is_some() {
+/// (health Watch, reflection). `role` is the path's
+/// ([`role_for_grpc_path`]).
+fn budget_class(role: Option<Role>, path: &str) -> Class {
+    if role.is_some() {
         Class::Caller
     } else if path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.") {
         Class::LongLived
@@ -560,10 +563,15 @@ fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
 /// gives its refusal: UNAUTHENTICATED without a known key or certificate,
 /// PERMISSION_DENIED without the role. Open services and patd without a
 /// callers file admit everyone. Reads headers only, so a call is judged
-/// before its body has arrived.
-fn gate_caller<B>(callers: &LiveCallers, request: &mut http::Request<B>) -> Result<(), Refusal> {
+/// before its body has arrived. `role` is the one its path needs
+/// ([`role_for_grpc_path`]).
+fn gate_caller<B>(
+    callers: &LiveCallers,
+    role: Option<Role>,
+    request: &mut http::Request<B>,
+) -> Result<(), Refusal> {
     let callers = callers.load();
-    let role = match role_for_grpc_path(request.uri().path()) {
+    let role = match role {
         Some(role) if callers.is_enabled() => role,
         _ => return Ok(()),
     };
