@@ -3,7 +3,8 @@
 //! `lua/`), called by SHA and reloaded by the client after a restart or
 //! failover. A script that changes an account carries the audit fragment
 //! (`lua/audit.lua`, see `audited`), so its event is appended in the same
-//! atomic step. Reads (Introspect, List, the audit trail, readiness) and
+//! atomic step; Issue and Rotate also carry the token fragment
+//! (`lua/token.lua`), so they write a token the same way. Reads (Introspect, List, the audit trail, readiness) and
 //! writes (the scripts)
 //! use two connections, so a paused or slow write (`CLIENT PAUSE WRITE`,
 //! as `FAILOVER` does) never queues a read behind it. Connections reconnect
@@ -68,13 +69,33 @@ struct Scripts {
 /// The audit fragment every changing script carries.
 const AUDIT_FRAGMENT: &str = include_str!("lua/audit.lua");
 
+/// The fragment of the scripts that write a new token (`token_expiry`,
+/// `write_token`): Issue and Rotate write one the same way.
+const TOKEN_FRAGMENT: &str = include_str!("lua/token.lua");
+
 /// `source` with the audit fragment put right after its `#!lua` line (the
 /// flags must stay first), so the script can call `audit(action, ids)`.
 /// A new script that changes an account is loaded through this, and its
 /// calls get their audit key and arguments from [`RedisStore::audited`].
 fn carrying_audit(source: &str) -> String {
+    carrying(source, &[AUDIT_FRAGMENT])
+}
+
+/// As [`carrying_audit`], with the token fragment after the audit one.
+fn writing_tokens(source: &str) -> String {
+    carrying(source, &[AUDIT_FRAGMENT, TOKEN_FRAGMENT])
+}
+
+/// `source` with `fragments` put right after its `#!lua` line, in order.
+fn carrying(source: &str, fragments: &[&str]) -> String {
     let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
-    format!("{shebang}\n{AUDIT_FRAGMENT}\n{body}")
+    let mut script = format!("{shebang}\n");
+    for fragment in fragments {
+        script.push_str(fragment);
+        script.push('\n');
+    }
+    script.push_str(body);
+    script
 }
 
 /// TLS to Redis beyond what a `rediss://` URL says: a private CA (the
@@ -175,12 +196,12 @@ impl RedisStore {
             timeout,
             min_replicas_ack,
             scripts: Arc::new(Scripts {
-                issue: Script::new(&carrying_audit(include_str!("lua/issue.lua"))),
+                issue: Script::new(&writing_tokens(include_str!("lua/issue.lua"))),
                 revoke: Script::new(&carrying_audit(include_str!("lua/revoke.lua"))),
                 revoke_all: Script::new(&carrying_audit(include_str!("lua/revoke_all.lua"))),
                 touch: Script::new(include_str!("lua/touch.lua")),
                 audit_events: Script::new(include_str!("lua/audit_events.lua")),
-                rotate: Script::new(&carrying_audit(include_str!("lua/rotate.lua"))),
+                rotate: Script::new(&writing_tokens(include_str!("lua/rotate.lua"))),
                 seal: Script::new(include_str!("lua/seal.lua")),
             }),
             audit: AuditPolicy::default(),
@@ -1048,6 +1069,31 @@ mod tests {
         let script = carrying_audit("#!lua flags=allow-oom\nreturn audit('X', {})\n");
         assert!(script.starts_with("#!lua flags=allow-oom\n-- The audit fragment"));
         assert!(script.ends_with("\nreturn audit('X', {})\n"));
+    }
+
+    #[test]
+    fn the_scripts_that_write_tokens_carry_both_fragments() {
+        let script = writing_tokens("#!lua\nreturn write_token\n");
+        let audit = script.find("-- The audit fragment").unwrap();
+        let token = script.find("-- The token fragment").unwrap();
+        assert!(script.starts_with("#!lua\n") && audit < token);
+        assert!(script.ends_with("\nreturn write_token\n"));
+        // Every script that calls them is loaded through writing_tokens.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let calls = text.lines().any(|l| {
+                !l.starts_with("local function")
+                    && (l.contains("write_token(") || l.contains("token_expiry("))
+            });
+            assert_eq!(
+                calls,
+                name == "issue.lua" || name == "rotate.lua",
+                "{name}: calls the token fragment but is not loaded with it, or the reverse"
+            );
+        }
     }
 
     #[test]

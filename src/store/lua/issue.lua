@@ -15,7 +15,8 @@
 -- ARGV[9]  longest lifetime, ms    ARGV[10] limit of live tokens
 -- ARGV[11] how long a tombstone outlives its token's end, ms
 -- ARGV[12..] the key ids whose records can verify ('' = plain SHA-256)
--- then the audit fragment's key and arguments (audit.lua)
+-- then the audit fragment's key and arguments (audit.lua); the token
+-- fragment (token.lua) resolves the expiry and writes the token
 -- Returns  {outcome, now, expiry}, times in Unix ms on Redis's clock;
 --          outcome 1 issued, 0 limit reached, -1 token id already taken,
 --          -2 expiry not in the future, -3 expiry beyond the longest lifetime
@@ -35,17 +36,9 @@
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local expires
-if ARGV[7] == 'ttl' then
-  expires = now + tonumber(ARGV[8])
-else
-  expires = tonumber(ARGV[8])
-end
-if expires <= now then
-  return {-2, now, 0}
-end
-if expires > now + tonumber(ARGV[9]) then
-  return {-3, now, 0}
+local expires, refused = token_expiry(ARGV[7], ARGV[8], ARGV[9], now)
+if not expires then
+  return {refused, now, 0}
 end
 local limit = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -77,28 +70,10 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1, now, 0}
 end
-local created_ms = string.format('%.0f', now)
-local expires_ms = string.format('%.0f', expires)
-redis.call('HSET', KEYS[2],
-  'account', ARGV[2], 'digest', ARGV[3], 'note', ARGV[4],
-  'scopes', ARGV[5], 'created', created_ms, 'expires', expires_ms)
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[2], 'kid', ARGV[6])
-end
-redis.call('PEXPIREAT', KEYS[2], expires_ms)
-redis.call('ZADD', KEYS[1], expires_ms, ARGV[1])
--- The index lives as long as its longest-lived token.
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], last[2])
--- The tombstone: from now on, and for ARGV[11] ms after the token's end.
-local gone = string.format('%.0f', expires + tonumber(ARGV[11]))
-redis.call('HSET', KEYS[4],
-  'account', ARGV[2], 'digest', ARGV[3], 'kid', ARGV[6],
-  'created', created_ms, 'expires', expires_ms)
-redis.call('PEXPIREAT', KEYS[4], gone)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-redis.call('ZADD', KEYS[3], gone, ARGV[1])
-local kept = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[3], kept[2])
+write_token(
+  {index = KEYS[1], record = KEYS[2], tombs = KEYS[3], tomb = KEYS[4]},
+  {id = ARGV[1], account = ARGV[2], digest = ARGV[3], note = ARGV[4],
+   scopes = ARGV[5], kid = ARGV[6]},
+  now, expires, tonumber(ARGV[11]))
 audit('Issue', {ARGV[1]})
 return {1, now, expires}

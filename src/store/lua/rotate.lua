@@ -19,7 +19,9 @@
 -- ARGV[10] longest lifetime, ms    ARGV[11] grace window, ms
 -- ARGV[12] how long a tombstone outlives its token's end, ms
 -- ARGV[13..] the key ids whose records can verify ('' = plain SHA-256)
---          then the audit fragment's key and arguments (audit.lua)
+--          then the audit fragment's key and arguments (audit.lua); the
+--          token fragment (token.lua) resolves the expiry and writes the
+--          successor
 -- Returns  {outcome, now, new expiry, old token's end}, times in Unix ms on
 --          Redis's clock; outcome 1 rotated, 0 no such live token of this
 --          account, -1 new token id already taken, -2 expiry not in the
@@ -61,17 +63,9 @@ end
 if not old_expires or old_expires <= now or not live then
   return {0, now, 0, 0}
 end
-local expires
-if ARGV[8] == 'ttl' then
-  expires = now + tonumber(ARGV[9])
-else
-  expires = tonumber(ARGV[9])
-end
-if expires <= now then
-  return {-2, now, 0, 0}
-end
-if expires > now + tonumber(ARGV[10]) then
-  return {-3, now, 0, 0}
+local expires, refused = token_expiry(ARGV[8], ARGV[9], ARGV[10], now)
+if not expires then
+  return {refused, now, 0, 0}
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {-1, now, 0, 0}
@@ -100,28 +94,12 @@ else
   redis.call('PEXPIREAT', KEYS[2], ends_ms)
   redis.call('ZADD', KEYS[1], ends_ms, ARGV[1])
 end
--- The successor, as Issue writes a token.
-local created_ms = string.format('%.0f', now)
-local expires_ms = string.format('%.0f', expires)
-redis.call('HSET', KEYS[3],
-  'account', ARGV[3], 'digest', ARGV[4], 'note', ARGV[5],
-  'scopes', ARGV[6], 'created', created_ms, 'expires', expires_ms)
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[3], 'kid', ARGV[7])
-end
-redis.call('PEXPIREAT', KEYS[3], expires_ms)
-redis.call('ZADD', KEYS[1], expires_ms, ARGV[2])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], last[2])
-local new_gone = string.format('%.0f', expires + tombstone_ttl)
-redis.call('HSET', KEYS[6],
-  'account', ARGV[3], 'digest', ARGV[4], 'kid', ARGV[7],
-  'created', created_ms, 'expires', expires_ms)
-redis.call('PEXPIREAT', KEYS[6], new_gone)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-redis.call('ZADD', KEYS[4], new_gone, ARGV[2])
-local kept = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[4], kept[2])
+-- The successor, as Issue writes a token (token.lua).
+write_token(
+  {index = KEYS[1], record = KEYS[3], tombs = KEYS[4], tomb = KEYS[6]},
+  {id = ARGV[2], account = ARGV[3], digest = ARGV[4], note = ARGV[5],
+   scopes = ARGV[6], kid = ARGV[7]},
+  now, expires, tombstone_ttl)
 redis.call('PUBLISH', string.match(KEYS[1], '^(.-):{') .. ':invalidate', ARGV[1])
 audit('Rotate', {ARGV[1], ARGV[2]})
 return {1, now, expires, ends}
