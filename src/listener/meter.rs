@@ -214,15 +214,21 @@ impl Stream {
         }
     }
 
-    fn update(&mut self, now: Instant) {
+    /// Starts or stops the answer's clock; returns how the number of
+    /// starved answers changes (+1, -1 or 0).
+    fn update(&mut self, now: Instant) -> isize {
         let starved = self.answering && self.window <= 0;
         match (starved, self.starved_since) {
-            (true, None) => self.starved_since = Some(now),
+            (true, None) => {
+                self.starved_since = Some(now);
+                1
+            }
             (false, Some(since)) => {
                 self.starved_for += now - since;
                 self.starved_since = None;
+                -1
             }
-            _ => {}
+            _ => 0,
         }
     }
 
@@ -255,6 +261,9 @@ struct Flow {
     streams: HashMap<u32, Stream>,
     /// How many of `streams` patd is answering.
     answering: usize,
+    /// How many of those are starved now: none, and the deadline needs no
+    /// look at the streams (the usual case, read on every idle poll).
+    starved: usize,
     /// The highest stream id the peer has opened (client streams only
     /// grow, RFC 9113 §5.1.1): only a new stream earns allowance.
     last_stream: u32,
@@ -279,6 +288,7 @@ impl Flow {
             connection_starved_since: None,
             streams: HashMap::new(),
             answering: 0,
+            starved: 0,
             last_stream: 0,
             allowance: CONTROL_BURST,
             refilled: now,
@@ -316,8 +326,9 @@ impl Flow {
 
     /// Forgets `stream` (ended or reset).
     fn remove(&mut self, stream: u32) {
-        if self.streams.remove(&stream).is_some_and(|s| s.answering) {
-            self.answering -= 1;
+        if let Some(s) = self.streams.remove(&stream) {
+            self.answering -= usize::from(s.answering);
+            self.starved -= usize::from(s.starved_since.is_some());
         }
     }
 
@@ -325,7 +336,7 @@ impl Flow {
     fn move_stream_window(&mut self, stream: u32, delta: i64, now: Instant) {
         if let Some(s) = self.streams.get_mut(&stream) {
             s.window = s.window.saturating_add(delta);
-            s.update(now);
+            self.starved = self.starved.saturating_add_signed(s.update(now));
         }
     }
 
@@ -385,7 +396,7 @@ impl Flow {
                     self.initial_window = value;
                     for stream in self.streams.values_mut() {
                         stream.window = stream.window.saturating_add(delta);
-                        stream.update(now);
+                        self.starved = self.starved.saturating_add_signed(stream.update(now));
                     }
                 }
                 true
@@ -419,7 +430,7 @@ impl Flow {
                     && !stream.answering
                 {
                     stream.answering = true;
-                    stream.update(now);
+                    self.starved = self.starved.saturating_add_signed(stream.update(now));
                     self.answering += 1;
                 }
             }
@@ -434,11 +445,14 @@ impl Flow {
 
     /// When the most starved answer, or the connection, reaches `limit`.
     fn deadline(&self, limit: Duration) -> Option<Instant> {
-        let streams = self
-            .streams
-            .values()
-            .filter_map(|s| s.deadline(limit))
-            .min();
+        let streams = (self.starved > 0)
+            .then(|| {
+                self.streams
+                    .values()
+                    .filter_map(|s| s.deadline(limit))
+                    .min()
+            })
+            .flatten();
         let connection = self
             .connection_starved_since
             .and_then(|since| since.checked_add(limit));
@@ -541,31 +555,29 @@ impl<T> Metered<T> {
             .and_then(|flow| flow.deadline(self.send_timeout));
         let transport = self
             .write_blocked_since
-            .map(|since| since + self.send_timeout);
+            .and_then(|since| since.checked_add(self.send_timeout));
         match (flow, transport) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// `Err` once the send deadline has passed; otherwise arms the timer
-    /// so that the task is woken at it.
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> Result<(), Closed> {
+    /// The transport has nothing for now: wait, with the task woken at the
+    /// send deadline too (the timer armed for it), or fail once that has
+    /// passed.
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         let Some(deadline) = self.deadline() else {
             self.armed_for = None;
-            return Ok(());
+            return Poll::Pending;
         };
-        if Instant::now() >= deadline {
-            return Err(Closed::SendTimeout);
-        }
         if self.armed_for != Some(deadline) {
             self.timer.as_mut().reset(deadline);
             self.armed_for = Some(deadline);
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
-            return Err(Closed::SendTimeout);
+        if Instant::now() >= deadline || self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(self.close(Closed::SendTimeout)));
         }
-        Ok(())
+        Poll::Pending
     }
 }
 
@@ -594,10 +606,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match self.check_deadline(cx) {
-                Ok(()) => Poll::Pending,
-                Err(why) => Poll::Ready(Err(self.close(why))),
-            },
+            Poll::Pending => self.pending(cx),
             failed => failed,
         }
     }
@@ -610,10 +619,7 @@ impl<T> Metered<T> {
     /// once the send deadline has passed.
     fn refused<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         self.write_blocked_since.get_or_insert_with(Instant::now);
-        match self.check_deadline(cx) {
-            Ok(()) => Poll::Pending,
-            Err(why) => Poll::Ready(Err(self.close(why))),
-        }
+        self.pending(cx)
     }
 
     /// What a write did: bytes taken are metered, and stop the transport's
@@ -803,7 +809,14 @@ mod tests {
         m.on_written(&frame(DATA, 0, 1, &[0; 10]));
         assert_eq!(m.deadline(), None);
         // Nor does an idle answer (stream 3, with window) wait on its own.
-        assert!(m.flow.as_ref().is_some_and(|f| f.answering == 1));
+        let flow = m.flow.as_ref().expect("http/2");
+        assert_eq!(flow.answering, 1);
+        let starved = flow.streams.values().filter(|s| s.starved_since.is_some());
+        assert_eq!(
+            flow.starved,
+            starved.count(),
+            "the count follows the streams"
+        );
     }
 
     #[tokio::test(start_paused = true)]
