@@ -50,7 +50,7 @@ use crate::domain::{AccountId, FieldError, PageRequest, RevocationReason, TokenI
 use crate::grpc::convert;
 use crate::metrics::{self, Door};
 use crate::pb;
-use crate::service::Tokens;
+use crate::service::{ServiceError, Tokens};
 use crate::store::Store;
 use crate::telemetry::{RpcName, Unfinished};
 use crate::tls::PeerSans;
@@ -433,6 +433,12 @@ const ACCOUNT: (usize, &str) = (3, "account_id");
 /// `/v1/accounts/{account_id}/tokens/{token_id}`: where the token id is.
 const TOKEN_ID: (usize, &str) = (5, "token_id");
 
+/// What the service refused or failed, as the JSON door answers it (an
+/// RFC 9457 problem, from the one verdict table).
+fn failed(e: ServiceError) -> Response {
+    Verdict::from(e).to_problem()
+}
+
 async fn issue<S: Store>(
     State(api): State<Api<S>>,
     peer: Option<Extension<PeerSans>>,
@@ -450,11 +456,7 @@ async fn issue<S: Store>(
     }
     request.account_id = account_id;
     let cmd = convert::issue_command(request).map_err(|e| api.refuse("Issue", &caller, e))?;
-    let issued = api
-        .tokens
-        .issue(&caller, cmd)
-        .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+    let issued = api.tokens.issue(&caller, cmd).await.map_err(failed)?;
     let answer = pb::IssueResponse {
         token: issued.token.into_exposed(),
         info: Some(convert::token_info(issued.info)),
@@ -529,7 +531,7 @@ async fn list<S: Store>(
         .tokens
         .list(&caller, account, page, inactive)
         .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+        .map_err(failed)?;
     Ok(json_response(StatusCode::OK, &convert::list_response(page)))
 }
 
@@ -546,7 +548,7 @@ async fn revoke<S: Store>(
     api.tokens
         .revoke(&caller, account, token_id)
         .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+        .map_err(failed)?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -567,7 +569,7 @@ async fn revoke_all<S: Store>(
         .tokens
         .revoke_all(&caller, account)
         .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+        .map_err(failed)?;
     Ok(json_response(
         StatusCode::OK,
         &pb::RevokeAllResponse { revoked },
@@ -585,7 +587,7 @@ async fn introspect<S: Store>(
         api.message("Introspect", &caller, &headers, body).await?;
     let result = api.tokens.introspect(&token).await;
     metrics::introspection(Door::Json, crate::verdict::introspect_outcome(&result));
-    let answer = result.map_err(|e| Verdict::from(e).to_problem())?;
+    let answer = result.map_err(failed)?;
     // Unlike RFC 7662's answer, this one says why (`reason`), as gRPC does.
     Ok(json_response(
         StatusCode::OK,
@@ -626,11 +628,7 @@ async fn rotate<S: Store>(
     request.account_id = account_id;
     request.token_id = token_id;
     let cmd = convert::rotate_command(request).map_err(|e| api.refuse(RPC, &caller, e))?;
-    let rotated = api
-        .tokens
-        .rotate(&caller, cmd)
-        .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+    let rotated = api.tokens.rotate(&caller, cmd).await.map_err(failed)?;
     Ok(json_response(
         StatusCode::OK,
         &convert::rotate_response(rotated),
@@ -652,7 +650,7 @@ async fn revoke_token<S: Store>(
         .tokens
         .revoke_token(&caller, &token, reason)
         .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+        .map_err(failed)?;
     let answer = pb::RevokeTokenResponse {
         account_id: account.as_str().to_owned(),
         token_id: token_id.as_str().to_owned(),
@@ -682,7 +680,7 @@ async fn list_audit_events<S: Store>(
         .tokens
         .list_audit_events(&caller, account, page)
         .await
-        .map_err(|e| Verdict::from(e).to_problem())?;
+        .map_err(failed)?;
     Ok(json_response(
         StatusCode::OK,
         &convert::audit_events_response(page),
