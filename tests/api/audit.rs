@@ -15,6 +15,7 @@ use tonic::Code;
 use crate::helpers::{
     Backend, Client, Patd, PatdOptions, RedisServer, eventually, issue, issue_request, random_name,
 };
+use crate::rotation::rotate_request;
 
 /// Both stores, each with its own Redis when it needs one.
 fn backends(redis: &RedisServer) -> [Backend; 2] {
@@ -220,19 +221,6 @@ async fn refused_calls_write_no_event() {
     }
 }
 
-/// A Rotate request for `token_id` with this grace window, in seconds.
-fn rotation(account: &str, token_id: &str, grace_seconds: i64) -> RotateRequest {
-    RotateRequest {
-        account_id: account.to_owned(),
-        token_id: token_id.to_owned(),
-        grace: Some(pbjson_types::Duration {
-            seconds: grace_seconds,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 /// Rotate names the old token then its successor; RevokeToken names the
 /// token it revoked (never its value, nor the caller's free-text reason)
 /// with the caller; a token kept in its grace window is still named by
@@ -252,7 +240,7 @@ async fn rotate_and_revoke_token_append_one_event_each_with_the_caller() {
         let account = random_name("acct-");
         let (_, old) = issue(&mut client, &account, 600).await;
         let rotated = client
-            .rotate(rotation(&account, &old, 600))
+            .rotate(rotate_request(&account, &old, 600_000))
             .await
             .expect("rotate");
         let new = rotated.info.expect("info").token_id;
@@ -350,27 +338,33 @@ async fn refused_rotations_and_revocations_by_value_write_no_event() {
         let (theirs_value, theirs) = issue(&mut client, &other, 600).await;
         // No grace: the old token ends at once.
         let rotated = client
-            .rotate(rotation(&account, &old, 0))
+            .rotate(rotate_request(&account, &old, 0))
             .await
             .expect("rotate");
         let new = rotated.info.expect("info").token_id;
 
         let refusals = [
-            (rotation(&account, &old, 0), Code::FailedPrecondition),
+            (rotate_request(&account, &old, 0), Code::FailedPrecondition),
             (
-                rotation(&account, &format!("{}0000000000000", &new[..3]), 0),
+                rotate_request(&account, &format!("{}0000000000000", &new[..3]), 0),
                 Code::NotFound,
             ),
-            (rotation(&account, &theirs, 0), Code::NotFound),
-            (rotation(&account, &new, 8 * 86_400), Code::InvalidArgument),
-            (rotation(&account, &new, -1), Code::InvalidArgument),
+            (rotate_request(&account, &theirs, 0), Code::NotFound),
+            (
+                rotate_request(&account, &new, 8 * 86_400_000),
+                Code::InvalidArgument,
+            ),
+            (
+                rotate_request(&account, &new, -1_000),
+                Code::InvalidArgument,
+            ),
             (
                 RotateRequest {
                     ttl: Some(pbjson_types::Duration {
                         seconds: 400 * 86_400,
                         nanos: 0,
                     }),
-                    ..rotation(&account, &new, 0)
+                    ..rotate_request(&account, &new, 0)
                 },
                 Code::InvalidArgument,
             ),

@@ -26,7 +26,7 @@ mod record_seal;
 mod redis_failure;
 mod redis_faults;
 mod redis_tls;
-mod rotation;
+pub mod rotation;
 mod secrets;
 mod security;
 pub mod stalls;

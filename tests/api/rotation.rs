@@ -39,7 +39,22 @@ fn duration(seconds: i64, nanos: i32) -> Option<pbjson_types::Duration> {
     Some(pbjson_types::Duration { seconds, nanos })
 }
 
-fn rotate_request(account: &str, token_id: &str, grace_ms: i64) -> RotateRequest {
+/// How concurrent calls ended, as status codes in code order (OK first).
+async fn outcomes<T>(tasks: Vec<tokio::task::JoinHandle<Result<T, tonic::Status>>>) -> Vec<Code> {
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(
+            t.await
+                .unwrap()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|e| e.code()),
+        );
+    }
+    codes.sort_by_key(|c| *c as i32);
+    codes
+}
+
+pub fn rotate_request(account: &str, token_id: &str, grace_ms: i64) -> RotateRequest {
     RotateRequest {
         account_id: account.to_owned(),
         token_id: token_id.to_owned(),
@@ -330,18 +345,8 @@ async fn two_concurrent_rotations_of_one_token_have_exactly_one_winner() {
                         tokio::spawn(async move { c.rotate(request).await })
                     })
                     .collect();
-                let mut codes = Vec::new();
-                for t in tasks {
-                    codes.push(
-                        t.await
-                            .unwrap()
-                            .map(|_| Code::Ok)
-                            .unwrap_or_else(|e| e.code()),
-                    );
-                }
-                codes.sort_by_key(|c| *c as i32);
                 assert_eq!(
-                    codes,
+                    outcomes(tasks).await,
                     vec![Code::Ok, Code::FailedPrecondition],
                     "{store}, grace {grace}"
                 );
@@ -939,18 +944,8 @@ async fn two_instances_rotating_one_token_on_one_redis_have_one_winner() {
                 tokio::spawn(async move { c.rotate(request).await })
             })
             .collect();
-        let mut codes = Vec::new();
-        for t in tasks {
-            codes.push(
-                t.await
-                    .unwrap()
-                    .map(|_| Code::Ok)
-                    .unwrap_or_else(|e| e.code()),
-            );
-        }
-        codes.sort_by_key(|c| *c as i32);
         assert_eq!(
-            codes,
+            outcomes(tasks).await,
             vec![Code::Ok, Code::FailedPrecondition],
             "round {round}"
         );
