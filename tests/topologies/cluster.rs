@@ -15,7 +15,7 @@ use crate::helpers::{
     random_name,
 };
 use crate::nodes::Cluster;
-use crate::workload::{Fate, Workload, accounts, check, serves_again};
+use crate::workload::{Workload, accounts, check, serves_again};
 
 const SERVICE: &str = "patd.v1.TokenService";
 
@@ -275,18 +275,9 @@ async fn a_killed_primary_is_replaced_and_no_acknowledged_revocation_is_lost() {
     let client = patd.client().await;
 
     let load = Workload::start(std::slice::from_ref(&client), accounts(6), false);
-    while load.acknowledged() < 200 || load.tally.revocations.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.until(200, 20).await;
     // Kill the primary holding the first active token's account.
-    let probe = load
-        .tokens
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|t| t.fate == Fate::Active)
-        .cloned()
-        .expect("an active token");
+    let probe = load.an_active_token();
     let tag = patd::domain::shard_tag(&probe.account);
     let victim = cluster.owner(cluster.slot(&format!("{{{tag}}}"))).port;
     let killed_at = Instant::now();

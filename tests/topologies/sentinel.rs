@@ -3,7 +3,6 @@
 //! replica by itself, and with `PATD_REDIS_MIN_REPLICAS_ACK=1` nothing it
 //! acknowledged is lost.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -12,7 +11,7 @@ use crate::helpers::{
     Backend, Patd, PatdOptions, eventually, health_becomes, is_active, issue_request,
 };
 use crate::nodes::Sentinels;
-use crate::workload::{Fate, Workload, accounts, check, serves_again};
+use crate::workload::{Workload, accounts, check, serves_again};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn patd_follows_a_sentinel_failover_and_loses_no_acknowledged_write() {
@@ -37,17 +36,8 @@ async fn patd_follows_a_sentinel_failover_and_loses_no_acknowledged_write() {
     let client = patd.client().await;
 
     let load = Workload::start(std::slice::from_ref(&client), accounts(6), false);
-    while load.acknowledged() < 200 || load.tally.revocations.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let probe = load
-        .tokens
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|t| t.fate == Fate::Active)
-        .cloned()
-        .expect("an active token");
+    load.until(200, 20).await;
+    let probe = load.an_active_token();
     let old = topology.primary.port;
     let killed_at = Instant::now();
     topology.primary.kill();

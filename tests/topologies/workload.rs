@@ -162,6 +162,28 @@ impl Workload {
     pub fn acknowledged(&self) -> u64 {
         self.tally.ok.load(Ordering::Relaxed)
     }
+
+    /// Waits until the stream has `acknowledged` operations and
+    /// `revocations` revocations acknowledged: enough history for a fault
+    /// to land on.
+    pub async fn until(&self, acknowledged: u64, revocations: u64) {
+        while self.acknowledged() < acknowledged
+            || self.tally.revocations.load(Ordering::Relaxed) < revocations
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token the stream issued and left active.
+    pub fn an_active_token(&self) -> Token {
+        self.tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.fate == Fate::Active)
+            .cloned()
+            .expect("an active token")
+    }
 }
 
 fn count(tally: &Tally, ok: bool) {
